@@ -1,0 +1,74 @@
+"""Publishing files so that a reader never sees half of one.
+
+Every file the daemon publishes (models, checkpoints, stats) goes through here: written to
+a temp file in the destination folder (same filesystem, so the rename is atomic), flushed
+and fsynced, made world-readable (actors may run as another user), then `os.replace`d.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+FILE_MODE = 0o644
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, mode: int = FILE_MODE) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on a clean exit it is fsynced and renamed onto `dest`.
+
+    On an exception the temp file is removed and `dest` is untouched. `commit` can be
+    skipped by the caller raising, which is how a failed ONNX check avoids publishing.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, mode)
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    _fsync_dir(dest.parent)
+
+
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(dest: str | os.PathLike, obj) -> None:
+    # allow_nan=False: a NaN would make the file unreadable to strict JSON parsers.
+    atomic_write_bytes(dest, json.dumps(obj, allow_nan=False, indent=1).encode())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete temp files a killed process left behind (they never became visible files)."""
+    removed = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+    return removed

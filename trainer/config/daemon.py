@@ -1,0 +1,77 @@
+"""Settings of the self-play training daemon (`python -m trainer train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DaemonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- files ---------------------------------------------------------------------------
+    db: Path = Field(Path("./data/replay.db"), description="Replay SQLite database the actors write.")
+    model_dir: Path = Field(Path("./data/models"), description="Folder of published ONNX models (latest.onnx, model_step_NNNNNN.onnx).")
+    checkpoint_dir: Path | None = Field(None, description="Folder of training checkpoints; default <model-dir>/../checkpoints.")
+    stats: Path = Field(Path("./data/stats.json"), description="stats.json the dashboard polls.")
+    env_id: str = Field("tictactoe", min_length=1, description="Game to train on (rows of other games are ignored).")
+
+    # --- length and schedule -------------------------------------------------------------
+    steps: int = Field(5000, ge=0, description="Global target step across restarts; 0 runs until stopped.")
+    batch_size: int = Field(256, gt=0, description="Samples per training step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Global-norm gradient clip; 0 disables it.")
+    lr_schedule: bool = Field(True, description="Linear warmup then cosine decay; --no-lr-schedule keeps the LR constant.")
+    lr_warmup_steps: int = Field(100, ge=0, description="Linear warmup length in global steps.")
+    lr_min_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of --lr.")
+    lr_decay_steps: int = Field(20000, gt=0, description="Cosine length when --steps is 0 (then the LR stays at its floor).")
+    policy_weight: float = Field(1.0, ge=0, description="Weight of the policy cross-entropy.")
+    value_weight: float = Field(1.0, ge=0, description="Weight of the value MSE.")
+
+    # --- data ----------------------------------------------------------------------------
+    min_rows: int = Field(256, ge=1, description="Rows of --env-id needed before training starts.")
+    window: int = Field(0, ge=0, description="Fixed replay window in rows; 0 = KataGo-style growing window (see --window-*).")
+    window_min_rows: int = Field(5000, gt=0, description="m: below this many rows seen the window is every row.")
+    window_alpha: float = Field(0.75, gt=0, le=1, description="alpha: window grows like N^alpha beyond m.")
+    window_beta: float = Field(0.4, gt=0, description="beta: window growth per row at N = m.")
+    window_cap: int = Field(250_000, gt=0, description="Upper bound on the window in rows (memory follows it).")
+    max_reuse: float = Field(4.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables.")
+    augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between checks of the DB for new rows while training.")
+
+    # --- network -------------------------------------------------------------------------
+    net: Literal["auto", "mlp", "resnet"] = Field("auto", description="Network type; auto = MLP for tictactoe, resnet for board games like connect4.")
+    hidden: int = Field(128, gt=0, description="MLP hidden width.")
+    layers: int = Field(3, gt=0, description="MLP hidden layers.")
+    channels: int = Field(64, gt=0, description="ResNet channels.")
+    blocks: int = Field(4, gt=0, description="ResNet residual blocks.")
+
+    # --- side effects ----------------------------------------------------------------------
+    checkpoint_interval: int = Field(200, gt=0, description="Steps between checkpoint + ONNX publish.")
+    max_checkpoints: int = Field(5, ge=1, description="model_step_*.onnx files (and checkpoints) kept; older ones are pruned.")
+    stats_interval: int = Field(25, gt=0, description="Steps between stats.json rewrites.")
+    log_interval: int = Field(100, gt=0, description="Steps between progress log lines.")
+    history_size: int = Field(400, ge=10, description="Maximum stats.json history entries (older ones are thinned).")
+    eval_interval: int = Field(0, ge=0, description="Steps between evaluations against random (0 = off).")
+    eval_games: int = Field(50, gt=0, description="Games per periodic evaluation.")
+
+    # --- waiting -------------------------------------------------------------------------
+    wait_interval: float = Field(1.0, gt=0, description="First wait (s) while data is missing; doubles up to 30 s.")
+    max_wait: float = Field(0.0, ge=0, description="Give up (exit 2) after waiting this long in seconds for data; 0 = forever.")
+
+    # --- runtime -------------------------------------------------------------------------
+    device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Torch device.")
+    threads: int = Field(1, gt=0, description="torch intra-op threads (1 is fastest beside an actor on 2 cores).")
+    seed: int | None = Field(None, description="Random seed (unset = from the OS).")
+    fresh: bool = Field(False, description="Ignore an existing checkpoint and start from scratch.")
+    init_from: Path | None = Field(None, description="Initialise weights from a checkpoint (e.g. an offline BC/IQL/CQL run).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+    @model_validator(mode="after")
+    def _derived(self) -> "DaemonConfig":
+        if self.checkpoint_dir is None:
+            object.__setattr__(self, "checkpoint_dir", self.model_dir.parent / "checkpoints")
+        return self

@@ -1,0 +1,141 @@
+"""Build a command line from a pydantic model, and merge CLI > env > TOML > defaults.
+
+Each command declares its settings once, as a pydantic model whose field descriptions are
+the `--help` texts. This module turns the model into an argparse parser (field `batch_size`
+becomes `--batch-size`, a bool `augment` becomes `--augment/--no-augment`), reads
+`TRAINER_BATCH_SIZE`-style environment variables and an optional TOML file (`--config`
+or `TRAINER_CONFIG`), and validates the merged values in one place. Any invalid value exits
+with code 2 and one line naming the setting, like argparse does for its own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+ENV_PREFIX = "TRAINER_"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(SystemExit):
+    """Exit code 2 with a one-line message, the argparse convention for usage errors."""
+
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        super().__init__(2)
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str, prefix: str = ENV_PREFIX) -> str:
+    return prefix + field.upper()
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    return None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field; defaults are SUPPRESSed so only flags the user gave are seen."""
+    parser.add_argument(
+        "--config", metavar="FILE.toml", default=argparse.SUPPRESS,
+        help=f"TOML file of settings (keys are the flag names, with - or _); "
+        f"also {ENV_PREFIX}CONFIG. Precedence: flags > {ENV_PREFIX}* env > TOML > defaults.",
+    )
+    for name, field in model.model_fields.items():
+        help_text = (field.description or "").replace("%", "%%")
+        default = field.default if field.default is not None else "unset"
+        help_text += f" [default: {default}; env {env_name(name)}]"
+        if _is_bool(field.annotation):
+            parser.add_argument(
+                flag_name(name), dest=name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text,
+            )
+        else:
+            choices = _choices(field.annotation)
+            parser.add_argument(
+                flag_name(name), dest=name, default=argparse.SUPPRESS,
+                metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
+                help=help_text,
+            )
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept a [trainer] table or top-level keys, and dashes or underscores.
+    if isinstance(data.get("trainer"), dict):
+        data = data["trainer"]
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def merge_sources(
+    model: type[M], cli: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> M:
+    environ = os.environ if environ is None else environ
+    cli = dict(cli)
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    config_file = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        for k, v in _read_toml(config_file).items():
+            if k not in model.model_fields:
+                raise ConfigError(f"unknown setting {k!r} in {config_file}")
+            values[k], origin[k] = v, f"{flag_name(k)} in {config_file}"
+    for name in model.model_fields:
+        if env_name(name) in environ:
+            values[name], origin[name] = environ[env_name(name)], env_name(name)
+    for name, v in cli.items():
+        values[name], origin[name] = v, flag_name(name)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = origin.get(field, flag_name(field) if field else "settings")
+        raise ConfigError(f"invalid value for {where}: {err['msg']}") from None
+
+
+def load_config(
+    model: type[M],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> M:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_arguments(parser, model)
+    ns = parser.parse_args(argv)
+    return merge_sources(model, vars(ns), environ)
+
+
+def config_to_json_dict(cfg: BaseModel) -> dict[str, Any]:
+    """JSON-safe dict (paths as strings) for checkpoints and ONNX metadata."""
+    return cfg.model_dump(mode="json")
+
+
+def as_path(p: str | Path) -> Path:
+    return Path(p).expanduser()

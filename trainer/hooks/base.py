@@ -1,0 +1,28 @@
+"""The hook interface: the loop calls these; each hook decides if it is its turn."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.training.loop import TrainLoop
+
+
+class Hook:
+    """Override what you need. `every` = 0 means only on start/stop events."""
+
+    every: int = 0
+
+    def on_start(self, loop: "TrainLoop") -> None: ...
+
+    def after_step(self, loop: "TrainLoop", metrics: dict[str, float]) -> None:
+        if self.every and loop.state.step % self.every == 0:
+            self.run(loop, metrics)
+
+    def on_wait(self, loop: "TrainLoop") -> None:
+        """Called while the loop waits for data (state `waiting_for_data`)."""
+
+    def on_stop(self, loop: "TrainLoop") -> None: ...
+
+    def run(self, loop: "TrainLoop", metrics: dict[str, float]) -> None:
+        """The periodic work, when `every` divides the step."""

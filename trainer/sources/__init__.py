@@ -1,0 +1,34 @@
+"""Sources of batches: the live replay DB (daemon) and offline datasets (HDF5, JSONL).
+
+A source is anything with the `BatchSource` shape below. The loop never knows where a
+batch came from; it only asks for the next one and, when there is none yet, why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from trainer.training.batch import Batch
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> Batch | None:
+        """The next batch, or None when none can be given now (see `waiting_reason`)."""
+
+    @property
+    def waiting_reason(self) -> str:
+        """Why the last `next_batch` returned None ("" if it did not)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the source will never give another batch (end of an offline dataset)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Extra figures for stats.json and logs (window size, rows seen, epoch, ...)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs (cursor, counters, RNG); plain types only."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
