@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainer.training.loop import TrainLoop
 
 
 class Hook:
-    """Override what you need. `every` = 0 means only on start/stop events."""
+    """Override what you need. `every` = 0 means only on start/stop events.
+
+    A hook with bookkeeping that must survive a restart returns it from `state_dict`
+    (plain types); the loop stores it in `TrainState.hooks[hook.name]`. Figures a hook
+    wants in stats.json come from `stats`.
+    """
 
     every: int = 0
+    name: str = "hook"
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     def on_start(self, loop: "TrainLoop") -> None: ...
 

@@ -1,0 +1,1 @@
+"""Policy-value networks and their ONNX publication."""

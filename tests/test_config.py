@@ -1,0 +1,70 @@
+"""Settings: CLI > TRAINER_* env > TOML > defaults; bad values exit 2 naming the setting."""
+
+import subprocess
+import sys
+
+import pytest
+
+from trainer.config import DaemonConfig, load_config
+
+
+def test_precedence_cli_over_env_over_toml(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text('batch-size = 16\nlr = 0.5\nsteps = 7\nenv_id = "connect4"\n')
+    env = {"TRAINER_CONFIG": str(toml), "TRAINER_LR": "0.25", "TRAINER_STEPS": "9"}
+    cfg = load_config(DaemonConfig, ["--steps", "11"], environ=env)
+    assert cfg.batch_size == 16  # TOML
+    assert cfg.env_id == "connect4"  # TOML
+    assert cfg.lr == 0.25  # env beats TOML
+    assert cfg.steps == 11  # CLI beats env
+    assert cfg.max_reuse == 4.0  # default
+
+
+def test_bool_flags_and_derived_checkpoint_dir():
+    cfg = load_config(DaemonConfig, ["--no-augment", "--no-lr-schedule", "--model-dir", "/x/models"], environ={})
+    assert cfg.augment is False and cfg.lr_schedule is False
+    assert str(cfg.checkpoint_dir) == "/x/checkpoints"
+    assert load_config(DaemonConfig, [], environ={"TRAINER_AUGMENT": "false"}).augment is False
+
+
+@pytest.mark.parametrize(
+    "argv, env, needle",
+    [
+        (["--batch-size", "0"], {}, "--batch-size"),
+        (["--lr", "fast"], {}, "--lr"),
+        (["--device", "tpu"], {}, "--device"),
+        ([], {"TRAINER_STEPS": "-1"}, "TRAINER_STEPS"),
+        (["--lr-min-ratio", "2"], {}, "--lr-min-ratio"),
+    ],
+)
+def test_invalid_value_exits_2_naming_the_setting(argv, env, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_config(DaemonConfig, argv, environ=env)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_unknown_toml_key_is_an_error(tmp_path, capsys):
+    toml = tmp_path / "t.toml"
+    toml.write_text("batch_sise = 3\n")
+    with pytest.raises(SystemExit) as exc:
+        load_config(DaemonConfig, ["--config", str(toml)], environ={})
+    assert exc.value.code == 2 and "batch_sise" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--db", "--model-dir", "--stats", "--env-id", "--steps", "--batch-size", "--lr",
+                 "--weight-decay", "--grad-clip", "--checkpoint-interval", "--max-checkpoints",
+                 "--stats-interval", "--no-lr-schedule", "--lr-min-ratio", "--lr-warmup-steps",
+                 "--wait-interval", "--max-wait", "--device", "--log-level", "--threads",
+                 "--window", "--max-reuse", "--no-augment", "--net", "--lr-decay-steps", "--fresh"):
+        assert flag in out, flag
+
+
+def test_cli_invalid_value_exit_code_2():
+    r = subprocess.run([sys.executable, "-m", "trainer", "--batch-size", "-5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch-size" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,195 @@
+"""`python -m trainer [train]`: the self-play training daemon.
+
+Waits for the replay DB, trains AlphaZero-style on a moving window of it, publishes ONNX
+models the actors hot-reload, checkpoints everything a resume needs, and keeps
+stats.json current. Stop it with Ctrl-C or SIGTERM: it finishes the step, saves,
+publishes and exits 0. Run it again and it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+import sys
+import time
+
+from trainer import __version__
+from trainer.config import ConfigError, DaemonConfig, load_config
+from trainer.games import GameSpec, get_game
+from trainer.hooks.checkpoint import CheckpointHook
+from trainer.hooks.progress_log import ProgressLogHook
+from trainer.hooks.publish import PublishHook
+from trainer.hooks.stats import StatsHook
+from trainer.model.networks import build_network, describe_network, resolve_net_kind
+from trainer.objectives.alphazero import AlphaZeroObjective
+from trainer.replay.schema import SchemaError, read_game_spec
+from trainer.runtime import install_stop_signals, setup_logging, setup_torch
+from trainer.sources.replay_source import ReplaySource
+from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
+from trainer.training.lr_schedule import LRSchedule
+from trainer.training.state import (
+    CheckpointError,
+    TrainState,
+    check_compatible,
+    find_latest_checkpoint,
+    load_checkpoint_file,
+    restore_rng,
+)
+
+log = logging.getLogger("trainer")
+
+
+def schedule_from(cfg: DaemonConfig) -> LRSchedule:
+    # With --steps 0 the run has no end, so the cosine spans --lr-decay-steps and then
+    # stays at its floor.
+    return LRSchedule(
+        peak=cfg.lr,
+        warmup_steps=cfg.lr_warmup_steps,
+        decay_steps=cfg.steps or cfg.lr_decay_steps,
+        min_ratio=cfg.lr_min_ratio,
+        enabled=cfg.lr_schedule,
+    )
+
+
+def resolve_spec(cfg: DaemonConfig) -> GameSpec:
+    """Shapes from the DB's game_metadata; a known game need not wait for the DB."""
+    try:
+        known: GameSpec | None = get_game(cfg.env_id).spec
+    except ValueError:
+        known = None
+    started, delay = time.monotonic(), cfg.wait_interval
+    while True:
+        if cfg.db.exists():
+            try:
+                conn = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True, timeout=5.0)
+                try:
+                    return read_game_spec(conn, cfg.env_id)
+                finally:
+                    conn.close()
+            except SchemaError:
+                if known is None:
+                    pass  # unknown game, no metadata row yet: wait for the actor to write it
+                else:
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if known is None:
+                    log.info("replay DB %s not readable yet: %s", cfg.db, exc)
+        if known is not None:
+            return known
+        waited = time.monotonic() - started
+        if cfg.max_wait and waited >= cfg.max_wait:
+            raise DataWaitTimeout(f"no game_metadata row for {cfg.env_id!r} in {cfg.db} after {waited:.0f}s")
+        log.info("waiting for %s to describe env_id %r (game_metadata)", cfg.db, cfg.env_id)
+        time.sleep(delay)
+        delay = min(30.0, delay * 2)
+
+
+def model_metadata(cfg: DaemonConfig, loop_ref: list) -> dict[str, str]:
+    loop = loop_ref[0]
+    src = loop.source.stats()
+    return {
+        "env_id": cfg.env_id,
+        "step": str(loop.state.step),
+        "samples_trained": str(loop.state.samples_trained),
+        "rows_seen": str(src.get("rows_seen", 0)),
+        "trainer_version": __version__,
+        "mode": "daemon",
+        "network": str(loop.state.network),
+    }
+
+
+def build_daemon(cfg: DaemonConfig) -> TrainLoop:
+    """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
+    device = setup_torch(cfg.threads, cfg.device, cfg.seed)
+    spec = resolve_spec(cfg)
+    kind = resolve_net_kind(cfg.net, spec)
+    network = describe_network(kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks)
+    net = build_network(spec, kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks).to(device)
+    objective = AlphaZeroObjective(net, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.policy_weight, cfg.value_weight)
+    state = TrainState(
+        mode="daemon", env_id=cfg.env_id, spec=dataclasses.asdict(spec), network=network,
+        config_json=cfg.model_dump_json(),
+    )
+
+    ckpt = None if cfg.fresh else find_latest_checkpoint(cfg.checkpoint_dir)
+    if ckpt is not None:
+        loaded = load_checkpoint_file(ckpt)
+        if loaded.mode != "daemon":
+            raise CheckpointError(f"checkpoint {ckpt} is from a {loaded.mode} run; pass it with --init-from, or use --fresh")
+        check_compatible(loaded, cfg.env_id, state.spec, network, ckpt)
+        objective.load_state_dict(loaded.objective)
+        restore_rng(loaded.rng)
+        loaded.config_json = state.config_json
+        state = loaded
+        log.info("resumed from %s at step %d (%d samples trained)", ckpt, state.step, state.samples_trained)
+    elif cfg.init_from is not None:
+        init = load_checkpoint_file(cfg.init_from)
+        check_compatible(init, cfg.env_id, state.spec, network, cfg.init_from)
+        objective.load_policy_weights(init.objective["net"])
+        log.info("initialised weights from %s (%s run, step %d)", cfg.init_from, init.mode, init.step)
+
+    source = ReplaySource(cfg, device=device)
+    if ckpt is not None and state.source:
+        source.load_state_dict(state.source)
+
+    loop_ref: list[TrainLoop] = []
+    hooks = [
+        CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
+        PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints,
+                    metadata=lambda: model_metadata(cfg, loop_ref)),
+    ]
+    if cfg.eval_interval:
+        from trainer.hooks.evaluate import EvalHook
+
+        hooks.append(EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed))
+    hooks += [
+        StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size),
+        ProgressLogHook(cfg.log_interval, cfg.steps),
+    ]
+    loop = TrainLoop(
+        objective, source, state, schedule_from(cfg), cfg.steps, hooks,
+        WaitPolicy(first=cfg.wait_interval, max_wait=cfg.max_wait),
+    )
+    loop_ref.append(loop)
+    loop.restore_hooks()
+    return loop
+
+
+class _StopOnSignal:
+    """Before the loop exists there is nothing to save, so a signal just interrupts set-up."""
+
+    def __init__(self) -> None:
+        self.loop: TrainLoop | None = None
+
+    def __call__(self, name: str) -> None:
+        if self.loop is None:
+            raise KeyboardInterrupt
+        self.loop.request_stop(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(
+        DaemonConfig, argv, prog="python -m trainer [train]", description=__doc__.split("\n\n")[0]
+    )
+    setup_logging(cfg.log_level)
+    stopper = _StopOnSignal()
+    install_stop_signals(stopper)
+    try:
+        loop = build_daemon(cfg)
+        stopper.loop = loop
+        try:
+            loop.run()
+        finally:
+            loop.source.close()
+    except KeyboardInterrupt:
+        log.info("stopped before training started")
+        return 0
+    except (DataWaitTimeout, CheckpointError, SchemaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "--device" in str(exc):
+            raise ConfigError(str(exc)) from None
+        raise
+    return 0

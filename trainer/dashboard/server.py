@@ -1,0 +1,285 @@
+"""A read-only web dashboard for one training run: one page plus the run's stats.json.
+
+The page (static/) polls `/stats.json` every two seconds and draws everything itself, so
+the server only has to hand out a fixed set of files. It serves exactly these paths and
+nothing else of the data folder:
+
+    /                 the page (also /index.html)
+    /dashboard.js     its script
+    /dashboard.css    its style sheet
+    /stats.json       the stats file (default <data>/stats.json)
+    /api/health       {"ok": true, "stats": "ok"|"missing"|"unreadable"|"too_large", ...}
+
+Routing is a lookup of the exact decoded path in a table, never a join onto a folder, so
+`..`, `%2e%2e`, absolute paths and symlinks in the data folder cannot reach another file:
+anything not in the table is a 404.
+
+A missing or unreadable stats.json (a writer that does not rename atomically, a disk
+full, a hand edit) is answered with **503** and a small JSON body naming the problem
+(`{"status": "missing" | "unreadable" | "too_large", "detail": ...}`, plus `Retry-After`).
+The server keeps no copy of its own: the page keeps the last good stats it saw on screen
+and shows "waiting for stats.json" or "stats unreadable, retrying" above them, so a
+person can tell fresh numbers from old ones and the server stays stateless.
+
+A stats file that parses is re-serialised before it is sent: NaN and infinities (which
+Python writers may emit but a browser's JSON.parse rejects) become null, so one bad
+float costs one "—" on the page instead of the whole page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.config.loader import load_config
+
+log = logging.getLogger("trainer.dashboard")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# URL path -> (file in static/, content type). The whole of what the page is made of.
+STATIC_ROUTES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+# Far above any real stats.json (a few hundred KB with a long history); guards memory.
+MAX_STATS_BYTES = 32 * 1024 * 1024
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+class DashboardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(Path("./data"), description="Data folder of the run (stats.json is read from it).")
+    stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only).")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
+    log_level: str = Field("INFO", description="Logging level (requests are logged at DEBUG).")
+
+    @property
+    def stats_path(self) -> Path:
+        return self.stats if self.stats is not None else self.data / "stats.json"
+
+
+@dataclass(frozen=True)
+class StatsRead:
+    """One read of stats.json: `body` is set when status is "ok"."""
+
+    status: str  # ok | missing | unreadable | too_large
+    detail: str = ""
+    body: bytes | None = None
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def read_stats(path: Path) -> StatsRead:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATS_BYTES + 1)
+    except FileNotFoundError:
+        return StatsRead("missing", f"{path.name} does not exist yet")
+    except IsADirectoryError:
+        return StatsRead("unreadable", f"{path.name} is a directory")
+    except OSError as exc:
+        return StatsRead("unreadable", f"cannot read {path.name}: {exc.strerror or exc}")
+    if len(raw) > MAX_STATS_BYTES:
+        return StatsRead("too_large", f"{path.name} is over {MAX_STATS_BYTES} bytes")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return StatsRead("unreadable", f"{path.name} is not valid JSON ({exc})")
+    except RecursionError:
+        return StatsRead("unreadable", f"{path.name} is nested too deeply")
+    if not isinstance(obj, dict):
+        return StatsRead("unreadable", f"{path.name} is not a JSON object")
+    body = json.dumps(_finite_or_none(obj), allow_nan=False, separators=(",", ":")).encode()
+    return StatsRead("ok", body=body)
+
+
+class DashboardHandler(BaseHTTPRequestHandler):
+    server_version = "trainer-dashboard"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    server: "DashboardServer"
+
+    # --- routing ---------------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self._route(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route(send_body=False)
+
+    def _not_allowed(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n",
+                   "text/plain; charset=utf-8", {"Allow": "GET, HEAD"}, send_body=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+
+    def _route(self, send_body: bool) -> None:
+        try:
+            path = unquote(urlsplit(self.path).path, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            self.send_error(HTTPStatus.BAD_REQUEST, "bad path")
+            return
+        if path == "/stats.json":
+            self._send_stats(send_body)
+        elif path == "/api/health":
+            self._send_health(send_body)
+        elif path in STATIC_ROUTES:
+            name, ctype = STATIC_ROUTES[path]
+            try:
+                body = (STATIC_DIR / name).read_bytes()
+            except OSError:
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"page missing from install\n",
+                           "text/plain; charset=utf-8", send_body=send_body)
+                return
+            self._send(HTTPStatus.OK, body, ctype, send_body=send_body)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8",
+                       send_body=send_body)
+
+    # --- responses -------------------------------------------------------------------------
+    def _send_stats(self, send_body: bool) -> None:
+        result = read_stats(self.server.stats_path)
+        if result.status == "ok":
+            assert result.body is not None
+            self._send(HTTPStatus.OK, result.body, "application/json", send_body=send_body)
+            return
+        body = json.dumps({"status": result.status, "detail": result.detail}).encode()
+        self._send(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json",
+                   {"Retry-After": "2"}, send_body=send_body)
+
+    def _send_health(self, send_body: bool) -> None:
+        result = read_stats(self.server.stats_path)
+        body = json.dumps({
+            "ok": True,
+            "stats": result.status,
+            "stats_path": str(self.server.stats_path),
+            "uptime_s": round(time.monotonic() - self.server.started, 1),
+        }).encode()
+        self._send(HTTPStatus.OK, body, "application/json", send_body=send_body)
+
+    def _send(self, status: HTTPStatus, body: bytes, ctype: str,
+              extra: dict[str, str] | None = None, *, send_body: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in {**SECURITY_HEADERS, **(extra or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed requests (bad request line, undecodable path): short plain answer and close.
+        self.close_connection = True
+        body = f"{code} {message or HTTPStatus(code).phrase}\n".encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # A page polls every 2 s: request lines go to DEBUG, not the terminal.
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class DashboardServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], stats_path: Path):
+        self.stats_path = stats_path
+        self.started = time.monotonic()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, DashboardHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup of the host, which can hang for
+        # seconds on a machine without a resolver; the name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        if ":" in str(shown):
+            shown = f"[{shown}]"
+        return f"http://{shown}:{port}/"
+
+
+def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:
+    return DashboardServer((host, port), Path(stats_path))
+
+
+def serve_in_thread(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:
+    """Start a server on a background thread (tests, embedding); stop it with .shutdown()."""
+    server = make_server(stats_path, host, port)
+    threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
+    return server
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # Raised inside serve_forever's loop on the main thread: it unwinds to main()'s finally.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(
+        DashboardConfig, argv, prog="python -m trainer.dashboard",
+        description="Serve the training dashboard: one page that polls the run's stats.json.",
+    )
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        server = make_server(cfg.stats_path, cfg.host, cfg.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    print(f"dashboard: {server.url}  (stats: {cfg.stats_path})", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

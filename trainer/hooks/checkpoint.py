@@ -1,0 +1,39 @@
+"""Save the whole TrainState every N steps and when stopping."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trainer.hooks.base import Hook
+from trainer.training.state import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointHook(Hook):
+    name = "checkpoint"
+
+    def __init__(self, folder: Path, every: int, keep: int):
+        self.folder, self.every, self.keep = Path(folder), every, keep
+        self.last_saved_step = -1
+        self.last_path: Path | None = None
+
+    def run(self, loop, metrics) -> None:
+        self.save(loop)
+
+    def save(self, loop) -> None:
+        if loop.state.step == self.last_saved_step:
+            return
+        self.last_path = save_checkpoint(loop.snapshot(), self.folder, self.keep)
+        self.last_saved_step = loop.state.step
+        log.debug("checkpoint saved: %s", self.last_path)
+
+    def on_start(self, loop) -> None:
+        self.last_saved_step = loop.state.step  # what we resumed from is already on disk
+
+    def on_stop(self, loop) -> None:
+        self.save(loop)
+
+    def stats(self) -> dict:
+        return {"last_training_checkpoint": str(self.last_path) if self.last_path else ""}

@@ -1,0 +1,113 @@
+"""Publish the policy-value net as ONNX every N steps, off the training thread.
+
+The training thread only takes a CPU snapshot of the weights (milliseconds); export,
+onnxruntime verification and the atomic renames run on a worker thread, so publishing
+does not stall training. If a publish is still running when the next is due, the new one
+is skipped rather than queued (the next interval catches up). A failed check is logged and
+counted, never fatal: actors keep the previous model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from trainer.games import GameSpec
+from trainer.hooks.base import Hook
+from trainer.model.onnx_export import PublishError, publish_model
+
+log = logging.getLogger(__name__)
+
+
+class PublishHook(Hook):
+    name = "publish"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        spec: GameSpec,
+        every: int,
+        keep: int,
+        metadata: Callable[[], dict[str, str]],
+        background: bool = True,
+    ):
+        self.model_dir, self.spec, self.every, self.keep = Path(model_dir), spec, every, keep
+        self.metadata = metadata
+        self.background = background
+        self.last_checkpoint = ""
+        self.last_publish_seconds = 0.0
+        self.last_published_step = -1
+        self.failures = 0
+        self.published = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, loop, metrics) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            log.debug("previous publish still running; skipping step %d", loop.state.step)
+            return
+        module, step, meta = self._snapshot(loop)
+        if self.background:
+            self._thread = threading.Thread(
+                target=self._publish, args=(module, step, meta), name="publish", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._publish(module, step, meta)
+
+    def _snapshot(self, loop):
+        module = copy.deepcopy(loop.objective.export_module()).to("cpu").eval()
+        return module, loop.state.step, self.metadata()
+
+    def _publish(self, module, step: int, meta: dict[str, str]) -> None:
+        t0 = time.monotonic()
+        try:
+            result = publish_model(module, self.spec, self.model_dir, step, meta, self.keep)
+        except PublishError as exc:
+            with self._lock:
+                self.failures += 1
+            log.error("model for step %d NOT published (check failed): %s", step, exc)
+            return
+        except Exception:
+            with self._lock:
+                self.failures += 1
+            log.exception("model for step %d NOT published", step)
+            return
+        with self._lock:
+            self.last_checkpoint = str(result.path)
+            self.last_publish_seconds = time.monotonic() - t0
+            self.last_published_step = step
+            self.published += 1
+        log.info("published %s (%.2fs)", result.path.name, self.last_publish_seconds)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def on_stop(self, loop) -> None:
+        self.wait()
+        if loop.state.step > 0 and loop.state.step != self.last_published_step:
+            phase, reason = loop.phase, loop.phase_reason
+            loop.set_phase("publishing", f"final model at step {loop.state.step}")
+            self._publish(*self._snapshot(loop))
+            loop.set_phase(phase, reason)
+
+    def state_dict(self) -> dict:
+        return {"last_checkpoint": self.last_checkpoint, "failures": self.failures}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_checkpoint = state.get("last_checkpoint", "")
+        self.failures = int(state.get("failures", 0))
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "last_checkpoint": self.last_checkpoint,
+                "last_publish_seconds": round(self.last_publish_seconds, 4),
+                "publish_failures": self.failures,
+                "models_published": self.published,
+            }

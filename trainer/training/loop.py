@@ -1,0 +1,192 @@
+"""The one training loop every mode runs: pull a batch, step the objective, call hooks.
+
+    while not done:
+        batch = source.next_batch()          # None -> wait (with a reason) and retry
+        lr = schedule(state.step)            # pure function of the global step
+        metrics = objective.train_step(batch, lr)
+        state.step += 1
+        hooks.after_step(...)                # checkpoint, publish, stats, log, eval
+
+Everything periodic lives in hooks; everything a resume needs lives in `state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from trainer.hooks.base import Hook
+from trainer.objectives.base import Objective
+from trainer.sources import BatchSource
+from trainer.training.lr_schedule import LRSchedule
+from trainer.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+# Phases shown in stats.json `state`.
+STARTING, WAITING, TRAINING, PUBLISHING, STOPPED = (
+    "starting", "waiting_for_data", "training", "publishing", "stopped",
+)
+
+
+class DataWaitTimeout(RuntimeError):
+    """No data within --max-wait; the command exits with code 2."""
+
+
+@dataclass
+class WaitPolicy:
+    first: float = 1.0  # seconds
+    cap: float = 30.0
+    max_wait: float = 0.0  # 0 = forever
+    # Waiting on the reuse budget ends as soon as actors write a few rows, so poll often.
+    reuse_cap: float = 0.5
+
+
+@dataclass
+class Throughput:
+    """Rates over a sliding time window, for logs and stats."""
+
+    horizon: float = 30.0
+    events: deque = field(default_factory=deque)  # (time, samples, waited_seconds, step_seconds)
+
+    def add(self, t: float, samples: int, waited: float, busy: float) -> None:
+        self.events.append((t, samples, waited, busy))
+        while self.events and t - self.events[0][0] > self.horizon:
+            self.events.popleft()
+
+    def rates(self) -> dict[str, float]:
+        if len(self.events) < 2:
+            return {"samples_per_sec": 0.0, "steps_per_sec": 0.0, "wait_fraction": 0.0}
+        span = max(1e-9, self.events[-1][0] - self.events[0][0])
+        samples = sum(e[1] for e in list(self.events)[1:])
+        steps = len(self.events) - 1
+        waited = sum(e[2] for e in list(self.events)[1:])
+        return {
+            "samples_per_sec": samples / span,
+            "steps_per_sec": steps / span,
+            "wait_fraction": min(1.0, waited / span),
+        }
+
+
+class TrainLoop:
+    def __init__(
+        self,
+        objective: Objective,
+        source: BatchSource,
+        state: TrainState,
+        schedule: LRSchedule,
+        total_steps: int,  # 0 = until stopped or the source is exhausted
+        hooks: list[Hook],
+        wait: WaitPolicy | None = None,
+    ):
+        self.objective = objective
+        self.source = source
+        self.state = state
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self.hooks = hooks
+        self.wait = wait or WaitPolicy()
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.phase = STARTING
+        self.phase_reason = "loading"
+        self.last_metrics: dict[str, float] = {}
+        self.last_lr = schedule(state.step)
+        self.throughput = Throughput()
+        self._waited_since_step = 0.0
+
+    # --- persistence -----------------------------------------------------------------------
+    def snapshot(self) -> TrainState:
+        """Fill `state` with everything a resume needs, right now (training thread only)."""
+        self.state.objective = self.objective.state_dict()
+        self.state.source = self.source.state_dict()
+        self.state.hooks = {h.name: s for h in self.hooks if (s := h.state_dict()) is not None}
+        return self.state
+
+    def restore_hooks(self) -> None:
+        for hook in self.hooks:
+            if hook.name in self.state.hooks:
+                hook.load_state_dict(self.state.hooks[hook.name])
+
+    # --- control -------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Thread- and signal-safe: the loop finishes its current step, then stops."""
+        self.stop_reason = self.stop_reason or reason
+        self.stop_event.set()
+
+    def set_phase(self, phase: str, reason: str = "") -> None:
+        self.phase, self.phase_reason = phase, reason
+
+    def done(self) -> bool:
+        if self.stop_event.is_set():
+            return True
+        if self.total_steps and self.state.step >= self.total_steps:
+            self.stop_reason = self.stop_reason or f"reached --steps {self.total_steps}"
+            return True
+        if self.source.exhausted:
+            self.stop_reason = self.stop_reason or "data source exhausted"
+            return True
+        return False
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        for hook in self.hooks:
+            hook.on_start(self)
+        try:
+            last = time.monotonic()
+            while not self.done():
+                batch = self.source.next_batch()
+                if batch is None:
+                    if self.source.exhausted:
+                        continue
+                    self._wait_for_data()
+                    continue
+                self._waiting_started = None
+                if self.phase != TRAINING:
+                    self.set_phase(TRAINING)
+                lr = self.schedule(self.state.step)
+                metrics = self.objective.train_step(batch, lr)
+                self.state.step += 1
+                self.state.samples_trained += len(batch)
+                self.last_lr, self.last_metrics = lr, metrics
+                now = time.monotonic()
+                self.throughput.add(now, len(batch), self._waited_since_step, now - last)
+                self._waited_since_step, last = 0.0, now
+                for hook in self.hooks:
+                    hook.after_step(self, metrics)
+        finally:
+            self.set_phase(STOPPED, self.stop_reason or "stopped")
+            for hook in self.hooks:
+                try:
+                    hook.on_stop(self)
+                except Exception:  # one failing hook must not keep the others from saving
+                    log.exception("hook %s failed while stopping", type(hook).__name__)
+
+    _waiting_started: float | None = None
+    _wait_attempt: int = 0
+
+    def _wait_for_data(self) -> None:
+        reason = self.source.waiting_reason or "no batch available"
+        now = time.monotonic()
+        if self._waiting_started is None:
+            self._waiting_started, self._wait_attempt = now, 0
+        if self.phase != WAITING or reason != self.phase_reason:
+            log.info("waiting for data: %s", reason)
+        self.set_phase(WAITING, reason)
+        reuse = "reuse limit" in reason
+        waited = now - self._waiting_started
+        if self.wait.max_wait and not reuse and waited >= self.wait.max_wait:
+            raise DataWaitTimeout(f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}")
+        for hook in self.hooks:
+            hook.on_wait(self)
+        cap = self.wait.reuse_cap if reuse else self.wait.cap
+        delay = min(cap, self.wait.first * 2**self._wait_attempt)
+        if self.wait.max_wait and not reuse:
+            delay = min(delay, max(0.01, self.wait.max_wait - waited))
+        self._wait_attempt += 1
+        t0 = time.monotonic()
+        self.stop_event.wait(delay)
+        self._waited_since_step += time.monotonic() - t0

@@ -1,0 +1,153 @@
+"""The one persisted object a resume needs, and its crash-safe checkpoint files.
+
+Everything that drives schedules and data use lives in `TrainState`: the global step,
+samples trained, the objective's weights and optimisers, the source's cursor and counters
+(window, reuse budget), RNG states, the config, and any hook bookkeeping (best validation
+loss, ...). It is written with `torch.save` through `atomic_path` and read back with
+`weights_only=True`, so a checkpoint can never execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import __version__
+from trainer.atomic_files import atomic_path, remove_stale_temp_files
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+LATEST_NAME = "latest.pt"
+_STEP_RE = re.compile(r"^ckpt_step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run (other game, other net, corrupt)."""
+
+
+@dataclass
+class TrainState:
+    mode: str  # daemon | imitation | bc | iql | cql
+    env_id: str
+    spec: dict[str, Any]  # GameSpec fields, so a checkpoint is self-describing
+    network: dict[str, Any]  # architecture settings (see networks.describe_network)
+    step: int = 0
+    samples_trained: int = 0
+    objective: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, Any] = field(default_factory=dict)  # per-hook bookkeeping, by hook name
+    rng: dict[str, Any] = field(default_factory=dict)
+    config_json: str = "{}"
+    trainer_version: str = __version__
+    saved_at: float = 0.0
+
+
+def capture_rng() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": _np_state_to_plain(np.random.get_state()),
+        "python": json.dumps(random.getstate()),
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(_np_state_from_plain(rng["numpy"]))
+    random.setstate(_tuples(json.loads(rng["python"])))
+
+
+def _np_state_to_plain(state) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _np_state_from_plain(d: dict[str, Any]):
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+def _tuples(x):
+    return tuple(_tuples(i) for i in x) if isinstance(x, list) else x
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"ckpt_step_{step:06d}.pt"
+
+
+def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
+    """Write `ckpt_step_N.pt` and `latest.pt` atomically, then prune old step files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state.saved_at = time.time()
+    state.rng = capture_rng()
+    payload = {"format": CHECKPOINT_FORMAT, **asdict(state)}
+    path = checkpoint_path(folder, state.step)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    # latest.pt is a second atomic copy rather than a link, so it is valid on every
+    # filesystem (bind mounts, Windows shares) and never points at a pruned file.
+    with atomic_path(folder / LATEST_NAME) as tmp:
+        tmp.write_bytes(path.read_bytes())
+    prune_checkpoints(folder, keep)
+    return path
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    steps = sorted(
+        (int(m.group(1)), p) for p in folder.glob("ckpt_step_*.pt") if (m := _STEP_RE.match(p.name))
+    )
+    for _, p in steps[:-keep] if keep > 0 else []:
+        p.unlink(missing_ok=True)
+
+
+def load_checkpoint_file(path: Path) -> TrainState:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file; the message says which
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a trainer checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
+    payload.pop("format")
+    known = TrainState.__dataclass_fields__
+    return TrainState(**{k: v for k, v in payload.items() if k in known})
+
+
+def find_latest_checkpoint(folder: Path) -> Path | None:
+    """latest.pt, or the newest readable step file if latest.pt is missing."""
+    remove_stale_temp_files(folder)
+    latest = folder / LATEST_NAME
+    if latest.exists():
+        return latest
+    steps = sorted(
+        ((int(m.group(1)), p) for p in folder.glob("ckpt_step_*.pt") if (m := _STEP_RE.match(p.name))),
+        reverse=True,
+    )
+    return steps[0][1] if steps else None
+
+
+def check_compatible(state: TrainState, env_id: str, spec: dict, network: dict, path: Path) -> None:
+    if state.env_id != env_id:
+        raise CheckpointError(
+            f"checkpoint {path} is for env_id {state.env_id!r}, not {env_id!r}; "
+            "use another --checkpoint-dir, or --fresh to start over"
+        )
+    if state.spec != spec:
+        raise CheckpointError(f"checkpoint {path} has game shapes {state.spec}, this run has {spec}; use --fresh")
+    if state.network != network:
+        raise CheckpointError(
+            f"checkpoint {path} has network {state.network}, this run asks for {network}; "
+            "match the network flags or use --fresh"
+        )
