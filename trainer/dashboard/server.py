@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,7 +79,7 @@ class DashboardConfig(BaseModel):
     stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
     host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
-    log_level: str = Field("INFO", description="Logging level (requests are logged at DEBUG).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level (requests are logged at DEBUG).")
 
     @property
     def stats_path(self) -> Path:
@@ -254,7 +254,8 @@ def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) 
 def serve_in_thread(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:
     """Start a server on a background thread (tests, embedding); stop it with .shutdown()."""
     server = make_server(stats_path, host, port)
-    threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     name="dashboard", daemon=True).start()
     return server
 
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         DashboardConfig, argv, prog="python -m trainer.dashboard",
         description="Serve the training dashboard: one page that polls the run's stats.json.",
     )
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = make_server(cfg.stats_path, cfg.host, cfg.port)
     except OSError as exc:

@@ -18,7 +18,8 @@ from typing import Callable
 
 from trainer.games import GameSpec
 from trainer.hooks.base import Hook
-from trainer.model.onnx_export import PublishError, publish_model
+from trainer.model.onnx_export import PublishError
+from trainer.model.publish import publish_model
 
 log = logging.getLogger(__name__)
 

@@ -4,17 +4,17 @@
 computes what the PyTorch module computes; `read_model_metadata` reads its provenance back.
 Moving files into place is `trainer/model/publish.py`'s job.
 
-Exporter choice, measured in torch 2.13 CPU on this 2-core machine (benchmarks/publish_bench.py,
-three runs each, first run includes warm-up):
+Exporter choice, measured in torch 2.13 CPU on this 2-core machine with the daemon's own nets
+(benchmarks/publish_bench.py; cold = first export in the process, warm = median of 5):
 
-    net                        torchscript (dynamo=False)   dynamo (dynamo=True)
-    tictactoe MLP 29-128x3-9+1    ~0.12 s first, ~7 ms        ~3.0 s first, ~0.63 s
-    connect4 ResNet 64x4          ~0.13 s first, ~67 ms       ~1.8 s
+    net                          torchscript (dynamo=False)   dynamo (dynamo=True)
+    tictactoe MLP 29-128x3-9+1   98 ms cold, 7.5 ms warm      2.26 s cold, 0.65 s warm
+    connect4 ResNet 64x4         79 ms cold, 69 ms warm       1.57 s cold, 1.54 s warm
 
-Both give a correct dynamic `batch` axis on the input and both outputs and match PyTorch to
-~1e-7, so we use the TorchScript exporter: 10-90x faster, and a publish every few hundred
-steps should cost the training loop milliseconds, not seconds. torch marks it deprecated; if
-it is ever missing or fails, `export_onnx` falls back to the dynamo exporter by itself.
+Both give a correct dynamic `batch` axis (input and both outputs) and match PyTorch within
+~1e-7 at batch 1 and 37, so we use the TorchScript exporter: 20-90x faster, which keeps a
+publish in the tens of milliseconds. torch marks it deprecated; if it is ever missing or
+fails, `export_onnx` falls back to the dynamo exporter by itself (and logs a warning).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import copy
 import io
 import logging
+import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,11 @@ Exporter = Literal["torchscript", "dynamo"]
 
 log = logging.getLogger(__name__)
 
+# torch's exporters keep module-global state (the TorchScript one refuses to start while
+# `GLOBALS.in_onnx_export` is set), so two exports at once in one process must not overlap:
+# the daemon publishes from a worker thread, and tests or tools may export beside it.
+_EXPORT_LOCK = threading.Lock()
+
 
 class PublishError(RuntimeError):
     """An exported model failed a check; it must not be published. The daemon logs it and
@@ -78,16 +84,17 @@ def export_onnx(
         raise ValueError(f"metadata env_id {metadata['env_id']!r} != spec env_id {spec.env_id!r}")
     net = inference_copy(module)
     dummy = torch.from_numpy(sample_observations(spec, _TRACE_BATCH, seed=0))
-    if exporter == "torchscript":
-        try:
-            proto = _export_torchscript(net, dummy)
-        except Exception as e:  # a future torch without the legacy exporter
-            log.warning("TorchScript ONNX export failed (%s); using the dynamo exporter", e)
-            proto = _export_dynamo(net, dummy)
-    elif exporter == "dynamo":
-        proto = _export_dynamo(net, dummy)
-    else:
+    if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"unknown exporter {exporter!r}")
+    with _EXPORT_LOCK:
+        if exporter == "torchscript":
+            try:
+                proto = _export_torchscript(net, dummy)
+            except Exception as e:  # a future torch without the legacy exporter
+                log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", e)
+                proto = _export_dynamo(net, dummy)
+        else:
+            proto = _export_dynamo(net, dummy)
 
     props = {
         "env_id": spec.env_id,
@@ -153,19 +160,26 @@ def _export_dynamo(net: nn.Module, dummy: torch.Tensor) -> onnx.ModelProto:
     return program.model_proto
 
 
+# Exporter noise, silenced by message rather than with `warnings.catch_warnings()`: publishing
+# runs on a worker thread, and catch_warnings swaps the process-wide filter list, racing with
+# any other thread that does the same. These filters only match the exporters' own messages.
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export")
+warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec", category=FutureWarning)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' Python-side noise (deprecation and tracer warnings, the dynamo
-    exporter's registration log lines and progress prints). C++ prints to fd 2 are left
-    alone: redirecting the fd would also swallow other threads' log lines."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    """Mute the exporters' loggers (the dynamo exporter logs a warning per missing torchvision
+    op on each export). Only torch's own export loggers are touched, and C++ prints to fd 2
+    are left alone: redirecting the fd would swallow other threads' output too."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -208,7 +222,7 @@ def verify_onnx(
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise PublishError(f"{path.name}: not a valid ONNX model: {e}") from e
+        raise PublishError(f"{path.name}: fails the ONNX checker: {e}") from e
     _check_graph(proto, spec, path.name)
 
     import onnxruntime as ort  # heavy import, only where it is needed
@@ -216,19 +230,21 @@ def verify_onnx(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions; don't also print them
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise PublishError(f"{path.name}: onnxruntime cannot load it: {e}") from e
     _check_session_io(session, spec, path.name)
 
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = 4
     net = inference_copy(module)
     a = spec.num_actions
     for batch in batch_sizes:
         obs = sample_observations(spec, batch, seed=1000 + batch)
         try:
-            got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: obs})
+            got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: obs}, run_options)
         except Exception as e:
             raise PublishError(f"{path.name}: onnxruntime failed at batch {batch}: {e}") from e
         with torch.no_grad():

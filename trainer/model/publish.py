@@ -3,7 +3,11 @@
 A publish exports to a temp file beside the final names, verifies it, and only then makes it
 visible, first as `model_step_{step:06d}.onnx`, then as `latest.onnx`, each by its own atomic
 rename, so an actor watching `latest.onnx` sees either the previous good model or the new
-whole one, never a half file, a failed export or a symlink. One publisher per model folder.
+whole one, never a half file, a failed export or a symlink.
+
+One publishing process per model folder (the contract: the trainer writes, others read).
+Within the process, publishes are serialised, so a worker-thread publish and a final publish
+at shutdown cannot interleave their renames or delete each other's temp files.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,9 @@ LATEST_NAME = "latest.onnx"
 _STEP_FILE = re.compile(r"^model_step_(\d+)\.onnx$")
 # Provenance the contract asks for that only the caller knows (step is an argument).
 REQUIRED_METADATA = ("samples_trained", "rows_seen")
+
+_PUBLISH_LOCK = threading.Lock()
+_swept_dirs: set[Path] = set()  # folders whose stale temp files this process has removed
 
 __all__ = [
     "LATEST_NAME", "PublishError", "PublishResult", "publish_model", "prune_step_files",
@@ -97,11 +105,22 @@ def publish_model(
         raise ValueError(f"publish metadata lacks {missing}")
     if max_keep < 1:
         raise ValueError(f"max_keep must be >= 1, got {max_keep}")
+    with _PUBLISH_LOCK:
+        return _publish_locked(module, spec, Path(model_dir), step, metadata, max_keep, exporter)
+
+
+def _publish_locked(
+    module: nn.Module, spec: GameSpec, model_dir: Path, step: int, metadata: dict[str, str],
+    max_keep: int, exporter: Exporter,
+) -> PublishResult:
     t0 = time.perf_counter()
-    model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    # Temp files a killed publisher left behind; safe because we are the only publisher.
-    remove_stale_temp_files(model_dir)
+    # Temp files left by a killed publisher, swept on this process's first publish into the
+    # folder (its start): later on, every temp file there is one of our own in flight.
+    key = model_dir.resolve()
+    if key not in _swept_dirs:
+        remove_stale_temp_files(model_dir)
+        _swept_dirs.add(key)
 
     net = inference_copy(module)  # one copy for export and check, taken before any I/O
     dest = model_dir / step_file_name(step)
@@ -117,7 +136,10 @@ def publish_model(
             raise PublishError(f"ONNX export of step {step} failed: {e}") from e
         t_export = time.perf_counter() - t
         t = time.perf_counter()
-        verify_onnx(tmp, net, spec)
+        try:
+            verify_onnx(tmp, net, spec)
+        except PublishError as e:
+            raise PublishError(f"model for step {step} not published: {e}") from e
         t_verify = time.perf_counter() - t
         t_move = time.perf_counter()
     # A copy, not a symlink or hardlink: `latest.onnx` is its own inode with a fresh mtime

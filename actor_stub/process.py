@@ -1,0 +1,64 @@
+"""Process plumbing of the actor: logging, stop signals, one worker's life.
+
+Kept out of `__main__` so `multiprocessing`'s spawn start method can import `child_main`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from actor_stub.config import ActorConfig
+
+log = logging.getLogger("actor_stub")
+
+
+def setup_logging(level: str) -> None:
+    # Not trainer.runtime.setup_logging: that module imports torch, which an actor never needs.
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("second %s: exiting now, dropping unfinished games", name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        stop.set()
+        log.info("%s: finishing the games in flight (signal again to drop them and exit now)", name)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event) -> None:
+    from actor_stub.selfplay import SelfPlayWorker
+    from trainer.games import get_game
+    from trainer.replay.writer import ReplayWriter
+
+    writer = ReplayWriter(cfg.db, get_game(cfg.env_id), with_model_step=True)
+    try:
+        SelfPlayWorker(cfg, episodes, seed, stop, worker_index=index).run(writer)
+    finally:
+        writer.close()
+
+
+def child_main(cfg_json: str, episodes: int, seed: int | None, index: int) -> None:
+    cfg = ActorConfig.model_validate_json(cfg_json)
+    setup_logging(cfg.log_level)
+    stop = threading.Event()
+    # A terminal's Ctrl-C reaches the whole process group; the parent forwards it as SIGTERM,
+    # so children ignore SIGINT or they would count it twice and drop their games.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    install_signals(stop, (signal.SIGTERM,))
+    run_worker(cfg, episodes, seed, index, stop)

@@ -1,0 +1,170 @@
+"""The self-play actor through real parts: SQLite files, onnxruntime, subprocesses, signals."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actor_stub.config import ActorConfig
+from actor_stub.process import run_worker
+from test_actor_support import actor_cmd, actor_env, assert_whole_games, publish, read_games, tiny_model_bytes
+
+
+def _run_in_process(tmp_path: Path, env_id: str, **kw) -> dict:
+    cfg = ActorConfig(env_id=env_id, db=tmp_path / "replay.db", model_dir=tmp_path / "models", **kw)
+    run_worker(cfg, cfg.episodes, cfg.seed, 0, threading.Event())
+    return read_games(cfg.db, env_id)
+
+
+@pytest.mark.parametrize("env_id, sims", [("tictactoe", 16), ("connect4", 8)])
+def test_rows_read_back_as_whole_games_without_model(tmp_path, env_id, sims):
+    games = _run_in_process(tmp_path, env_id, sims=sims, episodes=6, parallel_games=4, seed=1)
+    assert len(games) == 6
+    assert_whole_games(games, env_id)
+    rows = [r for g in games.values() for r in g]
+    assert all(r["model_step"] is None for r in rows)
+    # MCTS visit distributions, not one-hots or uniform: the targets carry search information.
+    assert any(np.count_nonzero(r["policy_probs"]) > 1 for r in rows)
+    conn = sqlite3.connect(tmp_path / "replay.db")
+    meta = conn.execute("SELECT obs_size, num_actions, legal_mask_offset FROM game_metadata WHERE env_id=?", (env_id,)).fetchone()
+    assert meta == {"tictactoe": (29, 9, 18), "connect4": (93, 7, 84)}[env_id]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_random_play_writes_uniform_policy(tmp_path):
+    games = _run_in_process(tmp_path, "tictactoe", sims=0, episodes=3, seed=2)
+    assert_whole_games(games, "tictactoe")
+    first = next(iter(games.values()))[0]
+    np.testing.assert_allclose(first["policy_probs"], np.full(9, 1 / 9), rtol=1e-6)
+
+
+def test_model_rows_carry_the_model_step(tmp_path):
+    publish(tmp_path / "models", tiny_model_bytes("tictactoe", step=42))
+    games = _run_in_process(tmp_path, "tictactoe", sims=8, episodes=4, seed=3)
+    assert_whole_games(games, "tictactoe")
+    assert {r["model_step"] for g in games.values() for r in g} == {42}
+
+
+def test_wrong_game_model_is_refused_and_rollouts_used(tmp_path, caplog):
+    publish(tmp_path / "models", tiny_model_bytes("connect4", step=9))
+    games = _run_in_process(tmp_path, "tictactoe", sims=4, episodes=2, seed=4)
+    assert {r["model_step"] for g in games.values() for r in g} == {None}
+    assert "env_id 'connect4'" in caplog.text
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"actor exited early ({proc.returncode}) waiting for {what}: {proc.stderr.read()}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _steps(db: Path) -> set:
+    if not db.exists():
+        return set()
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0] for r in conn.execute("SELECT DISTINCT model_step FROM transitions")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # the actor has not created the table yet
+        return set()
+
+
+def test_hot_reload_keeps_model_on_bad_file_and_sigterm_leaves_whole_games(tmp_path):
+    db, models = tmp_path / "replay.db", tmp_path / "models"
+    proc = subprocess.Popen(
+        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(models), "--sims", "4",
+                  "--parallel-games", "4", "--poll-interval", "0.3", "--seed", "5", "--episodes", "0"),
+        env=actor_env(), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: None in _steps(db), 30, proc, "rollout games")
+        publish(models, tiny_model_bytes("tictactoe", step=3))
+        _wait_for(lambda: 3 in _steps(db), 30, proc, "games with model step 3")
+        publish(models, b"not an onnx model")  # a failed load keeps step 3
+        time.sleep(1.0)
+        publish(models, tiny_model_bytes("tictactoe", step=4, seed=1))
+        _wait_for(lambda: 4 in _steps(db), 30, proc, "games with model step 4")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "failed to load" in err and "keeping model step 3" in err
+    games = read_games(db, "tictactoe")
+    assert_whole_games(games, "tictactoe")
+    # Each game was played by one model from its first ply to its last.
+    assert all(len({r["model_step"] for r in rows}) == 1 for rows in games.values())
+
+
+def test_second_sigterm_exits_at_once_with_only_whole_games(tmp_path):
+    db = tmp_path / "replay.db"
+    proc = subprocess.Popen(
+        actor_cmd("--env-id", "connect4", "--db", str(db), "--model-dir", str(tmp_path / "models"),
+                  "--sims", "30", "--parallel-games", "8", "--seed", "6"),
+        env=actor_env(), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: None in _steps(db), 60, proc, "first games")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "exiting now" in err
+    assert_whole_games(read_games(db, "connect4"), "connect4")
+
+
+def test_two_actor_processes_and_a_reader_never_hit_a_lock(tmp_path):
+    db, models = tmp_path / "replay.db", tmp_path / "models"
+    common = ["--env-id", "tictactoe", "--db", str(db), "--model-dir", str(models), "--sims", "0", "--parallel-games", "1"]
+    procs = [
+        subprocess.Popen(actor_cmd(*common, "--episodes", "400", "--seed", "7"), env=actor_env(), stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(actor_cmd(*common, "--episodes", "400", "--seed", "8", "--workers", "2"), env=actor_env(), stderr=subprocess.PIPE, text=True),
+    ]
+    reader_errors: list[str] = []
+    reads = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            if db.exists():
+                try:
+                    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+                    conn.execute("SELECT count(*), max(rowid) FROM transitions").fetchone()
+                    conn.close()
+                    reads += 1
+                except sqlite3.OperationalError as e:
+                    if "no such table" not in str(e):
+                        reader_errors.append(str(e))
+            time.sleep(0.01)
+        errs = [p.communicate(timeout=30)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert not reader_errors
+    assert reads > 10
+    assert not any("locked" in e or "Traceback" in e for e in errs), errs
+    games = read_games(db, "tictactoe")
+    assert len(games) == 800
+    assert_whole_games(games, "tictactoe")

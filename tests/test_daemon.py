@@ -1,0 +1,158 @@
+"""The daemon as users run it: a real process beside a real writer, signals, kill -9, resume."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_for, wait_for_step
+from replay_data import write_random_games
+from trainer.config import DaemonConfig
+from trainer.commands.train import schedule_from
+from trainer.training.state import load_checkpoint_file
+
+FAST = ["--threads", "1", "--min-rows", "50", "--max-reuse", "0", "--stats-interval", "5", "--log-interval", "50"]
+
+WRITER = r"""
+import random, sys, time
+from trainer.games import get_game
+from trainer.replay.writer import PlyRecord, ReplayWriter
+db, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+game = get_game("tictactoe"); rng = random.Random(seed)
+w = ReplayWriter(db, game, busy_timeout_s=5.0)
+end, n = time.time() + seconds, 0
+while time.time() < end:
+    s, plies = game.initial_state(), []
+    while not s.is_terminal:
+        a = rng.choice(game.legal_actions(s)); plies.append(PlyRecord(s, a, None)); s = game.apply(s, a)
+    w.write_game(f"w{seed}-ep-{n}", plies, model_step=None); n += 1
+    time.sleep(0.005)
+print("games", n)
+"""
+
+
+def onnx_step(path) -> int:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    obs_size = sess.get_inputs()[0].shape[1]
+    logits, value = sess.run(None, {"observation": np.zeros((3, obs_size), np.float32)})
+    assert logits.shape == (3, 9) and value.shape == (3, 1)
+    return int(sess.get_modelmeta().custom_metadata_map["step"])
+
+
+def assert_contract_types(stats: dict) -> None:
+    for key in ("step", "total_steps", "samples_seen", "replay_buffer_size"):
+        assert type(stats[key]) is int, key
+    for key in ("total_loss", "policy_loss", "value_loss", "learning_rate", "timestamp"):
+        assert isinstance(stats[key], float), key
+    assert isinstance(stats["last_checkpoint"], str) and isinstance(stats["env_id"], str)
+    assert isinstance(stats["history"], list) and isinstance(stats["eval_history"], list)
+    for h in stats["history"]:
+        assert type(h["step"]) is int and isinstance(h["learning_rate"], float)
+
+
+def test_trains_beside_a_live_writer(tmp_path):
+    db = tmp_path / "replay.db"
+    write_random_games(db, "tictactoe", 30, seed=1)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "12", "2"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_daemon(tmp_path, "--steps", "300", "--checkpoint-interval", "100", "--max-checkpoints", "2", *FAST)
+    rows_before = wait_for_step(tmp_path, 1, 60, proc)["rows_seen"]
+    assert proc.wait(120) == 0, tail_log(tmp_path)
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and "locked" not in err, err
+    stats = read_stats(tmp_path)
+    assert stats["step"] == 300 and stats["state"] == "stopped"
+    assert stats["rows_seen"] > rows_before, "rows written during training were not picked up"
+    assert_contract_types(stats)
+    assert onnx_step(tmp_path / "models" / "latest.onnx") == 300
+    assert sorted(p.name for p in (tmp_path / "models").glob("model_step_*.onnx")) == [
+        "model_step_000200.onnx", "model_step_000300.onnx"]
+    assert stats["last_checkpoint"].endswith("model_step_000300.onnx")
+
+
+def test_sigterm_finishes_step_saves_publishes_and_exits_0(tmp_path):
+    write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=3)
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "1000", *FAST)
+    wait_for_step(tmp_path, 30, 60, proc)
+    t0 = time.monotonic()
+    assert stop(proc, signal.SIGTERM, timeout=20) == 0, tail_log(tmp_path)
+    assert time.monotonic() - t0 < 10
+    stats = read_stats(tmp_path)
+    assert stats["state"] == "stopped"
+    ckpt = load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt")
+    assert ckpt.step == stats["step"] == onnx_step(tmp_path / "models" / "latest.onnx")
+
+
+def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
+    write_random_games(tmp_path / "replay.db", "tictactoe", 60, seed=4)
+    sched = ["--steps", "0", "--lr-warmup-steps", "150", "--lr-decay-steps", "1500", "--checkpoint-interval", "40"]
+    rng = random.Random(0)
+    for attempt in range(3):
+        proc = start_daemon(tmp_path, *sched, *FAST)
+        wait_for(lambda: (tmp_path / "models" / "latest.onnx").exists() or None, 60, "first publish", proc, tmp_path)
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        onnx_step(tmp_path / "models" / "latest.onnx")  # loadable whatever the moment
+    ckpt_step = load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt").step
+    assert ckpt_step > 0
+    proc = start_daemon(tmp_path, *sched, *FAST)
+    wait_for_step(tmp_path, ckpt_step + 60, 60, proc)
+    assert stop(proc) == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert f"at step {ckpt_step} " in log.split("resumed from")[-1].splitlines()[0]
+    # Every LR recorded across all the restarts is exactly the uninterrupted schedule's.
+    schedule = schedule_from(DaemonConfig(lr_warmup_steps=150, lr_decay_steps=1500, steps=0))
+    history = read_stats(tmp_path)["history"]
+    assert len(history) > 10 and history[-1]["step"] > 150
+    for entry in history:
+        assert entry["learning_rate"] == pytest.approx(schedule(entry["step"] - 1), rel=1e-6), entry
+
+
+def test_waits_for_missing_db_then_gives_up_with_exit_2(tmp_path):
+    proc = start_daemon(tmp_path, "--max-wait", "3", "--wait-interval", "0.2", *FAST)
+    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data" and s,
+                     30, "waiting_for_data", proc, tmp_path)
+    assert stats["state_reason"]
+    assert proc.wait(30) == 2
+    assert "error:" in tail_log(tmp_path) and "Traceback" not in tail_log(tmp_path)
+
+
+def test_starts_when_the_db_appears(tmp_path):
+    proc = start_daemon(tmp_path, "--steps", "20", "--wait-interval", "0.2", *FAST)
+    wait_for(lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data", 30, "waiting", proc, tmp_path)
+    write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=5)
+    assert proc.wait(90) == 0, tail_log(tmp_path)
+    assert read_stats(tmp_path)["step"] == 20
+
+
+def test_schema_problem_is_a_clear_error(tmp_path):
+    conn = sqlite3.connect(tmp_path / "replay.db")
+    conn.execute("CREATE TABLE transitions (id TEXT PRIMARY KEY, env_id TEXT, action BLOB)")
+    conn.execute("INSERT INTO transitions VALUES ('a', 'tictactoe', x'00000000')")
+    conn.commit()
+    conn.close()
+    proc = start_daemon(tmp_path, "--max-wait", "20", *FAST)
+    assert proc.wait(60) == 2
+    log = tail_log(tmp_path)
+    assert "observation" in log and "Traceback" not in log
+
+
+def test_incompatible_checkpoint_is_an_error_unless_fresh(tmp_path):
+    write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=6)
+    write_random_games(tmp_path / "replay.db", "connect4", 10, seed=6)
+    assert start_daemon(tmp_path, "--steps", "10", *FAST).wait(90) == 0
+    args = ["--env-id", "connect4", "--net", "mlp", "--steps", "5", *FAST]
+    assert start_daemon(tmp_path, *args).wait(90) == 2
+    assert re.search(r"checkpoint .* is for env_id 'tictactoe'", tail_log(tmp_path))
+    assert start_daemon(tmp_path, *args, "--fresh").wait(90) == 0
+    assert read_stats(tmp_path)["env_id"] == "connect4"

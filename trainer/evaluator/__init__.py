@@ -1,0 +1,5 @@
+"""Evaluating a published model against baseline players (`python -m trainer.evaluator`)."""
+
+from trainer.evaluator.match import EvalResult, GameRecord, evaluate_model, play_games, summarise, wilson_interval
+
+__all__ = ["EvalResult", "GameRecord", "evaluate_model", "play_games", "summarise", "wilson_interval"]

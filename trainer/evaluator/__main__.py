@@ -1,0 +1,128 @@
+"""`python -m trainer.evaluator`: play a published ONNX model against a baseline.
+
+The model plays its raw policy (greedy over legal moves at --temperature 0), or searches
+with --sims MCTS simulations guided by the model. Colours alternate game by game. The score
+is (wins + draws / 2) / games, reported with a 95% Wilson interval; --min-score X makes the
+exit code 1 when the score is below X (for CI gates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainer.config.loader import load_config
+
+log = logging.getLogger("trainer.evaluator")
+
+
+# The issue asks for `--json`; the loader names flags after fields, and a field called `json`
+# shadows the deprecated BaseModel.json() (harmless here: we never call it).
+warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
+
+
+class EvaluatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = Field(Path("./data/models/latest.onnx"), description="ONNX model to evaluate.")
+    db: Path | None = Field(None, description="Replay DB whose game_metadata gives the shapes (optional).")
+    env_id: str | None = Field(None, description="Game; default: the model's env_id metadata.")
+    games: int = Field(100, ge=1, description="Games to play (colours alternate).")
+    opponent: str = Field("random", description="Opponent: random, perfect (tictactoe only) or mcts:SIMS (rollout MCTS).")
+    sims: int = Field(0, ge=0, description="MCTS simulations for the model per move; 0 = its raw policy.")
+    temperature: float = Field(0.0, ge=0, description="Raw-policy temperature; 0 = greedy over legal moves.")
+    c_puct: float = Field(1.5, gt=0, description="PUCT constant for every MCTS player.")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+    seed: int | None = Field(None, description="Random seed (unset = from the OS).")
+    min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
+    json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
+    verbose: bool = Field(False, description="Print every game's moves and final board.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Logging level.")
+
+    @field_validator("opponent")
+    @classmethod
+    def _opponent(cls, v: str) -> str:
+        kind, _, arg = v.partition(":")
+        if kind in ("random", "perfect") and not arg:
+            return v
+        if kind == "mcts" and arg.isdigit() and int(arg) > 0:
+            return v
+        raise ValueError("expected random, perfect or mcts:SIMS (SIMS a positive integer)")
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100.0 * k / n:5.1f}%" if n else "  n/a"
+
+
+def format_result(r) -> str:
+    n = r.games_played
+    first = r.wins_as_first + r.draws_as_first + r.losses_as_first
+    second = n - first
+    lo, hi = r.ci
+    model_name = Path(r.model).name + (f" (step {r.model_step})" if r.model_step is not None else "")
+    if lo > 0.5:
+        verdict = f"model is stronger than {r.opponent} (95% CI above 0.5)"
+    elif hi < 0.5:
+        verdict = f"model is weaker than {r.opponent} (95% CI below 0.5)"
+    else:
+        verdict = f"no significant difference from {r.opponent} at 95%"
+    lines = [
+        f"Evaluation Results: {model_name} vs {r.opponent}",
+        "=" * 60,
+        f"Game:              {r.env_id}",
+        f"Games played:      {n} ({first} with the model first, {second} second)",
+        f"Model wins:        {r.wins:4d} ({_pct(r.wins, n)})  as first: {r.wins_as_first} ({_pct(r.wins_as_first, first)}), "
+        f"as second: {r.wins_as_second} ({_pct(r.wins_as_second, second)})",
+        f"{r.opponent + ' wins:':<19}{r.losses:4d} ({_pct(r.losses, n)})  as first: {r.losses_as_second} "
+        f"({_pct(r.losses_as_second, second)}), as second: {r.losses_as_first} ({_pct(r.losses_as_first, first)})",
+        f"Draws:             {r.draws:4d} ({_pct(r.draws, n)})",
+        f"Avg game length:   {r.avg_game_length:.1f} plies",
+        f"Model score:       {r.score:.3f}  (95% CI {lo:.3f} - {hi:.3f}, Wilson)",
+        f"Time:              {r.elapsed_s:.1f}s ({n / max(r.elapsed_s, 1e-9):.1f} games/s)",
+        f"Verdict:           {verdict}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(EvaluatorConfig, argv, prog="python -m trainer.evaluator", description=__doc__.split("\n\n")[0])
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from trainer.evaluator.match import evaluate_model
+    from trainer.games import get_game
+
+    records: list = []
+    try:
+        result = evaluate_model(
+            cfg.model, cfg.env_id, cfg.opponent, cfg.games, cfg.seed,
+            temperature=cfg.temperature, sims=cfg.sims, threads=cfg.threads, db=cfg.db,
+            c_puct=cfg.c_puct, records_out=records if cfg.verbose else None,
+        )
+    except (FileNotFoundError, ValueError) as e:  # ModelContractError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.verbose:
+        game = get_game(result.env_id)
+        for i, rec in enumerate(records):
+            outcome = {1: "model wins", 0: "draw", -1: f"{result.opponent} wins"}[rec.result]
+            print(f"game {i + 1}: model {'first' if rec.model_first else 'second'}, {outcome} in {rec.length} plies, moves {rec.moves}")
+            print(game.render(rec.final), end="\n\n")
+    if cfg.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_result(result))
+    if cfg.min_score is not None:
+        ok = result.score >= cfg.min_score
+        if not cfg.json:
+            print(f"{'PASS' if ok else 'FAIL'}: score {result.score:.3f} {'>=' if ok else '<'} --min-score {cfg.min_score}")
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Loading a published ONNX policy-value model (contract section 3) with onnxruntime.
+
+Used by the actor (hot reload of `latest.onnx`) and the evaluator. It never imports torch:
+the daemon's eval hook calls the evaluator from a training thread, and a second torch import
+path there would only cost memory and start-up time.
+
+The contract is checked at load, so a bad file is refused with one message naming what is
+wrong and the caller can keep its previous model:
+  - one input `observation`, float32 [batch, obs_size];
+  - outputs `policy_logits` float32 [batch, A], then `value` float32 [batch, 1];
+  - a trial run on a batch of 2 gives those shapes and finite numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainer.games import GameSpec
+
+INPUT_NAME = "observation"
+OUTPUT_NAMES = ("policy_logits", "value")
+
+
+class ModelContractError(ValueError):
+    """The file is not a model an actor can use; the message says what is wrong."""
+
+
+def _static_dim(d) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+class OnnxPolicy:
+    """A loaded model: `evaluate(obs, legal_masks) -> (priors, values)` on batches."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        expected_env_id: str | None = None,
+        spec: GameSpec | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file {self.path} not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            # Read the bytes ourselves: the publisher may replace the file right after we
+            # stat it, and one read gives one consistent version.
+            data = self.path.read_bytes()
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelContractError(f"{self.path.name}: onnxruntime cannot load it: {e}") from e
+
+        meta = self.session.get_modelmeta().custom_metadata_map or {}
+        self.metadata: dict[str, str] = dict(meta)
+        self.env_id: str | None = meta.get("env_id") or None
+        try:
+            self.step: int | None = int(meta["step"]) if "step" in meta else None
+        except ValueError:
+            self.step = None
+        if expected_env_id is not None and self.env_id is not None and self.env_id != expected_env_id:
+            raise ModelContractError(
+                f"{self.path.name}: model is for env_id {self.env_id!r}, expected {expected_env_id!r}"
+            )
+        self.obs_size, self.num_actions = self._check_io(spec)
+        self._trial_run()
+
+    # --- contract checks -----------------------------------------------------------------
+    def _check_io(self, spec: GameSpec | None) -> tuple[int, int]:
+        name = self.path.name
+        ins = self.session.get_inputs()
+        outs = self.session.get_outputs()
+        if [i.name for i in ins] != [INPUT_NAME]:
+            raise ModelContractError(
+                f"{name}: inputs are {[i.name for i in ins]}, expected exactly ['{INPUT_NAME}']"
+            )
+        if ins[0].type != "tensor(float)":
+            raise ModelContractError(f"{name}: input {INPUT_NAME} is {ins[0].type}, expected tensor(float)")
+        if [o.name for o in outs] != list(OUTPUT_NAMES):
+            raise ModelContractError(
+                f"{name}: outputs are {[o.name for o in outs]}, expected {list(OUTPUT_NAMES)} in that order"
+            )
+        for o in outs:
+            if o.type != "tensor(float)":
+                raise ModelContractError(f"{name}: output {o.name} is {o.type}, expected tensor(float)")
+        for v in (ins[0], *outs):
+            if len(v.shape) != 2:
+                raise ModelContractError(f"{name}: {v.name} has shape {v.shape}, expected [batch, n]")
+            if v is ins[0] and _static_dim(v.shape[0]) is not None:
+                raise ModelContractError(
+                    f"{name}: {v.name} has a fixed batch axis {v.shape}; the batch axis must be dynamic"
+                )
+        obs_size = _static_dim(ins[0].shape[1])
+        num_actions = _static_dim(outs[0].shape[1])
+        if _static_dim(outs[1].shape[1]) not in (None, 1):
+            raise ModelContractError(f"{name}: value has shape {outs[1].shape}, expected [batch, 1]")
+        if spec is not None:
+            if obs_size not in (None, spec.obs_size):
+                raise ModelContractError(
+                    f"{name}: observation has {obs_size} features, {spec.env_id} needs {spec.obs_size}"
+                )
+            if num_actions not in (None, spec.num_actions):
+                raise ModelContractError(
+                    f"{name}: policy_logits has {num_actions} actions, {spec.env_id} needs {spec.num_actions}"
+                )
+            obs_size, num_actions = spec.obs_size, spec.num_actions
+        if obs_size is None:
+            try:
+                obs_size = int(self.metadata["obs_size"])
+            except (KeyError, ValueError):
+                raise ModelContractError(
+                    f"{name}: observation size is not fixed in the graph or metadata; pass the game spec"
+                ) from None
+        if num_actions is None:
+            try:
+                num_actions = int(self.metadata["num_actions"])
+            except (KeyError, ValueError):
+                raise ModelContractError(
+                    f"{name}: number of actions is not fixed in the graph or metadata; pass the game spec"
+                ) from None
+        return obs_size, num_actions
+
+    def _trial_run(self) -> None:
+        try:
+            logits, values = self.run(np.zeros((2, self.obs_size), dtype=np.float32))
+        except ModelContractError:
+            raise
+        except Exception as e:
+            raise ModelContractError(f"{self.path.name}: trial run on a batch of 2 failed: {e}") from e
+        if not (np.isfinite(logits).all() and np.isfinite(values).all()):
+            raise ModelContractError(f"{self.path.name}: trial run gave NaN or inf")
+
+    # --- inference -------------------------------------------------------------------------
+    def run(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs: logits [n, A] and values [n] (checked shapes)."""
+        obs = np.ascontiguousarray(obs, dtype=np.float32)
+        logits, values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: obs})
+        n = obs.shape[0]
+        if logits.shape != (n, self.num_actions):
+            raise ModelContractError(
+                f"{self.path.name}: policy_logits came back {list(logits.shape)}, expected [{n}, {self.num_actions}]"
+            )
+        if values.shape not in ((n, 1), (n,)):
+            raise ModelContractError(f"{self.path.name}: value came back {list(values.shape)}, expected [{n}, 1]")
+        return logits, values.reshape(n)
+
+    def evaluate(self, obs: np.ndarray, legal_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax of the logits over legal moves (the contract leaves masking to us), and the
+        value clipped to [-1, 1], side-to-move view."""
+        logits, values = self.run(obs)
+        return masked_softmax(logits, legal_masks), np.clip(values, -1.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"OnnxPolicy({self.path.name}, env_id={self.env_id}, step={self.step})"
+
+
+def masked_softmax(logits: np.ndarray, legal_masks: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    legal = np.asarray(legal_masks, dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = np.where(legal, logits.astype(np.float64) / max(temperature, 1e-8), -np.inf)
+        z = z - np.max(z, axis=-1, keepdims=True)
+        p = np.where(legal, np.exp(z), 0.0)
+    total = p.sum(axis=-1, keepdims=True)
+    # A row without legal moves (should not happen) gets zeros, never NaN.
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+
+
+def model_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of a model (env_id, step, ...), read with onnxruntime only."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelContractError(f"{path.name}: onnxruntime cannot load it: {e}") from e
+    return dict(session.get_modelmeta().custom_metadata_map or {})
+
+
+def load_policy(
+    path: str | Path, threads: int = 1, expected_env_id: str | None = None, spec: GameSpec | None = None
+) -> OnnxPolicy:
+    return OnnxPolicy(path, threads=threads, expected_env_id=expected_env_id, spec=spec)

@@ -1,0 +1,243 @@
+"""PUCT Monte Carlo tree search over many games at once, with batched leaf evaluation.
+
+One process plays many games; each simulation round descends every game's tree to one new
+leaf, then evaluates all those leaves in one call (one onnxruntime run per round instead of
+one per leaf). With one leaf per tree per round no virtual loss is needed, and the search is
+exactly sequential PUCT within each tree.
+
+Value convention: a node's edge statistics `W[a] / N[a]` are from the view of the player to
+move at that node; an evaluator returns values from the view of the side to move at the leaf.
+Both games alternate turns, so each level of the backup flips the sign. Terminal nodes are
+scored exactly (+1 / 0 / -1), never by the evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from trainer.games import DRAW, Game, GameState
+
+# evaluate(obs_batch [n, obs_size] float32, legal_masks [n, A] bool) -> (priors [n, A], values [n])
+ObsEvaluateFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class LeafEvaluator(Protocol):
+    def evaluate_states(self, game: Game, states: Sequence[GameState]) -> tuple[np.ndarray, np.ndarray]:
+        """(priors [n, A] summing to 1 over legal moves, values [n] from side-to-move view)."""
+
+
+class ObsEvaluator:
+    """Adapts an observation-batch function (e.g. `OnnxPolicy.evaluate`) to tree leaves."""
+
+    def __init__(self, fn: ObsEvaluateFn):
+        self.fn = fn
+
+    def evaluate_states(self, game: Game, states: Sequence[GameState]) -> tuple[np.ndarray, np.ndarray]:
+        obs = np.stack([game.encode(s) for s in states])
+        off, a = game.spec.legal_mask_offset, game.spec.num_actions
+        masks = obs[:, off : off + a] > 0.5
+        priors, values = self.fn(obs, masks)
+        return np.asarray(priors, dtype=np.float64), np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+class RolloutEvaluator:
+    """No model yet: uniform priors and the result of random playouts, so the first self-play
+    data already prefers wins over losses instead of being pure noise."""
+
+    def __init__(self, rng: np.random.Generator, rollouts: int = 1):
+        self.rng = rng
+        self.rollouts = rollouts
+
+    def evaluate_states(self, game: Game, states: Sequence[GameState]) -> tuple[np.ndarray, np.ndarray]:
+        masks = np.stack([game.legal_mask(s) for s in states]).astype(np.float64)
+        priors = masks / np.maximum(masks.sum(axis=1, keepdims=True), 1.0)
+        values = np.array(
+            [np.mean([random_rollout(game, s, self.rng) for _ in range(self.rollouts)]) for s in states]
+        )
+        return priors, values
+
+
+def terminal_value(state: GameState) -> float:
+    """Exact value of a finished game from the view of `state.to_move`."""
+    if state.winner == DRAW:
+        return 0.0
+    return 1.0 if state.winner == state.to_move else -1.0
+
+
+def random_rollout(game: Game, state: GameState, rng: np.random.Generator) -> float:
+    """Play uniformly random moves to the end; the result from `state.to_move`'s view."""
+    s = state
+    # Draw random numbers in bulk: one Generator call per move dominates a short playout.
+    draws = rng.random(game.spec.cells + 1)
+    i = 0
+    while not s.is_terminal:
+        legal = np.flatnonzero(game.legal_mask(s))
+        s = game.apply(s, int(legal[int(draws[i] * len(legal))]))
+        i += 1
+    if s.winner == DRAW:
+        return 0.0
+    return 1.0 if s.winner == state.to_move else -1.0
+
+
+@dataclass
+class MCTSConfig:
+    sims: int = 100
+    c_puct: float = 1.5
+    dirichlet_alpha: float = 0.3
+    dirichlet_weight: float = 0.25
+    temperature_plies: int = 0  # sample proportionally to visits for plies < this, then argmax
+
+
+class Node:
+    __slots__ = ("state", "legal", "priors", "N", "W", "children")
+
+    def __init__(self, state: GameState, legal: np.ndarray, priors: np.ndarray):
+        self.state = state
+        self.legal = legal
+        self.priors = priors
+        a = len(legal)
+        self.N = np.zeros(a)
+        self.W = np.zeros(a)
+        self.children: dict[int, Node | None] = {}
+
+    def select(self, c_puct: float) -> int:
+        n = self.N
+        q = np.divide(self.W, n, out=np.zeros_like(self.W), where=n > 0)
+        # +1 inside the root so the first visit already follows the priors.
+        u = c_puct * self.priors * math.sqrt(n.sum() + 1.0) / (1.0 + n)
+        score = np.where(self.legal, q + u, -np.inf)
+        return int(np.argmax(score))
+
+
+@dataclass
+class SearchResult:
+    visits: np.ndarray  # [A] visit counts at the root
+    value: float  # root value, side-to-move view (mean of backed-up values)
+    priors: np.ndarray  # [A] root priors (after noise)
+
+    @property
+    def policy(self) -> np.ndarray:
+        """Visit distribution: the policy target the replay DB stores."""
+        total = self.visits.sum()
+        return (self.visits / total).astype(np.float32) if total > 0 else self.priors.astype(np.float32)
+
+
+def evaluate_grouped(
+    game: Game, states: list[GameState], evaluators: list[LeafEvaluator]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One evaluator call per distinct evaluator (usually one: all games share the model)."""
+    a = game.spec.num_actions
+    priors = np.zeros((len(states), a))
+    values = np.zeros(len(states))
+    groups: dict[int, list[int]] = {}
+    for i, ev in enumerate(evaluators):
+        groups.setdefault(id(ev), []).append(i)
+    for idx in groups.values():
+        p, v = evaluators[idx[0]].evaluate_states(game, [states[i] for i in idx])
+        priors[idx] = p
+        values[idx] = v
+    return priors, values
+
+
+def _normalised_priors(priors: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    p = np.where(legal, np.maximum(priors, 0.0), 0.0)
+    total = p.sum()
+    return p / total if total > 0 else legal / legal.sum()
+
+
+def search(
+    game: Game,
+    roots: Sequence[GameState],
+    evaluators: LeafEvaluator | Sequence[LeafEvaluator],
+    cfg: MCTSConfig,
+    rng: np.random.Generator,
+    add_noise: bool = False,
+) -> list[SearchResult]:
+    """Run `cfg.sims` simulations from each (non-terminal) root, all trees in lockstep.
+
+    `evaluators` is one evaluator for every root or one per root (the actor keeps each game on
+    the model it started with, so during a hot reload two models can be in use).
+    """
+    if isinstance(evaluators, (list, tuple)):
+        evs = list(evaluators)
+    else:
+        evs = [evaluators] * len(roots)  # type: ignore[list-item]
+    if len(evs) != len(roots):
+        raise ValueError("need one evaluator per root")
+    if any(r.is_terminal for r in roots):
+        raise ValueError("cannot search from a terminal position")
+    if not roots:
+        return []
+
+    root_priors, root_values = evaluate_grouped(game, list(roots), evs)
+    nodes: list[Node] = []
+    for state, p in zip(roots, root_priors):
+        legal = game.legal_mask(state)
+        p = _normalised_priors(p, legal)
+        if add_noise and cfg.dirichlet_weight > 0:
+            k = int(legal.sum())
+            noise = np.zeros_like(p)
+            noise[legal] = rng.dirichlet([cfg.dirichlet_alpha] * k)
+            p = (1 - cfg.dirichlet_weight) * p + cfg.dirichlet_weight * noise
+        nodes.append(Node(state, legal, p))
+
+    for _ in range(cfg.sims):
+        pending: list[tuple[list[tuple[Node, int]], GameState, int]] = []
+        for t, root in enumerate(nodes):
+            path: list[tuple[Node, int]] = []
+            node = root
+            while True:
+                a = node.select(cfg.c_puct)
+                path.append((node, a))
+                child = node.children.get(a)
+                if child is None:
+                    break
+                node = child
+            leaf_state = game.apply(node.state, a)
+            if leaf_state.is_terminal:
+                # Terminal leaves are never stored as nodes: scored exactly on every visit.
+                _backup(path, terminal_value(leaf_state))
+            else:
+                pending.append((path, leaf_state, t))
+        if not pending:
+            continue
+        priors, values = evaluate_grouped(game, [p[1] for p in pending], [evs[p[2]] for p in pending])
+        for (path, state, _), p, v in zip(pending, priors, values):
+            legal = game.legal_mask(state)
+            parent, a = path[-1]
+            parent.children[a] = Node(state, legal, _normalised_priors(p, legal))
+            _backup(path, float(v))
+
+    results = []
+    for node, v0 in zip(nodes, root_values):
+        n = node.N.sum()
+        value = float(node.W.sum() / n) if n > 0 else float(v0)
+        results.append(SearchResult(node.N.copy(), value, node.priors))
+    return results
+
+
+def _backup(path: list[tuple[Node, int]], leaf_value: float) -> None:
+    """`leaf_value` is from the leaf's side to move: its parent's mover sees the negation."""
+    v = leaf_value
+    for node, a in reversed(path):
+        v = -v
+        node.N[a] += 1.0
+        node.W[a] += v
+
+
+def select_action(
+    visits_or_probs: np.ndarray, legal: np.ndarray, ply: int, temperature_plies: int, rng: np.random.Generator
+) -> int:
+    """Temperature schedule: sample proportionally for the first `temperature_plies` plies,
+    then the most visited move (ties broken at random, so greedy play still varies)."""
+    w = np.where(legal, np.asarray(visits_or_probs, dtype=np.float64), 0.0)
+    if w.sum() <= 0:
+        w = legal.astype(np.float64)
+    if ply < temperature_plies:
+        return int(rng.choice(len(w), p=w / w.sum()))
+    best = np.flatnonzero((w == w.max()) & legal)
+    return int(rng.choice(best))

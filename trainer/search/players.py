@@ -1,0 +1,147 @@
+"""Players for the evaluator and the offline data generator, all choosing moves in batches.
+
+`choose(states)` takes the positions of many games at once (all with this player to move),
+so an MCTS or model player sends every game's leaves to one evaluator call.
+
+Player specs on the command line: `random`, `perfect` (tic-tac-toe only), `mcts:SIMS`
+(rollout MCTS, or model-guided when a model is given) and, for the model under test, `model`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from trainer.games import DRAW, Game, GameState
+from trainer.onnx_policy import OnnxPolicy, masked_softmax
+from trainer.search.mcts import LeafEvaluator, MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
+
+
+class Player(Protocol):
+    name: str
+
+    def choose(self, states: Sequence[GameState]) -> list[int]: ...
+
+
+class RandomPlayer:
+    def __init__(self, game: Game, rng: np.random.Generator):
+        self.game, self.rng, self.name = game, rng, "random"
+
+    def choose(self, states: Sequence[GameState]) -> list[int]:
+        return [int(self.rng.choice(self.game.legal_actions(s))) for s in states]
+
+
+class PerfectPlayer:
+    """Exact minimax with a memo (tic-tac-toe has 5,478 positions); a random choice among the
+    optimal moves, so games against it still vary. Among equal results it prefers the
+    quickest win and the slowest loss."""
+
+    def __init__(self, game: Game, rng: np.random.Generator):
+        if game.spec.env_id != "tictactoe":
+            raise ValueError(f"the perfect player only knows tictactoe, not {game.spec.env_id}")
+        self.game, self.rng, self.name = game, rng, "perfect"
+        self._memo: dict[tuple, float] = {}
+
+    def value(self, state: GameState) -> float:
+        """Side-to-move value, shrunk by depth (a win in 1 beats a win in 5)."""
+        key = (state.board, state.to_move)
+        v = self._memo.get(key)
+        if v is None:
+            if state.is_terminal:
+                v = 0.0 if state.winner == DRAW else (1.0 if state.winner == state.to_move else -1.0)
+            else:
+                v = max(-0.99 * self.value(self.game.apply(state, a)) for a in self.game.legal_actions(state))
+            self._memo[key] = v
+        return v
+
+    def action_values(self, state: GameState) -> dict[int, float]:
+        return {a: -0.99 * self.value(self.game.apply(state, a)) for a in self.game.legal_actions(state)}
+
+    def choose(self, states: Sequence[GameState]) -> list[int]:
+        out = []
+        for s in states:
+            values = self.action_values(s)
+            best = max(values.values())
+            out.append(int(self.rng.choice([a for a, v in values.items() if v >= best - 1e-9])))
+        return out
+
+
+class MCTSPlayer:
+    """Greedy (most visits) MCTS, with random-rollout leaves or a model's priors and values."""
+
+    def __init__(
+        self,
+        game: Game,
+        sims: int,
+        rng: np.random.Generator,
+        evaluator: LeafEvaluator | None = None,
+        c_puct: float = 1.5,
+        name: str | None = None,
+    ):
+        self.game, self.rng = game, rng
+        self.cfg = MCTSConfig(sims=sims, c_puct=c_puct)
+        self.evaluator = evaluator if evaluator is not None else RolloutEvaluator(rng)
+        self.name = name or f"mcts:{sims}"
+
+    def choose(self, states: Sequence[GameState]) -> list[int]:
+        results = search(self.game, list(states), self.evaluator, self.cfg, self.rng, add_noise=False)
+        return [
+            select_action(r.visits, self.game.legal_mask(s), s.ply, 0, self.rng) for s, r in zip(states, results)
+        ]
+
+
+class PolicyPlayer:
+    """The model's raw policy: greedy over legal moves at temperature 0, else sampled from
+    softmax(logits / T) over legal moves."""
+
+    def __init__(self, game: Game, policy: OnnxPolicy, rng: np.random.Generator, temperature: float = 0.0, name: str = "model"):
+        self.game, self.policy, self.rng, self.temperature, self.name = game, policy, rng, temperature, name
+
+    def choose(self, states: Sequence[GameState]) -> list[int]:
+        obs = np.stack([self.game.encode(s) for s in states])
+        off, a = self.game.spec.legal_mask_offset, self.game.spec.num_actions
+        masks = obs[:, off : off + a] > 0.5
+        logits, _ = self.policy.run(obs)
+        out = []
+        for row, legal in zip(logits, masks):
+            if self.temperature <= 0:
+                scores = np.where(legal, row, -np.inf)
+                out.append(int(self.rng.choice(np.flatnonzero(scores == scores.max()))))
+            else:
+                p = masked_softmax(row[None], legal[None], self.temperature)[0]
+                out.append(int(self.rng.choice(a, p=p)))
+        return out
+
+
+def make_player(
+    spec: str,
+    game: Game,
+    rng: np.random.Generator,
+    policy: OnnxPolicy | None = None,
+    temperature: float = 0.0,
+    c_puct: float = 1.5,
+) -> Player:
+    """A player from its command-line spec; `model` and `model-mcts:SIMS` need `policy`."""
+    kind, _, arg = spec.partition(":")
+    if kind == "random":
+        return RandomPlayer(game, rng)
+    if kind == "perfect":
+        return PerfectPlayer(game, rng)
+    if kind in ("mcts", "model-mcts"):
+        try:
+            sims = int(arg)
+        except ValueError:
+            raise ValueError(f"bad player {spec!r}: expected {kind}:SIMS with an integer SIMS") from None
+        if sims < 1:
+            raise ValueError(f"bad player {spec!r}: SIMS must be >= 1")
+        if kind == "model-mcts":
+            if policy is None:
+                raise ValueError("model-mcts needs a model")
+            return MCTSPlayer(game, sims, rng, ObsEvaluator(policy.evaluate), c_puct, name=f"model+mcts:{sims}")
+        return MCTSPlayer(game, sims, rng, c_puct=c_puct)
+    if kind == "model":
+        if policy is None:
+            raise ValueError("the model player needs a model")
+        return PolicyPlayer(game, policy, rng, temperature)
+    raise ValueError(f"unknown player {spec!r}; expected random, perfect, mcts:SIMS")

@@ -1,0 +1,367 @@
+"""The daemon's batch source: the live replay DB, tailed by a background thread.
+
+    training thread                          worker thread (owns reader + window + RNG)
+    ---------------                          ------------------------------------------
+    next_batch() -> pop a ready batch  <---  every poll_interval: read new rows in chunks
+                    (tens of µs)             between polls: sample the newest W rows,
+                                             augment, make tensors, queue (a few ahead)
+
+The training thread never touches SQLite or the window, so a slow query or a writer holding
+the lock (rollback-journal actors) costs the step nothing; and the window needs no lock
+because only the worker reads and writes it.
+
+Data use is bounded by the reuse limit: samples handed out <= max_reuse * rows_seen, where
+rows_seen counts every usable row of env_id ingested since the run began (restarts
+included). When it is reached, `next_batch()` returns None with a "reuse limit" reason until
+actors write more rows.
+
+Resume: each queued batch carries the worker's state as of producing it (cursor, rows seen,
+bad-row counts, RNG). `state_dict()` returns the state of the last batch handed out, so a
+checkpoint never counts rows or RNG draws of batches that were prepared but not trained on.
+`load_state_dict()` refills the window with the newest W usable rows up to the cursor,
+which is what an uninterrupted run held at that point.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.augment import Augmenter
+from trainer.config.daemon import DaemonConfig
+from trainer.replay.reader import BAD_REASONS, DecodedRows, ReplayReader, is_transient
+from trainer.replay.window import ReplayWindow, window_size
+from trainer.training.batch import Batch
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+RATE_HORIZON_S = 60.0  # new_rows_per_sec is measured over this span
+INGEST_SLICE_S = 0.25  # at most this long ingesting before preparing batches again
+BUSY_RETRY_S = 0.05  # retry delay after "database is locked"
+
+
+class ReplaySource:
+    """BatchSource over the replay DB for `cfg.env_id` (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        device: str | torch.device = "cpu",
+        prefetch: int = 4,
+        chunk_rows: int = 4096,
+        busy_timeout_s: float = 0.1,
+        max_block_s: float = 0.5,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.prefetch = max(1, prefetch)
+        # How long next_batch() blocks while the worker is loading or preparing before it
+        # returns None ("loading ..."); waiting reasons return at once.
+        self.max_block_s = max_block_s
+        # Short busy timeout: the worker retries on its own schedule instead of stalling
+        # batch preparation while a rollback-journal writer commits.
+        self._reader = ReplayReader(cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._max_window = cfg.window if cfg.window > 0 else cfg.window_cap
+
+        # Worker state (written by the worker only, once started).
+        self._cursor = 0
+        self._rows_seen = 0
+        self._bad: Counter = Counter()
+        self._policy_onehot = 0
+        self._replay_rows: int | None = None  # rows of env_id in the DB, usable or not
+        self._window: ReplayWindow | None = None
+        self._augmenter: Augmenter | None = None
+        self._legal: slice | None = None
+        self._ready = False
+        self._ingest_events: deque = deque()  # (monotonic time, rows)
+        self._busy_retries = 0
+
+        # Training-thread state.
+        self._samples = 0  # samples handed out (the reuse budget's numerator)
+        self._last_state: dict[str, Any] = self._worker_state()
+        self._waiting_reason = ""
+
+        # Hand-over between the threads.
+        self._queue: deque = deque()  # (Batch, state dict)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._status = "starting: opening the replay DB"  # "" while batches are coming
+        self._busy = True  # True: loading/preparing, a batch is expected soon
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- BatchSource -------------------------------------------------------------------------
+    @property
+    def waiting_reason(self) -> str:
+        return self._waiting_reason
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def next_batch(self) -> Batch | None:
+        if self._thread is None:
+            self._start()
+        deadline = None
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._queue:
+                    batch, state = self._queue.popleft()
+                    break
+                if not self._busy:
+                    self._waiting_reason = self._status or "no batch available"
+                    return None
+                now = time.monotonic()
+                deadline = deadline or now + self.max_block_s
+                if now >= deadline:
+                    self._waiting_reason = self._status or "preparing batches"
+                    return None
+                self._cond.wait(deadline - now)
+        self._samples += len(batch)
+        self._last_state = state
+        self._waiting_reason = ""
+        self._wake.set()
+        return batch
+
+    def stats(self) -> dict[str, Any]:
+        rows_seen = self._rows_seen
+        newest_ts = self._reader.newest_timestamp
+        out: dict[str, Any] = {
+            "window_size": int(self._current_window()),
+            "window_rows": int(self._window.sample_size) if self._window is not None else 0,
+            "rows_seen": int(rows_seen),
+            "replay_buffer_size": int(self._replay_rows or 0),
+            "new_rows_per_sec": self._new_rows_per_sec(),
+            "reuse_ratio": (self._samples / rows_seen) if rows_seen else 0.0,
+            "replay_samples": int(self._samples),
+            "bad_rows": int(sum(self._bad.values())),
+            **{f"bad_rows_{r}": int(self._bad.get(r, 0)) for r in BAD_REASONS},
+            "policy_onehot_rows": int(self._policy_onehot),
+            "newest_row_age_s": (max(0.0, time.time() - newest_ts) if newest_ts is not None else None),
+            "actor_model_step": self._reader.model_step,
+            "replay_cursor": int(self._cursor),
+            "db_busy_retries": int(self._busy_retries),
+        }
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = dict(self._last_state)
+        state["samples"] = int(self._samples)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._thread is not None:
+            raise RuntimeError("load_state_dict() must be called before the first next_batch()")
+        if int(state.get("version", STATE_VERSION)) != STATE_VERSION:
+            raise ValueError(f"replay source state version {state.get('version')} is not {STATE_VERSION}")
+        self._cursor = int(state["cursor"])
+        self._rows_seen = int(state["rows_seen"])
+        self._samples = int(state["samples"])
+        self._bad = Counter({str(k): int(v) for k, v in dict(state.get("bad_rows", {})).items()})
+        self._policy_onehot = int(state.get("policy_onehot_rows", 0))
+        if state.get("rng"):
+            self._rng.bit_generator.state = state["rng"]
+        self._last_state = self._worker_state()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                log.warning("replay worker did not stop within 5 s")
+        else:
+            self._reader.close()
+
+    # --- inspection (tests, benchmarks) --------------------------------------------------------
+    @property
+    def window(self) -> ReplayWindow | None:
+        """The worker's window; only safe to read once `close()` returned."""
+        return self._window
+
+    # --- worker ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="replay-source", daemon=True)
+        self._thread.start()
+
+    def _worker_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "cursor": int(self._cursor),
+            "rows_seen": int(self._rows_seen),
+            "bad_rows": {k: int(v) for k, v in self._bad.items()},
+            "policy_onehot_rows": int(self._policy_onehot),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def _set_status(self, status: str, busy: bool) -> None:
+        if status != self._status and status:
+            # DEBUG only: the training loop logs each new waiting reason itself.
+            log.debug("replay: %s", status)
+        with self._cond:
+            self._status, self._busy = status, busy
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            next_poll = 0.0
+            while not self._stop.is_set():
+                if time.monotonic() >= next_poll:
+                    more = self._poll()
+                    next_poll = time.monotonic() + (0.0 if more else self.cfg.poll_interval)
+                if not self._produce():
+                    self._wake.wait(timeout=max(0.0, next_poll - time.monotonic()))
+                    self._wake.clear()
+        except BaseException as exc:  # surfaced by next_batch(), never swallowed
+            log.debug("replay worker failed", exc_info=True)
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+        finally:
+            self._reader.close()
+
+    def _poll(self) -> bool:
+        """Open the DB if needed and ingest new rows; True if more rows are pending."""
+        try:
+            if not self._ready:
+                reason = self._reader.probe()
+                if reason:
+                    self._set_status(reason, busy=False)
+                    return False
+                self._setup()
+            return self._ingest()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._busy_retries += 1
+            log.debug("replay DB busy (%s); retrying", exc)
+            time.sleep(BUSY_RETRY_S)
+            return True
+
+    def _setup(self) -> None:
+        reader = self._reader
+        spec = reader.spec
+        assert spec is not None
+        t0 = time.monotonic()
+        if self._cursor > reader.max_rowid():
+            log.warning(
+                "replay DB %s ends at rowid %d, before the checkpoint's cursor %d: it was recreated; "
+                "reading it from the start (rows_seen keeps counting)", reader.db_path, reader.max_rowid(), self._cursor,
+            )
+            self._cursor = 0
+        reader.cursor = self._cursor
+        self._window = ReplayWindow(spec.obs_size, spec.num_actions, self._max_window)
+        self._augmenter = Augmenter.for_spec(spec) if self.cfg.augment else None
+        off = spec.legal_mask_offset
+        self._legal = slice(off, off + spec.num_actions)
+        self._replay_rows = reader.count_rows(self._cursor) if self._cursor else 0
+        if self._cursor:
+            w = self._current_window()
+            self._window.set_window(w)
+            rows = reader.read_newest(w, self._cursor)
+            self._window.add(rows.obs, rows.policy, rows.value)
+            log.info(
+                "replay: resumed at rowid %d with %d rows seen; window refilled with %d rows in %.2fs",
+                self._cursor, self._rows_seen, len(rows), time.monotonic() - t0,
+            )
+        self._ready = True
+
+    def _current_window(self) -> int:
+        c = self.cfg
+        return window_size(self._rows_seen, c.window, c.window_min_rows, c.window_alpha, c.window_beta, c.window_cap)
+
+    def _ingest(self) -> bool:
+        reader, window = self._reader, self._window
+        assert window is not None
+        t0 = time.monotonic()
+        loaded = 0
+        while True:
+            chunk: DecodedRows = reader.read_new()
+            if chunk.scanned == 0:
+                self._cursor = reader.cursor
+                more = False
+                break
+            self._rows_seen += len(chunk)
+            self._bad.update(chunk.bad)
+            self._policy_onehot += chunk.policy_onehot
+            self._replay_rows = (self._replay_rows or 0) + chunk.scanned
+            window.set_window(self._current_window())
+            window.add(chunk.obs, chunk.policy, chunk.value)
+            self._cursor = reader.cursor
+            loaded += chunk.scanned
+            if chunk.scanned < reader.chunk_rows:
+                more = False
+                break
+            if time.monotonic() - t0 > INGEST_SLICE_S:
+                more = True
+                self._set_status(f"loading replay rows ({self._rows_seen} usable so far)", busy=True)
+                break
+        if loaded:
+            now = time.monotonic()
+            self._ingest_events.append((now, loaded))
+            while self._ingest_events and now - self._ingest_events[0][0] > RATE_HORIZON_S:
+                self._ingest_events.popleft()
+        return more
+
+    def _new_rows_per_sec(self) -> float:
+        events = list(self._ingest_events)
+        if not events:
+            return 0.0
+        span = max(time.monotonic() - events[0][0], self.cfg.poll_interval, 1.0)
+        return float(sum(n for _, n in events) / span)
+
+    def _produce(self) -> bool:
+        """Prepare one batch if the queue has room and data use allows; True if it did."""
+        if not self._ready or len(self._queue) >= self.prefetch:
+            return False
+        cfg, window = self.cfg, self._window
+        assert window is not None
+        b = cfg.batch_size
+        if self._rows_seen >= cfg.min_rows and window.sample_size == 0:
+            self._set_status(f"no usable rows of env_id {cfg.env_id!r} in {cfg.db} since the resume", busy=False)
+            return False
+        if self._rows_seen < cfg.min_rows:
+            self._set_status(
+                f"{self._rows_seen} usable rows of env_id {cfg.env_id!r} in {cfg.db}, need {cfg.min_rows} (--min-rows)",
+                busy=False,
+            )
+            return False
+        if cfg.max_reuse > 0:
+            planned = self._samples + b * len(self._queue) + b
+            if planned > cfg.max_reuse * self._rows_seen:
+                if not self._queue:
+                    self._set_status(
+                        f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
+                        f"(--max-reuse {cfg.max_reuse:g}); waiting for actors to write new rows",
+                        busy=False,
+                    )
+                return False
+        obs, policy, value = window.sample(self._rng, b)
+        if self._augmenter is not None:
+            obs, policy, _ = self._augmenter.apply(obs, policy, self._rng)
+        batch = Batch(
+            obs=torch.from_numpy(obs),
+            legal_mask=torch.from_numpy(obs[:, self._legal] > 0.5),
+            policy=torch.from_numpy(policy),
+            value=torch.from_numpy(value),
+        )
+        if self.device.type != "cpu":
+            batch = batch.to(self.device)
+        state = self._worker_state()
+        with self._cond:
+            self._queue.append((batch, state))
+            self._status, self._busy = "", True
+            self._cond.notify_all()
+        return True
+
