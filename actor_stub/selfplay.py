@@ -69,7 +69,7 @@ class SelfPlayWorker:
         )
         self.rollout = RolloutEvaluator(self.rng)
         self.watcher = ModelWatcher(cfg.model_dir, self.game.spec, cfg.threads, cfg.poll_interval)
-        self._evaluators: dict[int, LeafEvaluator] = {}
+        self._current: tuple[OnnxPolicy, LeafEvaluator] | None = None
         self.started = 0
         self.games_written = 0
         self.plies_written = 0
@@ -78,12 +78,10 @@ class SelfPlayWorker:
     def _evaluator_for(self, policy: OnnxPolicy | None) -> LeafEvaluator:
         if policy is None:
             return self.rollout
-        ev = self._evaluators.get(id(policy))
-        if ev is None:
-            # Only the current model's adapter is kept; games on an older one hold their own.
-            self._evaluators = {id(policy): ObsEvaluator(policy.evaluate)}
-            ev = self._evaluators[id(policy)]
-        return ev
+        # One adapter per model, so all games on the current model share one batched call.
+        if self._current is None or self._current[0] is not policy:
+            self._current = (policy, ObsEvaluator(policy.evaluate))
+        return self._current[1]
 
     def _new_game(self) -> GameInFlight:
         self.started += 1

@@ -140,6 +140,30 @@ def write_random_games(
     )
 
 
+def write_games_slowly(
+    db_path: str | Path,
+    env_id: str,
+    n_games: int,
+    seed: int = 0,
+    journal: Journal = "wal",
+    onehot_policy: bool = True,
+    pause_s: float = 0.005,
+) -> int:
+    """An actor in miniature for concurrency tests: one game per transaction, a pause between
+    games, and no retry on "database is locked" beyond SQLite's 5 s busy timeout (what the
+    contract promises a writer), so a reader that holds a lock too long makes it fail."""
+    game = get_game(env_id)
+    rng = np.random.default_rng(seed)
+    cls = {"wal": ReplayWriter, "delete": RollbackJournalWriter}[journal]
+    choose = onehot_random_move if onehot_policy else random_move
+    rows = 0
+    with cls(db_path, game, with_model_step=False, busy_timeout_s=5.0, max_retries=0) as writer:
+        for i in range(n_games):
+            rows += writer.write_game(f"slow-{seed}-{os.getpid()}-ep-{i}", play_game(game, choose, rng))
+            time.sleep(pause_s)
+    return rows
+
+
 def journal_mode(db_path: str | Path) -> str:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:

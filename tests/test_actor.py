@@ -14,7 +14,7 @@ import pytest
 
 from actor_stub.config import ActorConfig
 from actor_stub.process import run_worker
-from test_actor_support import actor_cmd, actor_env, assert_whole_games, publish, read_games, tiny_model_bytes
+from actor_support import actor_cmd, actor_env, assert_whole_games, publish, read_games, tiny_model_bytes
 
 
 def _run_in_process(tmp_path: Path, env_id: str, **kw) -> dict:
@@ -168,3 +168,46 @@ def test_two_actor_processes_and_a_reader_never_hit_a_lock(tmp_path):
     games = read_games(db, "tictactoe")
     assert len(games) == 800
     assert_whole_games(games, "tictactoe")
+
+
+def test_model_watcher_polling_alone_reloads_and_keeps_model_on_failure(tmp_path):
+    """Bind mounts carry no file events: mtime polling alone must see a replaced file."""
+    from actor_stub.model_watcher import ModelWatcher
+    from trainer.games import get_game
+
+    models = tmp_path / "models"
+    watcher = ModelWatcher(models, get_game("tictactoe").spec, poll_interval=0.05, use_events=False)
+    assert not watcher.maybe_reload() and watcher.policy is None
+    publish(models, tiny_model_bytes("tictactoe", step=1))
+    time.sleep(0.06)
+    assert watcher.maybe_reload() and watcher.policy.step == 1
+    publish(models, b"\x00garbage")
+    time.sleep(0.06)
+    assert not watcher.maybe_reload() and watcher.policy.step == 1
+    time.sleep(0.06)
+    assert not watcher.maybe_reload()  # the same bad file is not retried
+    publish(models, tiny_model_bytes("tictactoe", step=2))
+    time.sleep(0.06)
+    assert watcher.maybe_reload() and watcher.policy.step == 2
+
+
+def test_workers_stop_cleanly_when_the_parent_gets_sigterm(tmp_path):
+    db = tmp_path / "replay.db"
+    proc = subprocess.Popen(
+        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(tmp_path / "models"),
+                  "--sims", "4", "--workers", "2", "--seed", "9"),
+        env=actor_env(), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: None in _steps(db), 60, proc, "first games")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.count("finishing the games in flight") == 2  # each worker got it exactly once
+    games = read_games(db, "tictactoe")
+    assert_whole_games(games, "tictactoe")
+    assert {e.rsplit("-ep-", 1)[0][-3:] for e in games} == {"-w0", "-w1"}

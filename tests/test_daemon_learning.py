@@ -37,7 +37,8 @@ def held_out_batch(game, player, n_games: int, seed: int) -> Batch:
 def choose(game, state, rng, player):
     """The strong player's move, with 20% random moves so positions vary."""
     legal = game.legal_actions(state)
-    best = player.best_actions(state)
+    values = player.action_values(state)
+    best = [a for a, v in values.items() if v == max(values.values())]
     policy = np.zeros(game.spec.num_actions, np.float32)
     policy[best] = 1.0 / len(best)
     a = int(rng.choice(legal)) if rng.random() < 0.2 else int(rng.choice(best))
@@ -46,7 +47,7 @@ def choose(game, state, rng, player):
 
 def test_policy_accuracy_and_value_loss_improve(tmp_path):
     game = get_game("tictactoe")
-    player = PerfectPlayer(game)
+    player = PerfectPlayer(game, np.random.default_rng(0))
     write_games_by_player(tmp_path / "replay.db", "tictactoe", 400,
                           lambda g, s, rng: choose(g, s, rng, player), seed=1)
     cfg = DaemonConfig(

@@ -2,9 +2,10 @@
 
 Each game lists its symmetries as gather indices (`Game.symmetries()`: new[i] = old[index[i]])
 over the observation and over the actions. Stacking them gives tables [S, obs_size] and
-[S, num_actions]; picking one row of each per sample and calling `np.take_along_axis`
-transforms the stone planes, the legal mask (part of the observation) and the policy target
-of every sample in one call each, so they cannot drift apart.
+[S, num_actions]; picking one row of each per sample and gathering along the feature axis
+(take_along_axis semantics) transforms the stone planes, the legal mask (part of the
+observation) and the policy target of every sample in one call each, so they cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -52,10 +53,30 @@ class Augmenter:
         return self.apply_chosen(obs, policy, choice) + (choice,)
 
     def apply_chosen(self, obs: np.ndarray, policy: np.ndarray, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            np.take_along_axis(obs, self.obs_index[choice], axis=1),
-            np.take_along_axis(policy, self.action_index[choice], axis=1),
-        )
+        """Row i transformed by symmetry choice[i] (`np.take_along_axis(x, index[choice], 1)`)."""
+        rows = np.arange(obs.shape[0])
+        return _take_rows(obs, rows, self.obs_index[choice]), _take_rows(policy, rows, self.action_index[choice])
+
+    def gather(
+        self, obs_store: np.ndarray, policy_store: np.ndarray, rows: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows `rows` of the stores, each under a random symmetry, in one gather per array
+        (sampling and augmenting a batch without the intermediate copy)."""
+        choice = rng.integers(0, self.count, rows.shape[0])
+        return _take_rows(obs_store, rows, self.obs_index[choice]), _take_rows(policy_store, rows, self.action_index[choice])
+
+
+def _take_rows(store: np.ndarray, rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """out[i, j] = store[rows[i], index[i, j]].
+
+    The same as `np.take_along_axis(store[rows], index, axis=1)`, written as one flat
+    `np.take`: about 3x faster for a 256 x 93 batch, because take_along_axis goes through
+    broadcast fancy indexing. This runs once per batch on the replay worker, where every
+    microsecond is taken from the training thread (they share the GIL).
+    """
+    width = store.shape[1]
+    flat_index = index + (rows.astype(np.int64) * width)[:, None]
+    return np.take(store.reshape(-1), flat_index)
 
 
 def _shape(spec: GameSpec) -> tuple[int, ...]:

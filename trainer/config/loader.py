@@ -50,17 +50,19 @@ def _choices(annotation: Any) -> list[str] | None:
     return None
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, model: type[BaseModel], env_prefix: str = ENV_PREFIX
+) -> None:
     """One flag per field; defaults are SUPPRESSed so only flags the user gave are seen."""
     parser.add_argument(
         "--config", metavar="FILE.toml", default=argparse.SUPPRESS,
         help=f"TOML file of settings (keys are the flag names, with - or _); "
-        f"also {ENV_PREFIX}CONFIG. Precedence: flags > {ENV_PREFIX}* env > TOML > defaults.",
+        f"also {env_prefix}CONFIG. Precedence: flags > {env_prefix}* env > TOML > defaults.",
     )
     for name, field in model.model_fields.items():
         help_text = (field.description or "").replace("%", "%%")
         default = field.default if field.default is not None else "unset"
-        help_text += f" [default: {default}; env {env_name(name)}]"
+        help_text += f" [default: {default}; env {env_name(name, env_prefix)}]"
         if _is_bool(field.annotation):
             parser.add_argument(
                 flag_name(name), dest=name, action=argparse.BooleanOptionalAction,
@@ -90,21 +92,25 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 def merge_sources(
-    model: type[M], cli: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    model: type[M],
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    env_prefix: str = ENV_PREFIX,
 ) -> M:
     environ = os.environ if environ is None else environ
     cli = dict(cli)
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    config_file = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    config_file = cli.pop("config", None) or environ.get(env_prefix + "CONFIG")
     if config_file:
         for k, v in _read_toml(config_file).items():
             if k not in model.model_fields:
                 raise ConfigError(f"unknown setting {k!r} in {config_file}")
             values[k], origin[k] = v, f"{flag_name(k)} in {config_file}"
     for name in model.model_fields:
-        if env_name(name) in environ:
-            values[name], origin[name] = environ[env_name(name)], env_name(name)
+        var = env_name(name, env_prefix)
+        if var in environ:
+            values[name], origin[name] = environ[var], var
     for name, v in cli.items():
         values[name], origin[name] = v, flag_name(name)
     try:
@@ -122,14 +128,18 @@ def load_config(
     prog: str | None = None,
     description: str | None = None,
     environ: Mapping[str, str] | None = None,
+    env_prefix: str = ENV_PREFIX,
 ) -> M:
+    """`env_prefix` is per program (TRAINER_, ACTOR_, EVALUATOR_) so that variables set
+    for the daemon in a shared environment (docker-compose, the launcher) do not leak
+    into the actor or the evaluator."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_arguments(parser, model)
+    add_model_arguments(parser, model, env_prefix)
     ns = parser.parse_args(argv)
-    return merge_sources(model, vars(ns), environ)
+    return merge_sources(model, vars(ns), environ, env_prefix)
 
 
 def config_to_json_dict(cfg: BaseModel) -> dict[str, Any]:

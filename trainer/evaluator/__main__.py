@@ -91,7 +91,7 @@ def format_result(r) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(EvaluatorConfig, argv, prog="python -m trainer.evaluator", description=__doc__.split("\n\n")[0])
+    cfg = load_config(EvaluatorConfig, argv, prog="python -m trainer.evaluator", description=__doc__.split("\n\n")[0], env_prefix="EVALUATOR_")
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from trainer.evaluator.match import evaluate_model
     from trainer.games import get_game

@@ -106,7 +106,11 @@ def play_games(game: Game, model: Player, opponent: Player, games: int, keep_mov
         if not active:
             break
         for player, is_model in ((model, True), (opponent, False)):
-            idx = [i for i in active if ((states[i].ply % 2 == 0) == model_first[i]) == is_model]
+            # Re-check: a game the first player just finished must not get another move.
+            idx = [
+                i for i in active
+                if not states[i].is_terminal and ((states[i].ply % 2 == 0) == model_first[i]) == is_model
+            ]
             if not idx:
                 continue
             for i, a in zip(idx, player.choose([states[i] for i in idx])):

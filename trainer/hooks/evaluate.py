@@ -50,6 +50,9 @@ class EvalHook(Hook):
         except Exception:
             log.exception("evaluation of %s failed", self.model)
             return
+        # The file may have been replaced between reading its step and loading it.
+        if result.model_step is not None:
+            step = result.model_step
         entry = result.to_eval_history_entry(step)
         with self._lock:
             self._last_evaluated_step = step

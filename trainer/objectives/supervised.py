@@ -75,9 +75,9 @@ class SupervisedObjective(Objective):
         grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
         self.optimizer.step()
         return {
-            "total_loss": float(out["total"]),
-            "policy_loss": float(out["policy"]),
-            "value_loss": float(out["value"]),
+            "total_loss": out["total"].item(),
+            "policy_loss": out["policy"].item(),
+            "value_loss": out["value"].item(),
             "grad_norm": grad_norm,
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }
@@ -88,10 +88,9 @@ class SupervisedObjective(Objective):
         self.net.eval()
         out = self.losses(batch, 0.0)
         return {
-            "total_loss": float(out["total"]),
-            "policy_loss": float(out["policy"]),
-            "value_loss": float(out["value"]),
-            "value_samples": float(out["known"]),
+            "total_loss": out["total"].item(),
+            "policy_loss": out["policy"].item(),
+            "value_loss": out["value"].item(),
             **policy_metrics(out["logp"], batch.policy, batch.legal_mask),
         }
 

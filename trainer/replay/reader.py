@@ -143,8 +143,8 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
     value = _floats(tuple(o if o is not None else m for o, m in zip(outcome, mcts)))
     value_null = np.array([o is None and m is None for o, m in zip(outcome, mcts)])
 
-    finite = np.isfinite(obs).all(axis=1) & np.isfinite(value)
-    finite &= np.isfinite(policy).all(axis=1) | ~pol_given
+    pol_finite = np.isfinite(policy).all(axis=1)
+    finite = np.isfinite(obs).all(axis=1) & np.isfinite(value) & (pol_finite | ~pol_given)
     legal = obs[:, off : off + a] > 0.5
     action_legal = legal[np.arange(n), actions]
 
@@ -165,7 +165,8 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
 
     # Policy target: mass on legal moves only, renormalised; one-hot of the action where the
     # row has no usable distribution (NULL, wrong length, or no mass on a legal move).
-    policy = np.where(legal & pol_given[:, None], np.maximum(policy, 0.0), 0.0).astype(np.float32)
+    use_given = (pol_given & pol_finite)[:, None]
+    policy = np.where(legal & use_given, np.maximum(policy, 0.0), 0.0).astype(np.float32)
     mass = policy.sum(axis=1)
     onehot = mass <= 0.0
     policy[onehot] = 0.0

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 RATE_HORIZON_S = 60.0  # new_rows_per_sec is measured over this span
 INGEST_SLICE_S = 0.25  # at most this long ingesting before preparing batches again
-BUSY_RETRY_S = 0.05  # retry delay after "database is locked"
+BUSY_RETRY_S = 0.05  # next poll after "database is locked"
 
 
 class ReplaySource:
@@ -81,6 +81,9 @@ class ReplaySource:
         self._augmenter: Augmenter | None = None
         self._legal: slice | None = None
         self._ready = False
+        # Set once the first ingest reached the end of the DB: before that the window would
+        # be a slice of the oldest rows, not the newest W, so no batch is made from it.
+        self._caught_up = False
         self._ingest_events: deque = deque()  # (monotonic time, rows)
         self._busy_retries = 0
 
@@ -218,8 +221,7 @@ class ReplaySource:
             next_poll = 0.0
             while not self._stop.is_set():
                 if time.monotonic() >= next_poll:
-                    more = self._poll()
-                    next_poll = time.monotonic() + (0.0 if more else self.cfg.poll_interval)
+                    next_poll = time.monotonic() + self._poll()
                 if not self._produce():
                     self._wake.wait(timeout=max(0.0, next_poll - time.monotonic()))
                     self._wake.clear()
@@ -231,23 +233,24 @@ class ReplaySource:
         finally:
             self._reader.close()
 
-    def _poll(self) -> bool:
-        """Open the DB if needed and ingest new rows; True if more rows are pending."""
+    def _poll(self) -> float:
+        """Open the DB if needed and ingest new rows; returns seconds until the next poll."""
         try:
             if not self._ready:
                 reason = self._reader.probe()
                 if reason:
                     self._set_status(reason, busy=False)
-                    return False
+                    return self.cfg.poll_interval
                 self._setup()
-            return self._ingest()
+            return 0.0 if self._ingest() else self.cfg.poll_interval
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            # A writer is committing (rollback journal): keep preparing batches from the
+            # window and try again shortly.
             self._busy_retries += 1
             log.debug("replay DB busy (%s); retrying", exc)
-            time.sleep(BUSY_RETRY_S)
-            return True
+            return BUSY_RETRY_S
 
     def _setup(self) -> None:
         reader = self._reader
@@ -286,6 +289,7 @@ class ReplaySource:
         assert window is not None
         t0 = time.monotonic()
         loaded = 0
+        live = self._caught_up  # the backlog at start-up is not a rate of new rows
         while True:
             chunk: DecodedRows = reader.read_new()
             if chunk.scanned == 0:
@@ -307,7 +311,9 @@ class ReplaySource:
                 more = True
                 self._set_status(f"loading replay rows ({self._rows_seen} usable so far)", busy=True)
                 break
-        if loaded:
+        if not more:
+            self._caught_up = True
+        if loaded and live:
             now = time.monotonic()
             self._ingest_events.append((now, loaded))
             while self._ingest_events and now - self._ingest_events[0][0] > RATE_HORIZON_S:
@@ -323,7 +329,7 @@ class ReplaySource:
 
     def _produce(self) -> bool:
         """Prepare one batch if the queue has room and data use allows; True if it did."""
-        if not self._ready or len(self._queue) >= self.prefetch:
+        if not self._caught_up or len(self._queue) >= self.prefetch:
             return False
         cfg, window = self.cfg, self._window
         assert window is not None
@@ -347,9 +353,12 @@ class ReplaySource:
                         busy=False,
                     )
                 return False
-        obs, policy, value = window.sample(self._rng, b)
+        rows = window.sample_indices(self._rng, b)
         if self._augmenter is not None:
-            obs, policy, _ = self._augmenter.apply(obs, policy, self._rng)
+            obs, policy = self._augmenter.gather(window.obs, window.policy, rows, self._rng)
+        else:
+            obs, policy = window.obs[rows], window.policy[rows]
+        value = window.value[rows]
         batch = Batch(
             obs=torch.from_numpy(obs),
             legal_mask=torch.from_numpy(obs[:, self._legal] > 0.5),

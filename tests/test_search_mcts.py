@@ -1,0 +1,99 @@
+"""Batched PUCT MCTS: exact terminal handling, batching, value signs, strength vs random."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.evaluator import play_games
+from trainer.games import get_game
+from trainer.games.base import GameState
+from trainer.search.mcts import MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
+from trainer.search.players import MCTSPlayer, PerfectPlayer, RandomPlayer, make_player
+
+
+def _ttt(board: str, to_move: int) -> GameState:
+    cells = tuple({".": 0, "X": 1, "O": 2}[c] for c in board.replace(" ", ""))
+    return GameState(cells, to_move, 0, sum(c != 0 for c in cells))
+
+
+class CountingUniform:
+    """Uniform priors, zero values; counts calls and batch sizes."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def __call__(self, obs, masks):
+        self.calls.append(len(obs))
+        m = masks.astype(np.float64)
+        return m / m.sum(axis=1, keepdims=True), np.zeros(len(obs))
+
+
+def test_finds_immediate_win_and_blocks_with_exact_terminal_values():
+    game = get_game("tictactoe")
+    rng = np.random.default_rng(0)
+    win = _ttt("XX. OO. ...", 1)  # X wins at 2
+    block = _ttt("XX. .O. ...", 2)  # O must block at 2
+    ev = ObsEvaluator(CountingUniform())
+    res = search(game, [win, block], ev, MCTSConfig(sims=200), rng)
+    assert int(np.argmax(res[0].visits)) == 2
+    assert int(np.argmax(res[1].visits)) == 2
+    assert res[0].value > 0.8  # side to move is winning
+    assert res[1].value < 0.5  # a draw with best play
+
+
+def test_leaves_of_all_games_go_to_the_evaluator_in_one_batch():
+    game = get_game("connect4")
+    counter = CountingUniform()
+    roots = [game.initial_state()] * 16
+    res = search(game, roots, ObsEvaluator(counter), MCTSConfig(sims=10), np.random.default_rng(0))
+    assert len(counter.calls) == 11  # the roots, then one call per simulation round
+    assert max(counter.calls) == 16
+    for r in res:
+        assert r.visits.sum() == 10
+        assert abs(r.policy.sum() - 1) < 1e-6
+
+
+def test_dirichlet_noise_only_touches_legal_moves():
+    game = get_game("tictactoe")
+    s = _ttt("XO. ... ...", 1)
+    cfg = MCTSConfig(sims=1, dirichlet_alpha=0.3, dirichlet_weight=0.5)
+    r = search(game, [s], RolloutEvaluator(np.random.default_rng(1)), cfg, np.random.default_rng(1), add_noise=True)[0]
+    legal = game.legal_mask(s)
+    assert not r.priors[~legal].any() and abs(r.priors.sum() - 1) < 1e-9
+    assert not np.allclose(r.priors[legal], 1 / legal.sum())
+
+
+def test_temperature_schedule():
+    rng = np.random.default_rng(0)
+    visits = np.array([1.0, 5.0, 0.0, 4.0])
+    legal = np.array([True, True, False, True])
+    sampled = {select_action(visits, legal, ply=0, temperature_plies=2, rng=rng) for _ in range(200)}
+    assert sampled == {0, 1, 3}
+    assert {select_action(visits, legal, ply=2, temperature_plies=2, rng=rng) for _ in range(20)} == {1}
+
+
+def test_rollout_mcts_beats_random_at_connect4_almost_always():
+    game = get_game("connect4")
+    rng = np.random.default_rng(7)
+    records = play_games(game, MCTSPlayer(game, 200, rng), RandomPlayer(game, rng), games=10)
+    wins = sum(r.result == 1 for r in records)
+    assert wins >= 9, [r.result for r in records]
+
+
+def test_rollout_mcts_tictactoe_never_loses_to_random_never_beats_perfect():
+    game = get_game("tictactoe")
+    rng = np.random.default_rng(8)
+    vs_random = play_games(game, MCTSPlayer(game, 200, rng), RandomPlayer(game, rng), games=10)
+    assert sum(r.result == -1 for r in vs_random) == 0
+    vs_perfect = play_games(game, make_player("mcts:50", game, rng), PerfectPlayer(game, rng), games=4)
+    assert all(r.result <= 0 for r in vs_perfect)
+
+
+def test_perfect_player_values():
+    game = get_game("tictactoe")
+    p = PerfectPlayer(game, np.random.default_rng(0))
+    assert p.value(game.initial_state()) == 0.0  # tic-tac-toe is a draw
+    assert p.choose([_ttt("XX. OO. ...", 1)]) == [2]
+    with pytest.raises(ValueError):
+        PerfectPlayer(get_game("connect4"), np.random.default_rng(0))

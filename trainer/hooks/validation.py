@@ -1,0 +1,152 @@
+"""Held-out evaluation: per epoch (or every N steps), early stopping, best.pt, LR on plateau.
+
+After each epoch the objective's `evaluate` runs over every validation batch; the averages
+are logged and merged into the step metrics as `val_*` (so stats.json `metrics` and the
+progress log carry them). A better validation loss (`total_loss`: policy cross-entropy
+plus the value MSE where outcomes are known) writes `best.pt`, a full TrainState like
+any other checkpoint, so it can be resumed from or passed to `--init-from`.
+
+The plateau LR is a multiplier on the step schedule, kept in this hook's persisted state:
+the LR stays a pure function of (global step, saved state), so a resume cannot drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from trainer.atomic_files import atomic_path
+from trainer.hooks.base import Hook
+from trainer.training.batch import Batch
+from trainer.training.lr_schedule import LRSchedule
+from trainer.training.state import CHECKPOINT_FORMAT, capture_rng
+
+log = logging.getLogger("trainer")
+
+BEST_NAME = "best.pt"
+
+
+class PlateauSchedule:
+    """`base(step) * scale`; the validation hook lowers `scale` on a plateau."""
+
+    def __init__(self, base: LRSchedule, factor: float, patience: int, min_scale: float = 1e-3):
+        self.base, self.factor, self.patience, self.min_scale = base, factor, patience, min_scale
+        self.scale = 1.0
+
+    def __call__(self, step: int) -> float:
+        return self.base(step) * self.scale
+
+
+def save_state_as(state, path: Path) -> None:
+    """The checkpoint format of `save_checkpoint`, under a name of our choosing (best.pt)."""
+    state.rng = capture_rng()
+    payload = {"format": CHECKPOINT_FORMAT, **asdict(state)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class ValidationHook(Hook):
+    name = "validation"
+
+    def __init__(
+        self,
+        batches: Iterable[Batch],
+        *,
+        every: int = 0,  # 0: after each epoch of the source; N: every N steps
+        patience: int = 0,  # 0: never stop early
+        best_dir: Path | None = None,
+        plateau: PlateauSchedule | None = None,
+    ):
+        self.batches, self.every, self.patience = batches, every, patience
+        self.best_dir, self.plateau = (Path(best_dir) if best_dir else None), plateau
+        self.epochs_validated = 0
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.latest: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # --- the work ------------------------------------------------------------------------
+    def evaluate(self, loop) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in self.batches:
+            n = len(batch)
+            for k, v in loop.objective.evaluate(batch).items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            count += n
+        return {f"val_{k}": v / max(1, count) for k, v in sums.items()}
+
+    def after_step(self, loop, metrics) -> None:
+        if self.every:
+            due, label = loop.state.step % self.every == 0, f"step {loop.state.step}"
+        else:
+            done_epochs = getattr(loop.source, "epochs_completed", 0)
+            due, label = done_epochs > self.epochs_validated, f"epoch {done_epochs}"
+            self.epochs_validated = max(self.epochs_validated, done_epochs)
+        if due:
+            self.validate(loop, label)
+        metrics.update(self.latest)
+
+    def validate(self, loop, label: str) -> None:
+        self.latest = self.evaluate(loop)
+        loss = self.latest.get("val_total_loss", math.nan)
+        improved = loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = loss, self.epochs_validated, 0
+        else:
+            self.bad_epochs += 1
+        if self.plateau is not None and not improved and self.bad_epochs > 0 and self.bad_epochs % max(1, self.plateau.patience) == 0:
+            old = self.plateau.scale
+            self.plateau.scale = max(self.plateau.min_scale, old * self.plateau.factor)
+            if self.plateau.scale < old:
+                log.info("validation loss plateaued: LR scale %.3g -> %.3g", old, self.plateau.scale)
+        self.history.append({"step": int(loop.state.step), "label": label,
+                             **{k: round(v, 6) for k, v in self.latest.items()}})
+        self.history = self.history[-200:]
+        acc = self.latest.get("val_policy_accuracy", math.nan)
+        log.info(
+            "%s: val loss %.4f (policy %.4f value %.4f) accuracy %.3f | best %.4f%s",
+            label, loss, self.latest.get("val_policy_loss", math.nan), self.latest.get("val_value_loss", math.nan),
+            acc, self.best_loss, " (new best)" if improved else f" ({self.bad_epochs} without improvement)",
+        )
+        if improved and self.best_dir is not None:
+            save_state_as(loop.snapshot(), self.best_dir / BEST_NAME)
+        if self.patience and not self.every and self.bad_epochs >= self.patience:
+            loop.request_stop(
+                f"early stopping: no better validation loss for {self.bad_epochs} epochs "
+                f"(best {self.best_loss:.4f} after epoch {self.best_epoch})"
+            )
+
+    # --- persistence and stats ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epochs_validated": self.epochs_validated, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "latest": dict(self.latest), "history": list(self.history),
+            "lr_scale": self.plateau.scale if self.plateau else 1.0,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_validated = int(state.get("epochs_validated", 0))
+        self.best_loss = float(state.get("best_loss", math.inf))
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self.bad_epochs = int(state.get("bad_epochs", 0))
+        self.latest = dict(state.get("latest", {}))
+        self.history = list(state.get("history", []))
+        if self.plateau is not None:
+            self.plateau.scale = float(state.get("lr_scale", 1.0))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "validation": dict(self.latest),
+            "best_val_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_epoch": int(self.best_epoch),
+            "epochs_without_improvement": int(self.bad_epochs),
+            "lr_scale": self.plateau.scale if self.plateau else 1.0,
+            "validation_history": self.history[-50:],
+        }

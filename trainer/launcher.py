@@ -1,0 +1,378 @@
+"""`python -m trainer run`: the whole self-play loop from one command, supervised.
+
+Starts the actor process(es), the training daemon and the dashboard as child processes on
+one data folder, and keeps them running:
+
+* Each child gets one compute thread (OMP_NUM_THREADS=1, the daemon's `--threads`): on a
+  2-core machine an actor and the trainer each want a core, and two thread pools of two
+  threads each would fight over both.
+* A child that exits is restarted after a delay that doubles with each consecutive failure
+  (`--restart-delay` up to `--max-restart-delay`); a run that lasted `--healthy-after`
+  seconds resets the count. A child that fails `--max-quick-failures` times in a row, each
+  time within `--healthy-after` seconds, has a problem a restart will not fix (a bad flag,
+  a missing file): an actor or the trainer then stops the whole run (exit 1), the dashboard
+  is just left stopped.
+* The trainer exiting 0 means it reached `--steps`: the actors are stopped, the dashboard
+  keeps serving the final numbers until Ctrl-C (or the launcher exits 0 at once with
+  `--no-dashboard`).
+* Ctrl-C or SIGTERM: SIGTERM to every child's process group, a wait of `--stop-timeout`
+  seconds for them to finish cleanly (the daemon writes its checkpoint), then SIGKILL;
+  exit 0. A second Ctrl-C skips the wait.
+
+Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
+launcher, which then stops them in order rather than all at once. Their output is shown
+line by line, prefixed with the child's name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.config.loader import ENV_PREFIX, load_config
+
+
+class LauncherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env_id: str = Field("tictactoe", min_length=1, description="Game the actors play and the trainer learns.")
+    data: Path = Field(Path("./data"), description="Data folder: replay.db, models/, stats.json.")
+    port: int = Field(8080, ge=1, le=65535, description="Dashboard port.")
+    host: str = Field("127.0.0.1", min_length=1, description="Dashboard address to bind (127.0.0.1 keeps it on this machine).")
+    actors: int = Field(1, ge=0, description="Actor processes writing self-play games.")
+    steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default.")
+    threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the trainer's --threads).")
+    dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
+    restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
+    max_restart_delay: float = Field(30.0, gt=0, description="Upper bound of the restart delay in seconds.")
+    healthy_after: float = Field(30.0, ge=0, description="A child that ran this long (s) before exiting starts its crash count afresh.")
+    max_quick_failures: int = Field(5, ge=0, description="Consecutive quick crashes before giving up on a child; 0 = never give up.")
+    stop_timeout: float = Field(20.0, ge=0, description="Seconds children get to exit after SIGTERM before SIGKILL.")
+
+
+@dataclass
+class ChildSpec:
+    """One supervised command. `argv` is all a test needs to swap to make a fake child."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    essential: bool = True         # giving up on it stops the run
+    finishes_run: bool = False     # exit 0 means the run is complete (the trainer at --steps)
+    outlives_run: bool = False     # keeps running after the run is complete (the dashboard)
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float | None = 0.0   # when to (re)start; None = not to be started again
+    failures: int = 0                # consecutive quick failures
+    starts: int = 0
+    finished: bool = False           # exited 0 as a `finishes_run` child
+
+
+class Console:
+    """Serialises whole lines from the launcher and every child onto one stdout."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stdout
+        self.lock = threading.Lock()
+
+    def line(self, prefix: str, text: str) -> None:
+        with self.lock:
+            try:
+                self.stream.write(f"[{prefix}] {text}\n")
+                self.stream.flush()
+            except (ValueError, OSError):
+                pass  # stdout closed under us (a pipe reader went away): nothing to do
+
+    def say(self, text: str) -> None:
+        self.line("launcher " + time.strftime("%H:%M:%S"), text)
+
+    def pump(self, prefix: str, pipe) -> None:
+        for raw in iter(pipe.readline, b""):
+            self.line(prefix, raw.decode(errors="replace").rstrip("\n"))
+        pipe.close()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        restart_delay: float = 1.0,
+        max_restart_delay: float = 30.0,
+        healthy_after: float = 30.0,
+        max_quick_failures: int = 5,
+        stop_timeout: float = 20.0,
+        console: Console | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ):
+        self.children = [_Child(spec) for spec in specs]
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.healthy_after = healthy_after
+        self.max_quick_failures = max_quick_failures
+        self.stop_timeout = stop_timeout
+        self.console = console or Console()
+        self.on_finished = on_finished
+        self.stop_requested = threading.Event()   # set by a signal handler or a test
+        self.force = threading.Event()            # a second Ctrl-C: skip the grace period
+        self.run_finished = False
+        self.stop_reason = ""
+
+    # --- starting and watching ----------------------------------------------------------------
+    def _start(self, child: _Child) -> None:
+        spec = child.spec
+        try:
+            child.proc = subprocess.Popen(
+                spec.argv, env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                process_group=0,  # Ctrl-C reaches the launcher only; see the module docstring
+            )
+        except OSError as exc:
+            self.console.say(f"{spec.name}: cannot start {spec.argv[0]!r}: {exc}")
+            child.proc = None
+            child.started_at = time.monotonic()
+            self._after_exit(child, 127)
+            return
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        child.starts += 1
+        threading.Thread(target=self.console.pump, args=(spec.name, child.proc.stdout),
+                         name=f"output-{spec.name}", daemon=True).start()
+        if child.starts > 1:
+            self.console.say(f"{spec.name} restarted (pid {child.proc.pid}, start #{child.starts})")
+
+    def _after_exit(self, child: _Child, code: int) -> None:
+        spec = child.spec
+        uptime = time.monotonic() - child.started_at
+        child.proc = None
+        if code == 0 and spec.finishes_run:
+            child.finished = True
+            child.restart_at = None
+            self.console.say(f"{spec.name} finished (exit 0 after {uptime:.1f} s)")
+            return
+        child.failures = 1 if uptime >= self.healthy_after else child.failures + 1
+        what = f"{spec.name} {_describe_exit(code)} after {uptime:.1f} s"
+        if self.max_quick_failures and child.failures >= self.max_quick_failures and uptime < self.healthy_after:
+            child.restart_at = None
+            verdict = "stopping the run" if spec.essential else "leaving it stopped"
+            self.console.say(f"{what}; {child.failures} quick failures in a row, giving up: {verdict}")
+            if spec.essential:
+                raise _GiveUp(spec.name)
+            return
+        delay = min(self.max_restart_delay, self.restart_delay * 2 ** (child.failures - 1))
+        child.restart_at = time.monotonic() + delay
+        self.console.say(f"{what}; restarting in {delay:.1f} s (failure {child.failures} in a row)")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is not None:
+                code = child.proc.poll()
+                if code is not None:
+                    self._after_exit(child, code)
+            elif child.restart_at is not None and now >= child.restart_at:
+                self._start(child)
+        if not self.run_finished and any(c.finished for c in self.children):
+            self.run_finished = True
+            self._finish_run()
+
+    def _finish_run(self) -> None:
+        ending = [c for c in self.children if not c.spec.outlives_run]
+        self._stop_children(ending)
+        if self.on_finished:
+            self.on_finished()
+
+    def run(self) -> int:
+        """Start every child and supervise until stopped; returns the launcher's exit code."""
+        code = 0
+        try:
+            for child in self.children:
+                self._start(child)
+            while not self.stop_requested.is_set():
+                self._tick()
+                if self.run_finished and not any(
+                    c.proc is not None or c.restart_at is not None for c in self.children
+                ):
+                    break  # nothing left to watch (no dashboard kept running)
+                self.stop_requested.wait(0.05)
+            if self.stop_reason:
+                self.console.say(f"{self.stop_reason}: stopping (again to skip the wait)")
+        except _GiveUp:
+            code = 1
+        finally:
+            self._stop_children(self.children)
+        return code
+
+    # --- stopping -------------------------------------------------------------------------------
+    def _signal(self, child: _Child, sig: int) -> None:
+        if child.proc is None or child.proc.poll() is not None:
+            return
+        try:
+            os.killpg(child.proc.pid, sig)  # the child's group: its own subprocesses too
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            child.proc.send_signal(sig)
+
+    def _stop_children(self, children: Sequence[_Child]) -> None:
+        for child in children:
+            child.restart_at = None
+        running = [c for c in children if c.proc is not None and c.proc.poll() is None]
+        if running:
+            names = ", ".join(c.spec.name for c in running)
+            self.console.say(f"stopping {names} (SIGTERM, up to {self.stop_timeout:g} s)")
+        for child in running:
+            self._signal(child, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while any(c.proc.poll() is None for c in running):
+            if time.monotonic() >= deadline or self.force.is_set():
+                for child in running:
+                    if child.proc.poll() is None:
+                        self.console.say(f"{child.spec.name} did not exit; SIGKILL")
+                        self._signal(child, signal.SIGKILL)
+                for child in running:
+                    child.proc.wait()
+                break
+            time.sleep(0.05)
+        for child in running:
+            child.proc = None
+
+
+class _GiveUp(Exception):
+    pass
+
+
+# --- the run's command lines -------------------------------------------------------------------
+def child_env(threads: int) -> dict[str, str]:
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "PYTHONUNBUFFERED": "1"}
+
+
+def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[ChildSpec]:
+    data = cfg.data.expanduser().resolve()
+    db, models, stats = data / "replay.db", data / "models", data / "stats.json"
+    env = child_env(cfg.threads)
+    specs = [
+        ChildSpec(f"actor-{i + 1}", [python, "-m", "actor_stub", "--env-id", cfg.env_id,
+                                     "--db", str(db), "--model-dir", str(models)], env)
+        for i in range(cfg.actors)
+    ]
+    trainer = [python, "-m", "trainer", "train", "--db", str(db), "--model-dir", str(models),
+               "--stats", str(stats), "--env-id", cfg.env_id, "--threads", str(cfg.threads)]
+    if cfg.steps is not None:
+        trainer += ["--steps", str(cfg.steps)]
+    specs.append(ChildSpec("trainer", trainer, env, finishes_run=True))
+    if cfg.dashboard:
+        specs.append(ChildSpec(
+            "dashboard", [python, "-m", "trainer.dashboard", "--data", str(data), "--stats", str(stats),
+                          "--host", cfg.host, "--port", str(cfg.port)],
+            env, essential=False, outlives_run=True,
+        ))
+    return specs
+
+
+def dashboard_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def supervise(supervisor: Supervisor) -> int:
+    """Run a supervisor with Ctrl-C/SIGTERM handling; restores the signal handlers after."""
+
+    def on_signal(signum: int, frame) -> None:
+        # Only flags here: printing could deadlock on the console lock the main thread holds.
+        if supervisor.stop_requested.is_set():
+            supervisor.force.set()
+        else:
+            supervisor.stop_reason = signal.Signals(signum).name
+            supervisor.stop_requested.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return supervisor.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv: Sequence[str] | None = None,
+         build: Callable[[LauncherConfig], list[ChildSpec]] = build_children) -> int:
+    # TRAINER_CONFIG names the daemon's TOML, which the trainer child reads itself; the
+    # launcher's own settings come from flags, TRAINER_* variables or --config.
+    environ = {k: v for k, v in os.environ.items() if k != ENV_PREFIX + "CONFIG"}
+    cfg = load_config(LauncherConfig, argv, prog="python -m trainer run", environ=environ,
+                      description="Run actors, the training daemon and the dashboard together, supervised.")
+    console = Console()
+    data = cfg.data.expanduser().resolve()
+    try:
+        (data / "models").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create the data folder {data}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if cfg.dashboard:
+        problem = _port_in_use(cfg.host, cfg.port)
+        if problem:
+            print(f"error: dashboard port {cfg.host}:{cfg.port} is not free ({problem}); "
+                  f"pass --port or --no-dashboard", file=sys.stderr)
+            return 1
+    specs = build(cfg)
+    url = dashboard_url(cfg.host, cfg.port)
+    console.say(f"self-play run: {cfg.env_id}, {cfg.actors} actor(s), data in {data}")
+    if cfg.dashboard:
+        console.say(f"dashboard:  {url}")
+    console.say(f"stats:      {data / 'stats.json'}")
+    console.say(f"models:     {data / 'models' / 'latest.onnx'}")
+    console.say("Ctrl-C stops everything (the trainer saves its checkpoint first)")
+
+    def finished() -> None:
+        if cfg.dashboard:
+            console.say(f"training finished; the dashboard stays at {url} until Ctrl-C")
+
+    supervisor = Supervisor(
+        specs, restart_delay=cfg.restart_delay, max_restart_delay=cfg.max_restart_delay,
+        healthy_after=cfg.healthy_after, max_quick_failures=cfg.max_quick_failures,
+        stop_timeout=cfg.stop_timeout, console=console, on_finished=finished,
+    )
+    code = supervise(supervisor)
+    console.say("all children stopped" + ("" if code == 0 else f"; exit {code}"))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

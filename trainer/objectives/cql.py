@@ -1,0 +1,152 @@
+"""Discrete Conservative Q-Learning (Kumar et al. 2020, CQL(H)) for two-player zero-sum games.
+
+Networks: twin Q networks q1, q2 with Polyak targets (TwinQ, shared with IQL), and the
+exported policy-value network `net` (`build_network`), distilled from the critic:
+  policy head  <- cross-entropy to softmax(min(q1, q2)(s, .) / T) over legal moves
+  value head   <- MSE to clamp(max_legal min(q1, q2)(s, .), -1, 1)   (the greedy state value)
+so actors get sharp priors and a value in [-1, 1] from the side to move's view, and
+`--init-from` a BC checkpoint starts that policy from behaviour cloning.
+
+Critic update, per Q network i:
+  a*      = argmax over LEGAL a' of mean(q1, q2)(s', a')      online nets pick (double Q)
+  y       = r + gamma * (1 - done) * (-mean(q1', q2')(s', a*))    targets evaluate it
+  loss_i  = (q_i(s,a) - y)^2 + alpha * (logsumexp_legal q_i(s, .) - q_i(s, a))
+
+Why the minus: rewards are from the mover's view and in s' the opponent moves, so the
+opponent picks a* to maximise ITS Q, and our continuation value is minus that maximum
+(negamax). The max and the log-sum-exp only range over legal moves; a terminal s' has
+none, and done removes the bootstrap there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.objectives.alphazero import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
+from trainer.objectives.base import Objective, clip_and_norm, set_lr
+from trainer.objectives.iql import TwinQ, frozen_copy, gather, masked_max, opponent_sign, polyak_update
+from trainer.training.batch import Batch
+
+
+class CQLObjective(Objective):
+    name = "cql"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        make_net: Callable[[], nn.Module],
+        *,
+        lr: float,
+        weight_decay: float,
+        grad_clip: float,
+        gamma: float,
+        alpha: float,
+        target_update_rate: float,
+        policy_temperature: float,
+        value_weight: float = 1.0,
+        player_count: int = 2,
+    ):
+        self.net = net
+        device = next(net.parameters()).device
+        self.q = TwinQ(make_net).to(device)
+        self.q_target = frozen_copy(self.q)
+        self.opt_net = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.opt_q = torch.optim.AdamW(self.q.parameters(), lr=lr, weight_decay=weight_decay)
+        self.grad_clip, self.gamma, self.alpha = grad_clip, gamma, alpha
+        self.rate, self.temperature, self.value_weight = target_update_rate, policy_temperature, value_weight
+        self.sign = opponent_sign(player_count)
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        a, legal, next_legal = batch.action, batch.legal_mask, batch.next_legal_mask
+        with torch.no_grad():
+            was_training = self.q.training
+            self.q.eval()
+            n1, n2 = self.q(batch.next_obs)
+            self.q.train(was_training)
+            best_next = ((n1 + n2) / 2).masked_fill(~next_legal, ILLEGAL_LOGIT).argmax(-1)
+            t1, t2 = self.q_target(batch.next_obs)
+            opp_value = gather((t1 + t2) / 2, best_next)
+            opp_value = torch.where(next_legal.any(-1), opp_value, torch.zeros_like(opp_value))
+            y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * opp_value
+
+        q1, q2 = self.q(batch.obs)
+        q1a, q2a = gather(q1, a), gather(q2, a)
+        td_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
+        lse1 = q1.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1)
+        lse2 = q2.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1)
+        penalty = (lse1 - q1a).mean() + (lse2 - q2a).mean()
+        q_loss = td_loss + self.alpha * penalty
+
+        q_min = torch.min(q1, q2).detach()
+        target_pi = masked_log_softmax(q_min / self.temperature, legal).exp()
+        v_target = masked_max(q_min, legal).clamp(-1.0, 1.0)
+        logits, v = self.net(batch.obs)
+        logp = masked_log_softmax(logits, legal)
+        pi_loss = -(target_pi * logp).sum(-1).mean()
+        v_loss = F.mse_loss(v.squeeze(-1), v_target)
+        return {
+            "q_loss": q_loss, "td_loss": td_loss, "penalty": penalty, "pi_loss": pi_loss, "v_loss": v_loss,
+            "net_loss": pi_loss + self.value_weight * v_loss, "q1a": q1a, "y": y, "v_target": v_target,
+            "logp": logp, "q_min": q_min, "legal": legal,
+        }
+
+    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+        greedy = out["q_min"].masked_fill(~out["legal"], ILLEGAL_LOGIT).argmax(-1)
+        return {
+            "total_loss": (out["q_loss"] + out["net_loss"]).item(),
+            "policy_loss": out["pi_loss"].item(),
+            "value_loss": out["v_loss"].item(),
+            "q_loss": out["q_loss"].item(),
+            "td_loss": out["td_loss"].item(),
+            "cql_penalty": out["penalty"].item(),
+            "q_mean": out["q1a"].mean().item(),
+            "q_target_mean": out["y"].mean().item(),
+            "q_max_legal_mean": out["v_target"].mean().item(),
+            "greedy_matches_data": (greedy == batch.action).float().mean().item(),
+            **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
+        }
+
+    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
+        self.net.train()
+        self.q.train()
+        set_lr(self.opt_net, lr)
+        set_lr(self.opt_q, lr)
+        out = self.losses(batch)
+        self.opt_net.zero_grad(set_to_none=True)
+        self.opt_q.zero_grad(set_to_none=True)
+        (out["q_loss"] + out["net_loss"]).backward()  # the distillation targets are detached
+        grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
+        q_grad_norm = clip_and_norm(self.q.parameters(), self.grad_clip)
+        self.opt_net.step()
+        self.opt_q.step()
+        polyak_update(self.q_target, self.q, self.rate)
+        return {**self._metrics(out, batch), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, float]:
+        self.net.eval()
+        self.q.eval()
+        return self._metrics(self.losses(batch), batch)
+
+    def export_module(self) -> nn.Module:
+        return self.net
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "q": self.q.state_dict(),
+            "q_target": self.q_target.state_dict(),
+            "opt_net": self.opt_net.state_dict(),
+            "opt_q": self.opt_q.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.opt_net.load_state_dict(state["opt_net"])
+        self.opt_q.load_state_dict(state["opt_q"])
