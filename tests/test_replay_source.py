@@ -157,12 +157,13 @@ def test_reuse_limit_triggers_and_releases_when_rows_arrive(tmp_path):
         src.close()
 
 
-def test_resume_gives_the_same_cursor_window_and_batches(tmp_path):
+@pytest.mark.parametrize("trained", [4, 5])  # at the end of a prepared burst, and inside one
+def test_resume_gives_the_same_cursor_window_and_batches(tmp_path, trained):
     db = tmp_path / "replay.db"
     write_random_games(db, "connect4", 60, seed=3)
     cfg = _cfg(db, env_id="connect4", batch_size=32, window_min_rows=200, seed=11)
-    a = ReplaySource(cfg)
-    for _ in range(5):
+    a = ReplaySource(cfg, prefetch=8, burst=4)
+    for _ in range(trained):
         _wait_batch(a)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)  # plain types only: loads under weights_only
@@ -171,7 +172,7 @@ def test_resume_gives_the_same_cursor_window_and_batches(tmp_path):
     expected = _wait_batch(a)  # what an uninterrupted run trains on next
     a.close()
 
-    b = ReplaySource(cfg)
+    b = ReplaySource(cfg, prefetch=8, burst=4)
     b.load_state_dict(state)
     got = _wait_batch(b)
     b.close()

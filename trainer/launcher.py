@@ -3,7 +3,7 @@
 Starts the actor process(es), the training daemon and the dashboard as child processes on
 one data folder, and keeps them running:
 
-* Each child gets one compute thread (OMP_NUM_THREADS=1, the daemon's `--threads`): on a
+* Each child gets one compute thread (OMP_NUM_THREADS=1, `--threads 1`): on a
   2-core machine an actor and the trainer each want a core, and two thread pools of two
   threads each would fight over both.
 * A child that exits is restarted after a delay that doubles with each consecutive failure
@@ -51,7 +51,7 @@ class LauncherConfig(BaseModel):
     host: str = Field("127.0.0.1", min_length=1, description="Dashboard address to bind (127.0.0.1 keeps it on this machine).")
     actors: int = Field(1, ge=0, description="Actor processes writing self-play games.")
     steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default.")
-    threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the trainer's --threads).")
+    threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
     dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
     restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
     max_restart_delay: float = Field(30.0, gt=0, description="Upper bound of the restart delay in seconds.")
@@ -279,7 +279,8 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     env = child_env(cfg.threads)
     specs = [
         ChildSpec(f"actor-{i + 1}", [python, "-m", "actor_stub", "--env-id", cfg.env_id,
-                                     "--db", str(db), "--model-dir", str(models)], env)
+                                     "--db", str(db), "--model-dir", str(models),
+                                     "--threads", str(cfg.threads)], env)
         for i in range(cfg.actors)
     ]
     trainer = [python, "-m", "trainer", "train", "--db", str(db), "--model-dir", str(models),

@@ -50,6 +50,9 @@ from trainer.config.loader import load_config
 
 log = logging.getLogger("trainer.dashboard")
 
+# Per-program prefix (DASHBOARD_PORT, ...), like ACTOR_ and EVALUATOR_: the daemon's TRAINER_*
+# settings in a shared environment do not change the dashboard.
+ENV_PREFIX = "DASHBOARD_"
 STATIC_DIR = Path(__file__).parent / "static"
 # URL path -> (file in static/, content type). The whole of what the page is made of.
 STATIC_ROUTES: dict[str, tuple[str, str]] = {
@@ -266,7 +269,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
-        DashboardConfig, argv, prog="python -m trainer.dashboard",
+        DashboardConfig, argv, prog="python -m trainer.dashboard", env_prefix=ENV_PREFIX,
         description="Serve the training dashboard: one page that polls the run's stats.json.",
     )
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -54,14 +54,20 @@ class ReplaySource:
         self,
         cfg: DaemonConfig,
         device: str | torch.device = "cpu",
-        prefetch: int = 4,
+        prefetch: int = 8,
+        burst: int = 4,
         chunk_rows: int = 4096,
         busy_timeout_s: float = 0.1,
         max_block_s: float = 0.5,
     ):
         self.cfg = cfg
         self.device = torch.device(device)
+        # The worker refills the queue `burst` batches at a time (one vectorised sample and
+        # augment, one wake-up) once it has room for them: every wake-up of the worker
+        # competes with the training thread for the GIL and, on a busy 2-core box, for a
+        # core, so fewer and larger ones keep the step fast.
         self.prefetch = max(1, prefetch)
+        self.burst = max(1, min(burst, self.prefetch))
         # How long next_batch() blocks while the worker is loading or preparing before it
         # returns None ("loading ..."); waiting reasons return at once.
         self.max_block_s = max_block_s
@@ -86,14 +92,18 @@ class ReplaySource:
         self._caught_up = False
         self._ingest_events: deque = deque()  # (monotonic time, rows)
         self._busy_retries = 0
+        # After a resume: re-create the interrupted burst and drop the batches already
+        # trained on, so the next batches are those an uninterrupted run would train on.
+        self._replay_burst = 0
+        self._replay_skip = 0
 
         # Training-thread state.
         self._samples = 0  # samples handed out (the reuse budget's numerator)
-        self._last_state: dict[str, Any] = self._worker_state()
+        self._last_state: dict[str, Any] = self._worker_state(self._rng.bit_generator.state, 0, 0)
         self._waiting_reason = ""
 
         # Hand-over between the threads.
-        self._queue: deque = deque()  # (Batch, state dict)
+        self._queue: deque = deque()  # (Batch, state dict as of that batch)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -131,10 +141,11 @@ class ReplaySource:
                     self._waiting_reason = self._status or "preparing batches"
                     return None
                 self._cond.wait(deadline - now)
+            if len(self._queue) <= self.prefetch - self.burst:
+                self._wake.set()
         self._samples += len(batch)
         self._last_state = state
         self._waiting_reason = ""
-        self._wake.set()
         return batch
 
     def stats(self) -> dict[str, Any]:
@@ -175,7 +186,12 @@ class ReplaySource:
         self._policy_onehot = int(state.get("policy_onehot_rows", 0))
         if state.get("rng"):
             self._rng.bit_generator.state = state["rng"]
-        self._last_state = self._worker_state()
+            if int(state.get("batch_size", 0)) == self.cfg.batch_size:
+                self._replay_burst = int(state.get("rng_burst", 0))
+                self._replay_skip = int(state.get("rng_skip", 0))
+        self._last_state = self._worker_state(
+            self._rng.bit_generator.state, self._replay_burst, self._replay_skip
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -198,14 +214,19 @@ class ReplaySource:
         self._thread = threading.Thread(target=self._run, name="replay-source", daemon=True)
         self._thread.start()
 
-    def _worker_state(self) -> dict[str, Any]:
+    def _worker_state(self, rng_before: dict, burst: int, skip: int) -> dict[str, Any]:
+        """The state to resume from once batch `skip` of a burst of `burst` batches, drawn
+        with the RNG in state `rng_before`, has been trained on."""
         return {
             "version": STATE_VERSION,
             "cursor": int(self._cursor),
             "rows_seen": int(self._rows_seen),
             "bad_rows": {k: int(v) for k, v in self._bad.items()},
             "policy_onehot_rows": int(self._policy_onehot),
-            "rng": self._rng.bit_generator.state,
+            "rng": rng_before,
+            "rng_burst": int(burst),
+            "rng_skip": int(skip),
+            "batch_size": int(self.cfg.batch_size),
         }
 
     def _set_status(self, status: str, busy: bool) -> None:
@@ -328,8 +349,8 @@ class ReplaySource:
         return float(sum(n for _, n in events) / span)
 
     def _produce(self) -> bool:
-        """Prepare one batch if the queue has room and data use allows; True if it did."""
-        if not self._caught_up or len(self._queue) >= self.prefetch:
+        """Prepare a burst of batches if the queue has room and data use allows; True if it did."""
+        if not self._caught_up or len(self._queue) > self.prefetch - self.burst:
             return False
         cfg, window = self.cfg, self._window
         assert window is not None
@@ -343,9 +364,11 @@ class ReplaySource:
                 busy=False,
             )
             return False
+        allowed = self.burst
         if cfg.max_reuse > 0:
-            planned = self._samples + b * len(self._queue) + b
-            if planned > cfg.max_reuse * self._rows_seen:
+            budget = cfg.max_reuse * self._rows_seen - self._samples - b * len(self._queue)
+            allowed = min(allowed, int(budget // b))
+            if allowed <= 0:
                 if not self._queue:
                     self._set_status(
                         f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
@@ -353,24 +376,34 @@ class ReplaySource:
                         busy=False,
                     )
                 return False
-        rows = window.sample_indices(self._rng, b)
-        if self._augmenter is not None:
-            obs, policy = self._augmenter.gather(window.obs, window.policy, rows, self._rng)
-        else:
-            obs, policy = window.obs[rows], window.policy[rows]
-        value = window.value[rows]
-        batch = Batch(
-            obs=torch.from_numpy(obs),
-            legal_mask=torch.from_numpy(obs[:, self._legal] > 0.5),
-            policy=torch.from_numpy(policy),
-            value=torch.from_numpy(value),
-        )
-        if self.device.type != "cpu":
-            batch = batch.to(self.device)
-        state = self._worker_state()
+        n, skip = allowed, 0
+        if self._replay_burst:
+            n, skip = self._replay_burst, self._replay_skip
+            self._replay_burst = self._replay_skip = 0
+        rng_before = self._rng.bit_generator.state
+        batches = self._make_batches(n)
+        states = [self._worker_state(rng_before, n, j + 1) for j in range(n)]
+        keep = slice(skip, min(n, skip + allowed))
         with self._cond:
-            self._queue.append((batch, state))
+            self._queue.extend(zip(batches[keep], states[keep]))
             self._status, self._busy = "", True
             self._cond.notify_all()
         return True
 
+    def _make_batches(self, n: int) -> list[Batch]:
+        """`n` batches from one vectorised draw: uniform rows of the window, each under a
+        random symmetry."""
+        window, b = self._window, self.cfg.batch_size
+        assert window is not None
+        rows = window.sample_indices(self._rng, n * b)
+        if self._augmenter is not None:
+            obs, policy = self._augmenter.gather(window.obs, window.policy, rows, self._rng)
+        else:
+            obs, policy = window.obs[rows], window.policy[rows]
+        tensors = [torch.from_numpy(x) for x in (obs, obs[:, self._legal] > 0.5, policy, window.value[rows])]
+        batches = []
+        for i in range(n):
+            part = [t[i * b : (i + 1) * b] for t in tensors]
+            batch = Batch(obs=part[0], legal_mask=part[1], policy=part[2], value=part[3])
+            batches.append(batch.to(self.device) if self.device.type != "cpu" else batch)
+        return batches

@@ -167,14 +167,17 @@ class TrainLoop:
 
     _waiting_started: float | None = None
     _wait_attempt: int = 0
+    _last_wait_log: float = 0.0
 
     def _wait_for_data(self) -> None:
         reason = self.source.waiting_reason or "no batch available"
         now = time.monotonic()
         if self._waiting_started is None:
             self._waiting_started, self._wait_attempt = now, 0
-        if self.phase != WAITING or reason != self.phase_reason:
+        # Reasons carry live counts; log a change of kind at once, updates at most every 30 s.
+        if self.phase != WAITING or (reason != self.phase_reason and now - self._last_wait_log > 30):
             log.info("waiting for data: %s", reason)
+            self._last_wait_log = now
         self.set_phase(WAITING, reason)
         reuse = "reuse limit" in reason
         waited = now - self._waiting_started

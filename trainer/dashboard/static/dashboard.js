@@ -41,7 +41,10 @@ function fallback(v) {
 }
 function fmtTime(unix) {
   if (!isNum(unix)) return DASH;
-  return new Date(unix * 1000).toLocaleTimeString("en-GB");
+  const d = new Date(unix * 1000);
+  // Time of day for today's updates; the date too for an old run's file.
+  return Math.abs(Date.now() - d.getTime()) > 20 * 3600e3
+    ? d.toLocaleString("en-GB") : d.toLocaleTimeString("en-GB");
 }
 
 // ---- the figure cards: [key, label, formatter], grouped ------------------------------------

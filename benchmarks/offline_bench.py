@@ -1,0 +1,178 @@
+"""Updates per second of every offline mode, at batch 256, on tic-tac-toe and Connect Four shapes.
+
+    python benchmarks/offline_bench.py [--updates 30] [--threads 1] [--games tictactoe,connect4]
+        [--modes imitation,bc,iql,cql] [--device cpu]
+
+Data: uniformly random games of each game (trainer.games), held in memory exactly as the
+commands hold them (OfflineDataset + ShuffledSource), with the daemon's default networks
+(MLP 128x3 for tic-tac-toe, ResNet 64x4 for Connect Four). A timed update is
+`source.next_batch()` + `objective.train_step(batch, lr)`, i.e. what the shared TrainLoop
+does per step minus the hooks. imitation and bc share one objective (they differ in
+defaults: Adam vs AdamW, label smoothing), so both are timed with their own settings.
+
+The issue's end-to-end measurements use the CLI (see the report for the numbers):
+
+    # imitation on 100,000 moves of a deterministic teacher (tic-tac-toe)
+    python benchmarks/offline_bench.py --write-teacher-data data/teacher100k.h5 --teacher-moves 100000
+    time python -m trainer imitation --data data/teacher100k.h5 --model-dir data/imit/models --epochs 20
+
+    # BC vs IQL vs CQL on mixed-quality Connect Four data
+    python -m actor_stub.generate --env-id connect4 --games 3000 --teacher mcts:50 --epsilon 0.3 --output data/c4mix.jsonl
+    python -m trainer bc  --data data/c4mix.jsonl --model-dir data/c4bc/models  --epochs 10
+    python -m trainer iql --data data/c4mix.jsonl --model-dir data/c4iql/models --steps 3000 --init-from data/c4bc/checkpoints/best.pt
+    python -m trainer cql --data data/c4mix.jsonl --model-dir data/c4cql/models --steps 3000 --init-from data/c4bc/checkpoints/best.pt
+    python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent random --games 100
+    python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent mcts:50 --games 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.games import get_game  # noqa: E402
+from trainer.model.networks import build_network  # noqa: E402
+from trainer.objectives.cql import CQLObjective  # noqa: E402
+from trainer.objectives.iql import IQLObjective  # noqa: E402
+from trainer.objectives.supervised import SupervisedObjective  # noqa: E402
+from trainer.sources.offline_data import RawData, build_dataset  # noqa: E402
+from trainer.sources.offline_source import ShuffledSource  # noqa: E402
+
+LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
+
+
+def random_games(env_id: str, moves: int, seed: int = 0) -> RawData:
+    """At least `moves` plies of uniformly random play, as the arrays an HDF5 file holds."""
+    game, rng = get_game(env_id), np.random.default_rng(seed)
+    obs, actions, rewards, dones = [], [], [], []
+    while len(obs) < moves:
+        state = game.initial_state()
+        while not state.is_terminal:
+            a = int(rng.choice(np.flatnonzero(game.legal_mask(state))))
+            after = game.apply(state, a)
+            obs.append(game.encode(state))
+            actions.append(a)
+            rewards.append(game.reward_for_mover(state, after))
+            dones.append(after.is_terminal)
+            state = after
+    return RawData(obs=np.stack(obs), actions=np.asarray(actions), rewards=np.asarray(rewards),
+                   dones=np.asarray(dones), attrs={"env_id": env_id})
+
+
+def teacher_move(board, me: int) -> int:
+    """Deterministic tic-tac-toe rule: win, block, centre, corners, first free."""
+    for player in (me, 3 - me):
+        for line in LINES:
+            marks = [board[i] for i in line]
+            if marks.count(player) == 2 and marks.count(0) == 1:
+                return line[marks.index(0)]
+    for cell in (4, 0, 2, 6, 8):
+        if board[cell] == 0:
+            return cell
+    return board.index(0)
+
+
+def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
+    """Tic-tac-toe games: a random opening of 0-3 plies (not recorded), then the teacher;
+    only teacher moves are written (states, actions, legal_masks, outcomes)."""
+    import h5py
+
+    game, rng = get_game("tictactoe"), np.random.default_rng(seed)
+    states, actions, legal, outcomes, ids = [], [], [], [], []
+    episode = 0
+    while len(states) < moves:
+        state, rows = game.initial_state(), []
+        opening = int(rng.integers(0, 4))
+        while not state.is_terminal:
+            if state.ply < opening:
+                a = int(rng.choice(np.flatnonzero(game.legal_mask(state))))
+            else:
+                a = teacher_move(state.board, state.to_move)
+                rows.append((game.encode(state), a, game.legal_mask(state), state.to_move))
+            state = game.apply(state, a)
+        for o, a, m, mover in rows:
+            states.append(o)
+            actions.append(a)
+            legal.append(m)
+            outcomes.append(0.0 if state.winner == 3 else (1.0 if state.winner == mover else -1.0))
+            ids.append(episode)
+        episode += 1
+    with h5py.File(path, "w") as f:
+        f.create_dataset("states", data=np.stack(states[:moves]).astype(np.float32))
+        f.create_dataset("actions", data=np.asarray(actions[:moves], dtype=np.int64))
+        f.create_dataset("legal_masks", data=np.stack(legal[:moves]))
+        f.create_dataset("outcomes", data=np.asarray(outcomes[:moves], dtype=np.float32))
+        f.create_dataset("episode_ids", data=np.asarray(ids[:moves], dtype=np.int64))
+        f.attrs["env_id"] = "tictactoe"
+    print(f"wrote {moves} teacher moves ({episode} games) to {path}")
+
+
+def make_objective(mode: str, spec, device):
+    make = lambda: build_network(spec).to(device)  # noqa: E731  the daemon's default nets
+    if mode == "imitation":
+        return SupervisedObjective(make(), name=mode, lr=1e-3, optimizer="adam")
+    if mode == "bc":
+        return SupervisedObjective(make(), name=mode, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
+                                   grad_clip=1.0, label_smoothing=0.05)
+    common = dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, gamma=1.0, target_update_rate=0.005)
+    if mode == "iql":
+        return IQLObjective(make(), make, expectile=0.7, beta=3.0, max_weight=100.0, **common)
+    return CQLObjective(make(), make, alpha=1.0, policy_temperature=0.1, **common)
+
+
+def bench(env_id: str, mode: str, updates: int, batch: int, device: torch.device) -> float:
+    data = build_dataset(random_games(env_id, 4 * batch), env_id, transitions=mode in ("iql", "cql")).to(device)
+    rows = torch.arange(len(data), device=device)
+    if data.has_next is not None:
+        rows = rows[data.has_next]
+    source = ShuffledSource(data, rows, batch, seed=0)
+    obj = make_objective(mode, data.spec, device)
+    for _ in range(3):  # warm-up (allocator, first-call paths)
+        obj.train_step(source.next_batch(), 1e-3)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        obj.train_step(source.next_batch(), 1e-3)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return updates / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--updates", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--games", default="tictactoe,connect4")
+    p.add_argument("--modes", default="imitation,bc,iql,cql")
+    p.add_argument("--write-teacher-data", type=Path, help="Only write deterministic-teacher tic-tac-toe data (HDF5) and exit.")
+    p.add_argument("--teacher-moves", type=int, default=100_000)
+    args = p.parse_args()
+    if args.write_teacher_data:
+        write_teacher_data(args.write_teacher_data, args.teacher_moves)
+        return 0
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    print(f"batch {args.batch_size}, {args.updates} timed updates, torch {torch.__version__}, "
+          f"{args.threads} thread(s), device {device}")
+    print(f"{'game':<10} {'mode':<10} {'net':<12} {'updates/s':>10} {'samples/s':>10}")
+    for env_id in args.games.split(","):
+        net = "mlp 128x3" if get_game(env_id).spec.cells < 16 else "resnet 64x4"
+        for mode in args.modes.split(","):
+            rate = bench(env_id, mode, args.updates, args.batch_size, device)
+            print(f"{env_id:<10} {mode:<10} {net:<12} {rate:10.1f} {rate * args.batch_size:10.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""ValidationHook on a scripted validation loss: best.pt, LR plateau, early stopping, restart;
+and the progress line."""
+
+from __future__ import annotations
+
+import io
+import math
+from types import SimpleNamespace
+
+from trainer.commands.offline_common import ProgressBarHook
+from trainer.hooks.validation import BEST_NAME, PlateauSchedule, ValidationHook
+from trainer.training.lr_schedule import LRSchedule
+from trainer.training.state import TrainState, load_checkpoint_file
+
+
+class ScriptedObjective:
+    def __init__(self, losses):
+        self.losses = list(losses)
+
+    def evaluate(self, batch):
+        return {"total_loss": self.losses[0], "policy_accuracy": 0.5}
+
+
+class FakeLoop:
+    def __init__(self, hook, losses):
+        self.hook = hook
+        self.objective = ScriptedObjective(losses)
+        self.source = SimpleNamespace(epochs_completed=0)
+        self.state = TrainState(mode="bc", env_id="tictactoe", spec={}, network={})
+        self.stopped = ""
+
+    def snapshot(self):
+        self.state.hooks = {self.hook.name: self.hook.state_dict()}
+        return self.state
+
+    def request_stop(self, reason):
+        self.stopped = reason
+
+    def epoch(self):
+        self.source.epochs_completed += 1
+        self.state.step += 10
+        metrics = {}
+        self.hook.after_step(self, metrics)
+        self.objective.losses.pop(0)
+        return metrics
+
+
+def test_best_plateau_and_early_stopping(tmp_path):
+    plateau = PlateauSchedule(LRSchedule(peak=1.0), factor=0.5, patience=1)
+    hook = ValidationHook([[0, 0]], patience=3, best_dir=tmp_path, plateau=plateau)
+    loop = FakeLoop(hook, [1.0, 0.8, 0.9, 0.85, 0.95])
+    m = loop.epoch()
+    assert m["val_total_loss"] == 1.0 and m["val_policy_accuracy"] == 0.5
+    assert load_checkpoint_file(tmp_path / BEST_NAME).hooks["validation"]["best_loss"] == 1.0
+    loop.epoch()  # 0.8: new best
+    assert load_checkpoint_file(tmp_path / BEST_NAME).step == 20 and plateau(0) == 1.0
+    loop.epoch()  # 0.9: worse -> LR halved
+    assert plateau(123) == 0.5 and not loop.stopped
+    loop.epoch()  # 0.85: still worse than 0.8
+    assert plateau(0) == 0.25 and not loop.stopped
+    loop.epoch()  # third epoch without improvement
+    assert "early stopping" in loop.stopped and "best 0.8000 after epoch 2" in loop.stopped
+    assert load_checkpoint_file(tmp_path / BEST_NAME).step == 20  # best.pt kept the best
+
+    # a restart restores the bookkeeping and the LR multiplier
+    plateau2 = PlateauSchedule(LRSchedule(peak=1.0), factor=0.5, patience=1)
+    hook2 = ValidationHook([[0, 0]], patience=3, plateau=plateau2)
+    hook2.load_state_dict(hook.state_dict())
+    assert hook2.best_loss == 0.8 and hook2.bad_epochs == 3 and plateau2(0) == plateau(0)
+    assert hook2.stats()["best_epoch"] == 2 and not math.isnan(hook2.stats()["validation"]["val_total_loss"])
+
+
+def test_progress_line_has_eta():
+    out = io.StringIO()
+    bar = ProgressBarHook("bc", 100, stream=out)
+    loop = SimpleNamespace(state=SimpleNamespace(step=0))
+    bar.on_start(loop)
+    for step in range(1, 101):
+        loop.state.step = step
+        bar.after_step(loop, {"total_loss": 1.0})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and "100% 100/100" in lines[-1] and "ETA" in lines[0] and "it/s" in lines[0]
