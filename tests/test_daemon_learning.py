@@ -35,13 +35,14 @@ def held_out_batch(game, player, n_games: int, seed: int) -> Batch:
 
 
 def choose(game, state, rng, player):
-    """The strong player's move, with 20% random moves so positions vary."""
+    """The strong player's move; random openings (first 3 plies, half the time) vary the
+    positions while keeping outcomes a function of the position, so value is learnable."""
     legal = game.legal_actions(state)
     values = player.action_values(state)
     best = [a for a, v in values.items() if v == max(values.values())]
     policy = np.zeros(game.spec.num_actions, np.float32)
     policy[best] = 1.0 / len(best)
-    a = int(rng.choice(legal)) if rng.random() < 0.2 else int(rng.choice(best))
+    a = int(rng.choice(legal)) if state.ply < 3 and rng.random() < 0.5 else int(rng.choice(best))
     return a, policy
 
 
@@ -62,5 +63,5 @@ def test_policy_accuracy_and_value_loss_improve(tmp_path):
     loop.source.close()
     after = loop.objective.evaluate(held_out)
     print("before", before, "after", after)
-    assert after["policy_accuracy"] > max(0.75, before["policy_accuracy"] + 0.4)
-    assert after["value_loss"] < 0.6 * before["value_loss"]
+    assert after["policy_accuracy"] >= 0.9 and after["policy_accuracy"] > before["policy_accuracy"] + 0.2
+    assert after["value_loss"] < 0.5 * before["value_loss"]

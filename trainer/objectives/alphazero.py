@@ -64,9 +64,9 @@ class AlphaZeroObjective(Objective):
         grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
         self.optimizer.step()
         return {
-            "total_loss": float(total),
-            "policy_loss": float(policy_loss),
-            "value_loss": float(value_loss),
+            "total_loss": total.item(),
+            "policy_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
             "grad_norm": grad_norm,
             **policy_metrics(logp.detach(), batch.policy, batch.legal_mask),
         }
