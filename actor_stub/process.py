@@ -6,39 +6,22 @@ Kept out of `__main__` so `multiprocessing`'s spawn start method can import `chi
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import threading
 
 from actor_stub.config import ActorConfig
+from trainer.runtime import install_stop_signals, setup_logging
 
 log = logging.getLogger("actor_stub")
 
 
-def setup_logging(level: str) -> None:
-    # Not trainer.runtime.setup_logging: that module imports torch, which an actor never needs.
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
 def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.warning("second %s: exiting now, dropping unfinished games", name)
-            logging.shutdown()
-            os._exit(128 + signum)
-        stop.set()
-        log.info("%s: finishing the games in flight (signal again to drop them and exit now)", name)
-
-    for sig in signals:
-        signal.signal(sig, handler)
+    install_stop_signals(
+        lambda name: stop.set(), signals,
+        first_message="finishing the games in flight",
+        second_message="exiting now, dropping unfinished games",
+        logger="actor_stub",
+    )
 
 
 def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event) -> None:

@@ -150,9 +150,15 @@ def test_reuse_limit_triggers_and_releases_when_rows_arrive(tmp_path):
         assert n == int(2.0 * rows) // 16  # every sample the budget allows, and not one more
         assert src.stats()["reuse_ratio"] <= 2.0
         more = write_random_games(db, "tictactoe", 10, seed=2)
-        _wait_batch(src)
+        _wait_batch(src)  # released as soon as the first new game is in
+        deadline = time.monotonic() + 10
+        while src.stats()["rows_seen"] < rows + more and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert src.stats()["rows_seen"] == rows + more
-        assert src.state_dict()["samples"] <= 2.0 * (rows + more)
+        while src.next_batch() is not None:
+            pass
+        assert "reuse limit" in src.waiting_reason
+        assert src.state_dict()["samples"] == int(2.0 * (rows + more)) // 16 * 16
     finally:
         src.close()
 

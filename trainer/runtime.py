@@ -1,4 +1,8 @@
-"""Process-level set-up shared by every command: logging, threads, seeds, signals."""
+"""Process-level set-up shared by every command: logging, threads, seeds, signals.
+
+torch is imported only inside `setup_torch`, so torch-free programs (the actor, the
+evaluator) can use the logging and signal set-up too.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import threading
 from typing import Callable
 
 import numpy as np
-import torch
 
 
 def setup_logging(level: str) -> None:
@@ -24,7 +27,9 @@ def setup_logging(level: str) -> None:
     )
 
 
-def setup_torch(threads: int, device: str, seed: int | None) -> torch.device:
+def setup_torch(threads: int, device: str, seed: int | None):
+    import torch
+
     torch.set_num_threads(threads)
     if seed is not None:
         random.seed(seed)
@@ -37,19 +42,27 @@ def setup_torch(threads: int, device: str, seed: int | None) -> torch.device:
     return torch.device(device)
 
 
-def install_stop_signals(on_first: Callable[[str], None]) -> threading.Event:
-    """First SIGINT/SIGTERM asks for a clean stop; a second one exits at once."""
+def install_stop_signals(
+    on_first: Callable[[str], None],
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    first_message: str = "finishing the current step, then saving",
+    second_message: str = "exiting immediately",
+    logger: str = "trainer",
+) -> threading.Event:
+    """First signal asks for a clean stop (`on_first`); a second one exits at once."""
     received = threading.Event()
+    log = logging.getLogger(logger)
 
     def handler(signum, frame):
         name = signal.Signals(signum).name
         if received.is_set():
-            logging.getLogger("trainer").warning("second %s: exiting immediately", name)
+            log.warning("second %s: %s", name, second_message)
+            logging.shutdown()
             os._exit(128 + signum)
         received.set()
-        logging.getLogger("trainer").info("%s received: finishing the current step, then saving", name)
+        log.info("%s received: %s (signal again to exit at once)", name, first_message)
         on_first(name)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         signal.signal(sig, handler)
     return received

@@ -3,8 +3,9 @@
     training thread                          worker thread (owns reader + window + RNG)
     ---------------                          ------------------------------------------
     next_batch() -> pop a ready batch  <---  every poll_interval: read new rows in chunks
-                    (tens of µs)             between polls: sample the newest W rows,
-                                             augment, make tensors, queue (a few ahead)
+                    (~20 µs)                 between polls: sample the newest W rows,
+                                             augment, make tensors, queue (a few ahead,
+                                             refilled `burst` batches at a time)
 
 The training thread never touches SQLite or the window, so a slow query or a writer holding
 the lock (rollback-journal actors) costs the step nothing; and the window needs no lock
@@ -16,8 +17,10 @@ included). When it is reached, `next_batch()` returns None with a "reuse limit" 
 actors write more rows.
 
 Resume: each queued batch carries the worker's state as of producing it (cursor, rows seen,
-bad-row counts, RNG). `state_dict()` returns the state of the last batch handed out, so a
-checkpoint never counts rows or RNG draws of batches that were prepared but not trained on.
+bad-row counts, the RNG state before its burst and its place in the burst). `state_dict()`
+returns the state of the last batch handed out, so a checkpoint never counts rows or RNG
+draws of batches that were prepared but not trained on; on resume the interrupted burst is
+drawn again and its batches already trained on are dropped.
 `load_state_dict()` refills the window with the newest W usable rows up to the cursor,
 which is what an uninterrupted run held at that point.
 """
