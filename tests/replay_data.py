@@ -20,7 +20,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from trainer.games import Game, GameState, get_game
-from trainer.replay.schema import INSERT_TRANSITION, MODEL_STEP_COLUMN
+from trainer.replay.schema import INSERT_TRANSITION, MODEL_STEP_COLUMN, create_schema, upsert_game_metadata
 from trainer.replay.writer import PlyRecord, ReplayWriter, game_rows
 
 # choose_move(game, state, rng) -> (action, policy or None for uniform over legal moves)
@@ -50,26 +50,8 @@ def play_game(game: Game, choose_move: ChooseMove, rng: np.random.Generator) -> 
     return plies
 
 
-class RollbackJournalWriter(ReplayWriter):
-    """A writer with SQLite's default rollback journal, as the existing Rust actor runs it."""
-
-    def _init_db(self) -> None:
-        self.conn.execute("PRAGMA journal_mode=DELETE")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            from trainer.replay.schema import create_schema, upsert_game_metadata
-
-            create_schema(self.conn, with_model_step=self.with_model_step)
-            upsert_game_metadata(self.conn, self.game.spec)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-
-
 def open_writer(db_path: str | Path, env_id: str, with_model_step: bool = False, journal: Journal = "wal") -> ReplayWriter:
-    cls = {"wal": ReplayWriter, "delete": RollbackJournalWriter}[journal]
-    return cls(db_path, get_game(env_id), with_model_step=with_model_step)
+    return ReplayWriter(db_path, get_game(env_id), with_model_step=with_model_step, journal_mode=journal)
 
 
 def write_games_by_player(
@@ -154,10 +136,10 @@ def write_games_slowly(
     contract promises a writer), so a reader that holds a lock too long makes it fail."""
     game = get_game(env_id)
     rng = np.random.default_rng(seed)
-    cls = {"wal": ReplayWriter, "delete": RollbackJournalWriter}[journal]
     choose = onehot_random_move if onehot_policy else random_move
     rows = 0
-    with cls(db_path, game, with_model_step=False, busy_timeout_s=5.0, max_retries=0) as writer:
+    with ReplayWriter(db_path, game, with_model_step=False, busy_timeout_s=5.0, max_retries=0,
+                      journal_mode=journal) as writer:
         for i in range(n_games):
             rows += writer.write_game(f"slow-{seed}-{os.getpid()}-ep-{i}", play_game(game, choose, rng))
             time.sleep(pause_s)

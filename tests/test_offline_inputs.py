@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from test_offline_teacher import play_games, write_hdf5, write_jsonl
-from trainer.commands import bc, cql, imitation, iql, split
+from trainer.commands import bc, imitation, iql, split
 from trainer.commands.offline_common import build_offline
 from trainer.config import load_config
 from trainer.config.offline import IQLConfig
@@ -21,6 +20,7 @@ from trainer.model.networks import build_network
 from trainer.objectives.cql import CQLObjective
 from trainer.objectives.iql import IQLObjective, masked_max
 from trainer.sources.offline_data import HDF5Chunks, load_dataset
+from trainer.sources.offline_source import ChunkStreamSource
 from trainer.training.state import load_checkpoint_file
 
 FAST = ["--hidden", "16", "--layers", "1", "--batch-size", "32", "--no-progress", "--log-level", "ERROR"]
@@ -144,6 +144,19 @@ def test_streamed_chunks_equal_the_whole_file(tmp_path):
     assert sum(len(p) for p in parts) == len(whole)
     for key in ("obs", "next_obs", "action", "reward", "done", "value"):
         assert torch.equal(torch.cat([getattr(p, key) for p in parts]), getattr(whole, key)), key
+    # the streamed source resumes mid-chunk with exactly the batches it would have given
+    def source():
+        c = HDF5Chunks(path, 16, transitions=True)
+        return ChunkStreamSource(c, list(range(c.num_chunks)), 8, seed=3, epochs=2,
+                                 device=torch.device("cpu"), transitions=True)
+    a, b = source(), source()
+    for _ in range(5):
+        a.next_batch()
+    b.load_state_dict(a.state_dict())
+    for _ in range(4):
+        x, y = a.next_batch(), b.next_batch()
+        assert torch.equal(x.obs, y.obs) and torch.equal(x.next_obs, y.next_obs)
+    a.close(), b.close()
     # and a run streams them
     assert run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "32", "--epochs", "2") == 0
 

@@ -96,7 +96,11 @@ class ReplayWriter:
         with_model_step: bool = True,
         busy_timeout_s: float = 5.0,
         max_retries: int = 20,
+        journal_mode: str = "wal",
     ):
+        # WAL lets readers and writers overlap; "delete" (SQLite's default rollback
+        # journal) is what the existing Rust actor uses, kept for compatibility tests.
+        self.journal_mode = journal_mode
         self.game = game
         self.with_model_step = with_model_step
         self.max_retries = max_retries
@@ -108,7 +112,7 @@ class ReplayWriter:
         self._sql_plain = INSERT_TRANSITION.format(extra="", extra_q="")
 
     def _init_db(self) -> None:
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             create_schema(self.conn, with_model_step=self.with_model_step)

@@ -41,8 +41,10 @@ class WaitPolicy:
     first: float = 1.0  # seconds
     cap: float = 30.0
     max_wait: float = 0.0  # 0 = forever
-    # Waiting on the reuse budget ends as soon as actors write a few rows, so poll often.
+    # Waiting on the reuse budget ends as soon as actors write a few rows, and loading a
+    # big replay takes a second or two: poll often for those instead of backing off.
     reuse_cap: float = 0.5
+    brief_reasons: tuple[str, ...] = ("reuse limit", "loading")
 
 
 @dataclass
@@ -179,7 +181,7 @@ class TrainLoop:
             log.info("waiting for data: %s", reason)
             self._last_wait_log = now
         self.set_phase(WAITING, reason)
-        reuse = "reuse limit" in reason
+        reuse = any(r in reason for r in self.wait.brief_reasons)
         waited = now - self._waiting_started
         if self.wait.max_wait and not reuse and waited >= self.wait.max_wait:
             raise DataWaitTimeout(f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}")
