@@ -61,8 +61,11 @@ def add_model_arguments(
     )
     for name, field in model.model_fields.items():
         help_text = (field.description or "").replace("%", "%%")
-        default = field.default if field.default is not None else "unset"
-        help_text += f" [default: {default}; env {env_name(name, env_prefix)}]"
+        if field.is_required():
+            help_text += f" [required; env {env_name(name, env_prefix)}]"
+        else:
+            default = field.default if field.default is not None else "unset"
+            help_text += f" [default: {default}; env {env_name(name, env_prefix)}]"
         if _is_bool(field.annotation):
             parser.add_argument(
                 flag_name(name), dest=name, action=argparse.BooleanOptionalAction,

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 
-from trainer.atomic_files import atomic_path
 from trainer.hooks.base import Hook
 from trainer.training.batch import Batch
 from trainer.training.lr_schedule import LRSchedule
-from trainer.training.state import CHECKPOINT_FORMAT, capture_rng
+from trainer.training.state import save_checkpoint_as
 
 log = logging.getLogger("trainer")
 
@@ -40,14 +37,6 @@ class PlateauSchedule:
 
     def __call__(self, step: int) -> float:
         return self.base(step) * self.scale
-
-
-def save_state_as(state, path: Path) -> None:
-    """The checkpoint format of `save_checkpoint`, under a name of our choosing (best.pt)."""
-    state.rng = capture_rng()
-    payload = {"format": CHECKPOINT_FORMAT, **asdict(state)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 class ValidationHook(Hook):
@@ -116,7 +105,7 @@ class ValidationHook(Hook):
             acc, self.best_loss, " (new best)" if improved else f" ({self.bad_epochs} without improvement)",
         )
         if improved and self.best_dir is not None:
-            save_state_as(loop.snapshot(), self.best_dir / BEST_NAME)
+            save_checkpoint_as(loop.snapshot(), self.best_dir / BEST_NAME)
         if self.patience and not self.every and self.bad_epochs >= self.patience:
             loop.request_stop(
                 f"early stopping: no better validation loss for {self.bad_epochs} epochs "

@@ -88,15 +88,20 @@ def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / f"ckpt_step_{step:06d}.pt"
 
 
-def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
-    """Write `ckpt_step_N.pt` and `latest.pt` atomically, then prune old step files."""
-    folder.mkdir(parents=True, exist_ok=True)
+def save_checkpoint_as(state: TrainState, path: Path) -> Path:
+    """Write `state` atomically to `path` (e.g. best.pt) in the checkpoint format."""
     state.saved_at = time.time()
     state.rng = capture_rng()
     payload = {"format": CHECKPOINT_FORMAT, **asdict(state)}
-    path = checkpoint_path(folder, state.step)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return path
+
+
+def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
+    """Write `ckpt_step_N.pt` and `latest.pt` atomically, then prune old step files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint_as(state, checkpoint_path(folder, state.step))
     # latest.pt is a second atomic copy rather than a link, so it is valid on every
     # filesystem (bind mounts, Windows shares) and never points at a pruned file.
     with atomic_path(folder / LATEST_NAME) as tmp:
