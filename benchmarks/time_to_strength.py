@@ -114,8 +114,9 @@ def run_tictactoe(args, work: Path) -> TttResult:
             if res.all_draws_vs_perfect is None and vs_perfect.draws == vs_perfect.games_played:
                 res.all_draws_vs_perfect = minute
             if vs_random.losses == 0 and vs_perfect.draws == vs_perfect.games_played:
-                res.both = minute
-                break
+                res.both = res.both if res.both is not None else minute
+                if not args.keep_going:
+                    break
     finally:
         code = stop_loop(proc)
         print(f"  launcher exit code after SIGTERM: {code}")
@@ -169,6 +170,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=None, help="Folder for the runs' data and logs (default: a temp folder, removed).")
     p.add_argument("--ttt-budget", type=float, default=10.0, help="Minutes before the tic-tac-toe run gives up.")
     p.add_argument("--ttt-games", type=int, default=200, help="Games per check and opponent.")
+    p.add_argument("--keep-going", action="store_true",
+                   help="Keep checking until --ttt-budget after success (shows whether later models stay strong).")
     p.add_argument("--check-interval", type=float, default=15.0, help="Seconds between checks of the newest model.")
     p.add_argument("--c4-minutes", default="30,60", help="Comma list of minutes at which Connect Four is scored.")
     p.add_argument("--c4-games", type=int, default=50, help="Games per Connect Four opponent.")

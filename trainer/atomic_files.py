@@ -18,11 +18,13 @@ FILE_MODE = 0o644
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, mode: int = FILE_MODE) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, mode: int = FILE_MODE, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on a clean exit it is fsynced and renamed onto `dest`.
 
-    On an exception the temp file is removed and `dest` is untouched. `commit` can be
-    skipped by the caller raising, which is how a failed ONNX check avoids publishing.
+    On an exception the temp file is removed and `dest` is untouched, which is how a
+    failed ONNX check avoids publishing. `durable=False` skips the fsyncs: readers still
+    never see half a file (the rename is atomic), only a power cut could lose the newest
+    version. That is right for stats.json, rewritten many times a second.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -31,26 +33,28 @@ def atomic_path(dest: str | os.PathLike, mode: int = FILE_MODE) -> Iterator[Path
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
-    _fsync_dir(dest.parent)
+    if durable:
+        _fsync_dir(dest.parent)
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(dest) as tmp:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_path(dest, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_json(dest: str | os.PathLike, obj) -> None:
+def atomic_write_json(dest: str | os.PathLike, obj, durable: bool = True) -> None:
     # allow_nan=False: a NaN would make the file unreadable to strict JSON parsers.
-    atomic_write_bytes(dest, json.dumps(obj, allow_nan=False, indent=1).encode())
+    data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    atomic_write_bytes(dest, data, durable=durable)
 
 
 def _fsync_dir(path: Path) -> None:

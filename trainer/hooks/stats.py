@@ -68,12 +68,16 @@ def _finite(x: Any) -> Any:
 class StatsHook(Hook):
     name = "stats"
 
+    # The dashboard polls every few seconds; rewriting the file more often than this only
+    # costs the training thread time (measured: 5% of a tiny MLP's run at every 25 steps).
+    MIN_WRITE_SECONDS = 0.5
+
     def __init__(self, path: Path, every: int, env_id: str, mode: str, total_steps: int, history_size: int = 400):
         self.path, self.every = Path(path), every
         self.env_id, self.mode, self.total_steps = env_id, mode, total_steps
         self.history_size = history_size
         self.history: list[dict] = []
-        self._last_wait_write = 0.0
+        self._last_write = 0.0
         self.previous_eval: list[dict] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -91,12 +95,11 @@ class StatsHook(Hook):
             "learning_rate": float(loop.last_lr),
         })
         self.history = thin_history(self.history, self.history_size)
-        self.write(loop)
+        if time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
+            self.write(loop)
 
     def on_wait(self, loop) -> None:
-        now = time.monotonic()
-        if now - self._last_wait_write >= 2.0:
-            self._last_wait_write = now
+        if time.monotonic() - self._last_write >= 2.0:
             self.write(loop)
 
     def on_stop(self, loop) -> None:
@@ -161,7 +164,8 @@ class StatsHook(Hook):
         return _finite(stats)
 
     def write(self, loop) -> None:
+        self._last_write = time.monotonic()
         try:
-            atomic_write_json(self.path, self.build(loop))
+            atomic_write_json(self.path, self.build(loop), durable=False)
         except OSError as exc:  # a full disk must not kill training; say so and go on
             log.warning("could not write %s: %s", self.path, exc)

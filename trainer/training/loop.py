@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trainer.hooks.base import Hook
 from trainer.objectives.base import Objective
@@ -47,29 +47,33 @@ class WaitPolicy:
     brief_reasons: tuple[str, ...] = ("reuse limit", "loading")
 
 
-@dataclass
 class Throughput:
-    """Rates over a sliding time window, for logs and stats."""
+    """Rates over a sliding time window, for logs and stats (running sums: O(1) per step)."""
 
-    horizon: float = 30.0
-    events: deque = field(default_factory=deque)  # (time, samples, waited_seconds, step_seconds)
+    def __init__(self, horizon: float = 30.0):
+        self.horizon = horizon
+        self.events: deque = deque()  # (time, samples, waited_seconds)
+        self.samples = 0
+        self.waited = 0.0
 
-    def add(self, t: float, samples: int, waited: float, busy: float) -> None:
-        self.events.append((t, samples, waited, busy))
-        while self.events and t - self.events[0][0] > self.horizon:
-            self.events.popleft()
+    def add(self, t: float, samples: int, waited: float) -> None:
+        self.events.append((t, samples, waited))
+        self.samples += samples
+        self.waited += waited
+        while len(self.events) > 2 and t - self.events[0][0] > self.horizon:
+            _, s, w = self.events.popleft()
+            self.samples -= s
+            self.waited -= w
 
     def rates(self) -> dict[str, float]:
         if len(self.events) < 2:
             return {"samples_per_sec": 0.0, "steps_per_sec": 0.0, "wait_fraction": 0.0}
-        span = max(1e-9, self.events[-1][0] - self.events[0][0])
-        samples = sum(e[1] for e in list(self.events)[1:])
-        steps = len(self.events) - 1
-        waited = sum(e[2] for e in list(self.events)[1:])
+        first_t, first_samples, first_waited = self.events[0]
+        span = max(1e-9, self.events[-1][0] - first_t)
         return {
-            "samples_per_sec": samples / span,
-            "steps_per_sec": steps / span,
-            "wait_fraction": min(1.0, waited / span),
+            "samples_per_sec": (self.samples - first_samples) / span,
+            "steps_per_sec": (len(self.events) - 1) / span,
+            "wait_fraction": min(1.0, max(0.0, self.waited - first_waited) / span),
         }
 
 
@@ -138,7 +142,6 @@ class TrainLoop:
         for hook in self.hooks:
             hook.on_start(self)
         try:
-            last = time.monotonic()
             while not self.done():
                 batch = self.source.next_batch()
                 if batch is None:
@@ -155,8 +158,8 @@ class TrainLoop:
                 self.state.samples_trained += len(batch)
                 self.last_lr, self.last_metrics = lr, metrics
                 now = time.monotonic()
-                self.throughput.add(now, len(batch), self._waited_since_step, now - last)
-                self._waited_since_step, last = 0.0, now
+                self.throughput.add(now, len(batch), self._waited_since_step)
+                self._waited_since_step = 0.0
                 for hook in self.hooks:
                     hook.after_step(self, metrics)
         finally:
