@@ -78,6 +78,7 @@ class StatsHook(Hook):
         self.history_size = history_size
         self.history: list[dict] = []
         self._last_write = 0.0
+        self._written_phase = ""
         self.previous_eval: list[dict] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -95,11 +96,12 @@ class StatsHook(Hook):
             "learning_rate": float(loop.last_lr),
         })
         self.history = thin_history(self.history, self.history_size)
-        if time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
+        if loop.phase != self._written_phase or time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
             self.write(loop)
 
     def on_wait(self, loop) -> None:
-        if time.monotonic() - self._last_write >= 2.0:
+        # A change of state is news for the dashboard; the same state only needs a refresh.
+        if loop.phase != self._written_phase or time.monotonic() - self._last_write >= 2.0:
             self.write(loop)
 
     def on_stop(self, loop) -> None:
@@ -164,7 +166,7 @@ class StatsHook(Hook):
         return _finite(stats)
 
     def write(self, loop) -> None:
-        self._last_write = time.monotonic()
+        self._last_write, self._written_phase = time.monotonic(), loop.phase
         try:
             atomic_write_json(self.path, self.build(loop), durable=False)
         except OSError as exc:  # a full disk must not kill training; say so and go on
