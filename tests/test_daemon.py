@@ -156,3 +156,55 @@ def test_incompatible_checkpoint_is_an_error_unless_fresh(tmp_path):
     assert re.search(r"checkpoint .* is for env_id 'tictactoe'", tail_log(tmp_path))
     assert start_daemon(tmp_path, *args, "--fresh").wait(90) == 0
     assert read_stats(tmp_path)["env_id"] == "connect4"
+
+
+def test_periodic_eval_lands_in_stats_with_contract_types(tmp_path):
+    write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=7)
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", "--eval-interval", "20",
+                        "--eval-games", "20", *FAST)
+    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("last_eval") and s, 60, "an evaluation", proc, tmp_path)
+    assert stop(proc) == 0
+    entry = stats["last_eval"]
+    assert type(entry["step"]) is int and type(entry["games_played"]) is int and entry["games_played"] == 20
+    assert entry["step"] % 20 == 0 and entry["step"] > 0
+    assert abs(entry["win_rate"] + entry["draw_rate"] + entry["loss_rate"] - 1) < 1e-9
+    assert stats["eval_history"][-1] == entry
+    # Evaluations survive a restart.
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", *FAST)
+    restarted = wait_for(lambda: (s := read_stats(tmp_path)) and s["state"] == "training" and s, 60, "restart", proc, tmp_path)
+    assert stop(proc) == 0
+    assert restarted["eval_history"] and restarted["eval_history"][0]["step"] == stats["eval_history"][0]["step"]
+
+
+def test_daemon_starts_from_an_offline_bc_checkpoint(tmp_path):
+    data = tmp_path / "games.jsonl"
+    subprocess.run([sys.executable, "-m", "actor_stub.generate", "--env-id", "tictactoe", "--games", "60",
+                    "--teacher", "perfect", "--output", str(data), "--seed", "1"], cwd=REPO, check=True,
+                   capture_output=True)
+    bc = tmp_path / "bc"
+    subprocess.run([sys.executable, "-m", "trainer", "bc", "--data", str(data), "--epochs", "2",
+                    "--model-dir", str(bc / "models"), "--checkpoint-dir", str(bc / "checkpoints"),
+                    "--stats", str(bc / "stats.json"), "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=8)
+    init = bc / "checkpoints" / "latest.pt"
+    proc = start_daemon(tmp_path, "--steps", "5", "--init-from", str(init), *FAST)
+    assert proc.wait(90) == 0, tail_log(tmp_path)
+    assert f"initialised weights from {init}" in tail_log(tmp_path, lines=400)
+
+
+def test_corrupt_rows_are_skipped_and_shown_in_stats(tmp_path):
+    db = tmp_path / "replay.db"
+    write_random_games(db, "tictactoe", 30, seed=9)
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT * FROM transitions LIMIT 1").fetchone()
+    cols = [c[1] for c in conn.execute("PRAGMA table_info(transitions)")]
+    bad = dict(zip(cols, row))
+    for i, (field, value) in enumerate([("observation", b"\x00" * 7), ("observation", np.full(29, np.nan, np.float32).tobytes()),
+                                        ("action", b"\x01")]):
+        r = dict(bad, id=f"bad-{i}", **{field: value})
+        conn.execute(f"INSERT INTO transitions ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values()))
+    conn.commit()
+    conn.close()
+    assert start_daemon(tmp_path, "--steps", "10", *FAST).wait(90) == 0, tail_log(tmp_path)
+    stats = read_stats(tmp_path)
+    assert stats["bad_rows"] == 3 and type(stats["bad_rows"]) is int

@@ -173,6 +173,7 @@ class TrainLoop:
     _waiting_started: float | None = None
     _wait_attempt: int = 0
     _last_wait_log: float = 0.0
+    _last_wait_kind: str = ""
 
     def _wait_for_data(self) -> None:
         reason = self.source.waiting_reason or "no batch available"
@@ -180,9 +181,13 @@ class TrainLoop:
         if self._waiting_started is None:
             self._waiting_started, self._wait_attempt = now, 0
         # Reasons carry live counts; log a change of kind at once, updates at most every 30 s.
-        if self.phase != WAITING or (reason != self.phase_reason and now - self._last_wait_log > 30):
+        # The kind is compared with the last one logged, not with the phase: a data-bound run
+        # (reuse limit) alternates training and waiting every few steps, and logging each new
+        # wait flooded the log with two lines a second.
+        kind = reason.split(":", 1)[0]
+        if kind != self._last_wait_kind or now - self._last_wait_log > 30:
             log.info("waiting for data: %s", reason)
-            self._last_wait_log = now
+            self._last_wait_log, self._last_wait_kind = now, kind
         self.set_phase(WAITING, reason)
         reuse = any(r in reason for r in self.wait.brief_reasons)
         waited = now - self._waiting_started
