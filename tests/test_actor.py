@@ -70,6 +70,15 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _workers_with_games(db: Path) -> set[str]:
+    if not db.exists():
+        return set()
+    try:
+        return {e.rsplit("-ep-", 1)[0][-3:] for e in read_games(db, "tictactoe")}
+    except sqlite3.OperationalError:  # tables not created yet
+        return set()
+
+
 def _steps(db: Path) -> set:
     if not db.exists():
         return set()
@@ -199,7 +208,7 @@ def test_workers_stop_cleanly_when_the_parent_gets_sigterm(tmp_path):
         env=actor_env(), stderr=subprocess.PIPE, text=True,
     )
     try:
-        _wait_for(lambda: None in _steps(db), 60, proc, "first games")
+        _wait_for(lambda: _workers_with_games(db) == {"-w0", "-w1"}, 60, proc, "a game from each worker")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

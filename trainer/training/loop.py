@@ -103,6 +103,11 @@ class TrainLoop:
         self.last_lr = schedule(state.step)
         self.throughput = Throughput()
         self._waited_since_step = 0.0
+        # Bookkeeping of the current stretch of waiting (backoff, --max-wait, log throttling).
+        self._waiting_started: float | None = None
+        self._wait_attempt = 0
+        self._last_wait_log = 0.0
+        self._last_wait_kind = ""
 
     # --- persistence -----------------------------------------------------------------------
     def snapshot(self) -> TrainState:
@@ -169,11 +174,6 @@ class TrainLoop:
                     hook.on_stop(self)
                 except Exception:  # one failing hook must not keep the others from saving
                     log.exception("hook %s failed while stopping", type(hook).__name__)
-
-    _waiting_started: float | None = None
-    _wait_attempt: int = 0
-    _last_wait_log: float = 0.0
-    _last_wait_kind: str = ""
 
     def _wait_for_data(self) -> None:
         reason = self.source.waiting_reason or "no batch available"
