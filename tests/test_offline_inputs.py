@@ -18,7 +18,8 @@ from trainer.config import load_config
 from trainer.config.offline import IQLConfig
 from trainer.model.networks import build_network
 from trainer.objectives.cql import CQLObjective
-from trainer.objectives.iql import IQLObjective, masked_max
+from trainer.objectives.iql import IQLObjective
+from trainer.objectives.twin_q import masked_max
 from trainer.sources.offline_data import HDF5Chunks, load_dataset
 from trainer.sources.offline_source import ChunkStreamSource
 from trainer.training.state import load_checkpoint_file

@@ -20,19 +20,18 @@ none, and done removes the bootstrap there.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.objectives.alphazero import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
-from trainer.objectives.base import Objective, clip_and_norm, set_lr
-from trainer.objectives.iql import TwinQ, frozen_copy, gather, masked_max, opponent_sign, polyak_update
+from trainer.objectives.twin_q import TwinQObjective, gather, masked_max
 from trainer.training.batch import Batch
 
 
-class CQLObjective(Objective):
+class CQLObjective(TwinQObjective):
     name = "cql"
 
     def __init__(
@@ -50,15 +49,11 @@ class CQLObjective(Objective):
         value_weight: float = 1.0,
         player_count: int = 2,
     ):
-        self.net = net
-        device = next(net.parameters()).device
-        self.q = TwinQ(make_net).to(device)
-        self.q_target = frozen_copy(self.q)
-        self.opt_net = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-        self.opt_q = torch.optim.AdamW(self.q.parameters(), lr=lr, weight_decay=weight_decay)
-        self.grad_clip, self.gamma, self.alpha = grad_clip, gamma, alpha
-        self.rate, self.temperature, self.value_weight = target_update_rate, policy_temperature, value_weight
-        self.sign = opponent_sign(player_count)
+        super().__init__(
+            net, make_net, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, gamma=gamma,
+            target_update_rate=target_update_rate, value_weight=value_weight, player_count=player_count,
+        )
+        self.alpha, self.temperature = alpha, policy_temperature
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         a, legal, next_legal = batch.action, batch.legal_mask, batch.next_legal_mask
@@ -109,44 +104,3 @@ class CQLObjective(Objective):
             "greedy_matches_data": (greedy == batch.action).float().mean().item(),
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }
-
-    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
-        self.net.train()
-        self.q.train()
-        set_lr(self.opt_net, lr)
-        set_lr(self.opt_q, lr)
-        out = self.losses(batch)
-        self.opt_net.zero_grad(set_to_none=True)
-        self.opt_q.zero_grad(set_to_none=True)
-        (out["q_loss"] + out["net_loss"]).backward()  # the distillation targets are detached
-        grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
-        q_grad_norm = clip_and_norm(self.q.parameters(), self.grad_clip)
-        self.opt_net.step()
-        self.opt_q.step()
-        polyak_update(self.q_target, self.q, self.rate)
-        return {**self._metrics(out, batch), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
-
-    @torch.no_grad()
-    def evaluate(self, batch: Batch) -> dict[str, float]:
-        self.net.eval()
-        self.q.eval()
-        return self._metrics(self.losses(batch), batch)
-
-    def export_module(self) -> nn.Module:
-        return self.net
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "q": self.q.state_dict(),
-            "q_target": self.q_target.state_dict(),
-            "opt_net": self.opt_net.state_dict(),
-            "opt_q": self.opt_q.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.opt_net.load_state_dict(state["opt_net"])
-        self.opt_q.load_state_dict(state["opt_q"])
