@@ -32,7 +32,7 @@ from trainer.config import DaemonConfig  # noqa: E402
 from trainer.games import get_game  # noqa: E402
 from trainer.hooks.base import Hook  # noqa: E402
 from trainer.model.networks import build_network  # noqa: E402
-from trainer.objectives.alphazero import AlphaZeroObjective  # noqa: E402
+from trainer.objectives.policy_value import PolicyValueObjective  # noqa: E402
 from trainer.training.batch import Batch  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -57,7 +57,7 @@ def build_db(env_id: str, rows: int) -> Path:
 def ceiling(env_id: str, net: str, batch: int, steps: int) -> float:
     spec = get_game(env_id).spec
     model = build_network(spec, net)
-    obj = AlphaZeroObjective(model, 1e-3, 1e-4, 1.0)
+    obj = PolicyValueObjective(model, lr=1e-3, weight_decay=1e-4, grad_clip=1.0)
     g = torch.Generator().manual_seed(0)
     obs = (torch.rand(batch, spec.obs_size, generator=g) > 0.5).float()
     mask = torch.ones(batch, spec.num_actions, dtype=torch.bool)

@@ -41,7 +41,7 @@ from trainer.games import get_game  # noqa: E402
 from trainer.model.networks import build_network  # noqa: E402
 from trainer.objectives.cql import CQLObjective  # noqa: E402
 from trainer.objectives.iql import IQLObjective  # noqa: E402
-from trainer.objectives.supervised import SupervisedObjective  # noqa: E402
+from trainer.objectives.policy_value import PolicyValueObjective  # noqa: E402
 from trainer.sources.offline_data import RawData, build_dataset  # noqa: E402
 from trainer.sources.offline_source import ShuffledSource  # noqa: E402
 
@@ -117,9 +117,9 @@ def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
 def make_objective(mode: str, spec, device):
     make = lambda: build_network(spec).to(device)  # noqa: E731  the daemon's default nets
     if mode == "imitation":
-        return SupervisedObjective(make(), name=mode, lr=1e-3, optimizer="adam")
+        return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adam")
     if mode == "bc":
-        return SupervisedObjective(make(), name=mode, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
+        return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
                                    grad_clip=1.0, label_smoothing=0.05)
     common = dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, gamma=1.0, target_update_rate=0.005)
     if mode == "iql":

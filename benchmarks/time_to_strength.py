@@ -1,7 +1,7 @@
 """Time to strength: how long the one-command loop takes, from an empty folder, to play well.
 
     python benchmarks/time_to_strength.py                      # both games, full length
-    python benchmarks/time_to_strength.py --games tictactoe    # tic-tac-toe only (~5-10 min)
+    python benchmarks/time_to_strength.py --games tictactoe    # tic-tac-toe only (about a minute)
     python benchmarks/time_to_strength.py --games connect4 --c4-minutes 5,10 --c4-games 20
 
 Tic-tac-toe: starts `python -m trainer run --no-dashboard` on an empty folder and every
@@ -10,8 +10,9 @@ evaluator's default) --ttt-games games against random and against the perfect pl
 Reports the minutes until (a) no loss against random and (b) a draw against the perfect
 player in every game, then stops the run (or at --ttt-budget minutes).
 
-Connect Four: runs the loop for the largest of --c4-minutes, copying `latest.onnx` aside at
-each mark, stops it, and only then plays each copy against rollout MCTS of --c4-opponents
+Connect Four: runs the loop (with `--steps 0`, i.e. until stopped, unless `--steps` is
+passed after `--`) for the largest of --c4-minutes, copying `latest.onnx` aside at each
+mark, stops it, and only then plays each copy against rollout MCTS of --c4-opponents
 simulations (so evaluation never takes CPU from training; the rollout opponents are slow).
 
 Minutes count from the launcher's start, model loading and the first random-play games
@@ -126,7 +127,10 @@ def run_tictactoe(args, work: Path) -> TttResult:
 def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int] | None]]:
     data = work / "connect4"
     marks = sorted(args.c4_minutes)
-    proc = start_loop("connect4", data, args.launcher_args, work / "connect4.log")
+    # The daemon's default --steps (5000) can end a Connect Four run before the last mark;
+    # run until stopped unless the caller chose a length.
+    extra = args.launcher_args if "--steps" in args.launcher_args else [*args.launcher_args, "--steps", "0"]
+    proc = start_loop("connect4", data, extra, work / "connect4.log")
     t0 = time.monotonic()
     copies: dict[float, Path | None] = {}
     try:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from trainer.commands.offline_common import run_offline
 from trainer.config.offline import ImitationConfig, SupervisedConfig
-from trainer.objectives.supervised import SupervisedObjective
+from trainer.objectives.policy_value import PolicyValueObjective
 
 
-def make_objective(cfg: SupervisedConfig, spec, net, make_net) -> SupervisedObjective:
-    return SupervisedObjective(
+def make_objective(cfg: SupervisedConfig, spec, net, make_net) -> PolicyValueObjective:
+    return PolicyValueObjective(
         net, name=cfg.mode, lr=cfg.lr, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, value_weight=cfg.value_weight,
     )

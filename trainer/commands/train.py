@@ -22,7 +22,7 @@ from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
 from trainer.model.networks import build_network, describe_network, resolve_net_kind
-from trainer.objectives.alphazero import AlphaZeroObjective
+from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.replay.schema import SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
@@ -106,7 +106,10 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
     kind = resolve_net_kind(cfg.net, spec)
     network = describe_network(kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks)
     net = build_network(spec, kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks).to(device)
-    objective = AlphaZeroObjective(net, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.policy_weight, cfg.value_weight)
+    objective = PolicyValueObjective(
+        net, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+        policy_weight=cfg.policy_weight, value_weight=cfg.value_weight,
+    )
     state = TrainState(
         mode="daemon", env_id=cfg.env_id, spec=dataclasses.asdict(spec), network=network,
         config_json=cfg.model_dump_json(),

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.objectives.alphazero import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
+from trainer.objectives.policy_value import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
 from trainer.objectives.twin_q import TwinQObjective, gather, masked_max
 from trainer.training.batch import Batch
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.objectives.alphazero import masked_log_softmax, policy_metrics
+from trainer.objectives.policy_value import masked_log_softmax, policy_metrics
 from trainer.objectives.twin_q import TwinQObjective, gather
 from trainer.training.batch import Batch
 

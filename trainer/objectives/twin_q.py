@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from trainer.objectives.alphazero import ILLEGAL_LOGIT
+from trainer.objectives.policy_value import ILLEGAL_LOGIT
 from trainer.objectives.base import Objective, clip_and_norm, set_lr
 from trainer.training.batch import Batch
 
