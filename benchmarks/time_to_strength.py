@@ -95,7 +95,8 @@ def run_tictactoe(args, work: Path) -> TttResult:
     try:
         while (now := time.monotonic() - t0) < args.ttt_budget * 60:
             if proc.poll() is not None:
-                print(f"launcher exited early with {proc.returncode}; see {work / 'tictactoe.log'}")
+                why = "the trainer reached --steps" if proc.returncode == 0 else f"exit {proc.returncode}"
+                print(f"  the run ended ({why}); see {work / 'tictactoe.log'}")
                 break
             time.sleep(max(0.0, args.check_interval - (time.monotonic() - t0 - now)))
             latest = data / "models" / "latest.onnx"
@@ -178,7 +179,7 @@ def main() -> int:
                    help="Keep checking until --ttt-budget after success (shows whether later models stay strong).")
     p.add_argument("--check-interval", type=float, default=15.0, help="Seconds between checks of the newest model.")
     p.add_argument("--c4-minutes", default="30,60", help="Comma list of minutes at which Connect Four is scored.")
-    p.add_argument("--c4-games", type=int, default=50, help="Games per Connect Four opponent.")
+    p.add_argument("--c4-games", type=int, default=100, help="Games per Connect Four opponent.")
     p.add_argument("--c4-opponents", default="50,200,1000", help="Rollout MCTS simulations of the opponents.")
     p.add_argument("--json", type=Path, default=None, help="Also write the numbers to this file.")
     p.add_argument("launcher_args", nargs="*", help="Extra `python -m trainer run` flags (after --).")

@@ -35,7 +35,8 @@ BUDGET_S = float(os.environ.get("LEARNING_GATE_BUDGET_S", "210"))
 CHECK_INTERVAL_S = 10.0
 GAMES = 200
 # Against a perfect player the best possible score is 0.5 (all draws); 0.475 allows at most
-# 10 losses in 200 games. Random play scores about 0.1 (checked below).
+# 10 losses in 200 games. Random play scores about 0.04 (measured below: this perfect player
+# wins as quickly as it can, so random play rarely even draws).
 GATE_PERFECT_SCORE = 0.475
 
 
@@ -79,8 +80,13 @@ def test_one_command_run_learns_tictactoe(tmp_path):
         latest, seen = data / "models" / "latest.onnx", None
         while passed is None and time.monotonic() - t0 < BUDGET_S:
             time.sleep(CHECK_INTERVAL_S)
-            assert proc.poll() is None, f"launcher exited early ({proc.returncode}):\n{_tail(log_path)}"
+            # Exit 0 before we stop it: the trainer reached its default --steps; the last
+            # model is still checked below.
+            finished = proc.poll() is not None
+            assert proc.returncode in (None, 0), f"launcher failed ({proc.returncode}):\n{_tail(log_path)}"
             if not latest.exists() or latest.stat().st_mtime_ns == seen:
+                if finished:
+                    break
                 continue
             seen = latest.stat().st_mtime_ns
             model = tmp_path / "checked.onnx"
@@ -94,6 +100,9 @@ def test_one_command_run_learns_tictactoe(tmp_path):
             )
             if vs_random.losses == 0 and vs_perfect.score >= GATE_PERFECT_SCORE:
                 passed = (vs_random, vs_perfect)
+            elif finished:
+                history.append("the run finished (trainer reached its --steps) without passing")
+                break
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -101,6 +110,7 @@ def test_one_command_run_learns_tictactoe(tmp_path):
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
             code = "hung after SIGTERM"
     elapsed = time.monotonic() - t0
     report = "\n".join(history) or "(no model was published)"
