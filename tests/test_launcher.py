@@ -92,6 +92,27 @@ def test_command_lines_name_the_contract_flags(tmp_path):
     assert dashboard_url("0.0.0.0", 8080) == "http://127.0.0.1:8080/"
 
 
+def test_per_game_trainer_presets_yield_to_the_users_settings(tmp_path, monkeypatch):
+    def trainer_argv(**kw):
+        specs = build_children(LauncherConfig(data=tmp_path, dashboard=False, actors=0, **kw), python="PY")
+        return specs[0].argv
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    monkeypatch.delenv("TRAINER_MAX_REUSE", raising=False)
+    monkeypatch.delenv("TRAINER_STEPS", raising=False)
+    ttt = trainer_argv()
+    assert flag(ttt, "--max-reuse") == "16" and flag(ttt, "--steps") is None
+    c4 = trainer_argv(env_id="connect4")
+    assert flag(c4, "--max-reuse") is None and flag(c4, "--steps") == "0"
+    assert flag(trainer_argv(max_reuse=2.5), "--max-reuse") == "2.5"
+    monkeypatch.setenv("TRAINER_MAX_REUSE", "3")
+    monkeypatch.setenv("TRAINER_STEPS", "50")
+    assert flag(trainer_argv(), "--max-reuse") is None
+    assert flag(trainer_argv(env_id="connect4"), "--steps") is None
+
+
 def test_crashed_child_restarts_with_exponential_backoff(tmp_path):
     starts, marker = tmp_path / "starts", tmp_path / "sleeper"
     out = io.StringIO()

@@ -54,7 +54,12 @@ class LauncherConfig(BaseModel):
     # (each ran at ~385 plies/s, vs ~400 alone) and halved the time to a perfect greedy policy
     # (0.34 min vs 0.68 min, benchmarks/time_to_strength.py).
     actors: int = Field(2, ge=0, description="Actor processes writing self-play games.")
-    steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default.")
+    steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default for tictactoe, 0 (until stopped) for other games.")
+    # Tic-tac-toe's 5,478 positions cannot be over-fitted by re-reading a window, and the
+    # actors are the bottleneck: at the daemon's 4 the trainer waited 91-96% of the time.
+    # benchmarks/time_to_strength.py: perfect greedy policy after 0.68 min at 16 (every
+    # later model kept passing), 1.26-1.76 min at 4.
+    max_reuse: float | None = Field(None, ge=0, description="Trainer's --max-reuse; unset = 16 for tictactoe, the trainer's default (4) otherwise.")
     threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
     dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
     restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
@@ -289,8 +294,17 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     ]
     trainer = [python, "-m", "trainer", "train", "--db", str(db), "--model-dir", str(models),
                "--stats", str(stats), "--env-id", cfg.env_id, "--threads", str(cfg.threads)]
-    if cfg.steps is not None:
-        trainer += ["--steps", str(cfg.steps)]
+    # A TRAINER_* variable the user set is the trainer's to read; only fill in what is unset.
+    steps = cfg.steps
+    if steps is None and cfg.env_id != "tictactoe" and "TRAINER_STEPS" not in os.environ:
+        steps = 0  # bigger games keep improving for hours: run until stopped
+    if steps is not None:
+        trainer += ["--steps", str(steps)]
+    max_reuse = cfg.max_reuse
+    if max_reuse is None and cfg.env_id == "tictactoe" and "TRAINER_MAX_REUSE" not in os.environ:
+        max_reuse = 16.0
+    if max_reuse is not None:
+        trainer += ["--max-reuse", f"{max_reuse:g}"]
     specs.append(ChildSpec("trainer", trainer, env, finishes_run=True))
     if cfg.dashboard:
         specs.append(ChildSpec(

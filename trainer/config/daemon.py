@@ -38,12 +38,10 @@ class DaemonConfig(BaseModel):
     window_alpha: float = Field(0.75, gt=0, le=1, description="alpha: window grows like N^alpha beyond m.")
     window_beta: float = Field(0.4, gt=0, description="beta: window growth per row at N = m.")
     window_cap: int = Field(250_000, gt=0, description="Upper bound on the window in rows (memory follows it).")
-    # 16, not 4: the Python actors are the bottleneck on a small machine (tic-tac-toe, 2 cores:
-    # the trainer waited 91-96% of the time at 4), so extra passes over the window are nearly
-    # free. Measured with benchmarks/time_to_strength.py (1 actor, checkpoint-interval 100):
-    # greedy policy perfect vs random and perfect player after 0.68 min at 16 and at 8, 1.26-1.76
-    # min at 4 (interval 200); at 16 every later model kept passing, at 8 a few lost some games.
-    max_reuse: float = Field(16.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables.")
+    # 4, as mature self-play trainers use, so a data-starved run does not over-fit a stale
+    # window. Tiny games tolerate more: `python -m trainer run` passes 16 for tic-tac-toe
+    # (measured there: perfect greedy policy after 0.68 min at 16 vs 1.26-1.76 min at 4).
+    max_reuse: float = Field(4.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables.")
     augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between checks of the DB for new rows while training.")
 
