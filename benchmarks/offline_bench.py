@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.games import get_game  # noqa: E402
+from trainer.search.players import tictactoe_rule_move  # noqa: E402
 from trainer.model.networks import build_network  # noqa: E402
 from trainer.objectives.cql import CQLObjective  # noqa: E402
 from trainer.objectives.iql import IQLObjective  # noqa: E402
@@ -45,7 +46,6 @@ from trainer.objectives.policy_value import PolicyValueObjective  # noqa: E402
 from trainer.sources.offline_data import RawData, build_dataset  # noqa: E402
 from trainer.sources.offline_source import ShuffledSource  # noqa: E402
 
-LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
 
 
 def random_games(env_id: str, moves: int, seed: int = 0) -> RawData:
@@ -66,19 +66,6 @@ def random_games(env_id: str, moves: int, seed: int = 0) -> RawData:
                    dones=np.asarray(dones), attrs={"env_id": env_id})
 
 
-def teacher_move(board, me: int) -> int:
-    """Deterministic tic-tac-toe rule: win, block, centre, corners, first free."""
-    for player in (me, 3 - me):
-        for line in LINES:
-            marks = [board[i] for i in line]
-            if marks.count(player) == 2 and marks.count(0) == 1:
-                return line[marks.index(0)]
-    for cell in (4, 0, 2, 6, 8):
-        if board[cell] == 0:
-            return cell
-    return board.index(0)
-
-
 def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
     """Tic-tac-toe games: a random opening of 0-3 plies (not recorded), then the teacher;
     only teacher moves are written (states, actions, legal_masks, outcomes)."""
@@ -94,7 +81,7 @@ def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
             if state.ply < opening:
                 a = int(rng.choice(np.flatnonzero(game.legal_mask(state))))
             else:
-                a = teacher_move(state.board, state.to_move)
+                a = tictactoe_rule_move(state.board, state.to_move)
                 rows.append((game.encode(state), a, game.legal_mask(state), state.to_move))
             state = game.apply(state, a)
         for o, a, m, mover in rows:

@@ -14,21 +14,9 @@ import h5py
 import numpy as np
 
 from trainer.games import get_game
+from trainer.search.players import tictactoe_rule_move
 
 GAME = get_game("tictactoe")
-LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
-
-
-def teacher_move(board: tuple[int, ...], me: int) -> int:
-    for player in (me, 3 - me):  # win, else block
-        for line in LINES:
-            marks = [board[i] for i in line]
-            if marks.count(player) == 2 and marks.count(0) == 1:
-                return line[marks.index(0)]
-    for cell in (4, 0, 2, 6, 8):
-        if board[cell] == 0:
-            return cell
-    return board.index(0)
 
 
 def play_games(n: int, seed: int = 0, random_plies: int = 2) -> list[list[dict]]:
@@ -43,7 +31,7 @@ def play_games(n: int, seed: int = 0, random_plies: int = 2) -> list[list[dict]]
             if state.ply < opening:
                 action = int(rng.choice(np.flatnonzero(legal)))
             else:
-                action = teacher_move(state.board, state.to_move)
+                action = tictactoe_rule_move(state.board, state.to_move)
             after = GAME.apply(state, action)
             plies.append({
                 "obs": GAME.encode(state), "action": action, "legal": legal,

@@ -6,7 +6,7 @@ import numpy as np
 
 from trainer.games.base import DRAW, Game, GameSpec, GameState
 
-_LINES = [
+LINES = [
     (0, 1, 2), (3, 4, 5), (6, 7, 8),  # rows
     (0, 3, 6), (1, 4, 7), (2, 5, 8),  # columns
     (0, 4, 8), (2, 4, 6),  # diagonals
@@ -35,7 +35,7 @@ class TicTacToe(Game):
         board = list(state.board)
         board[action] = state.to_move
         winner = 0
-        if any(board[a] == board[b] == board[c] == state.to_move for a, b, c in _LINES):
+        if any(board[a] == board[b] == board[c] == state.to_move for a, b, c in LINES):
             winner = state.to_move
         elif all(board):
             winner = DRAW

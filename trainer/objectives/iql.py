@@ -41,21 +41,12 @@ class IQLObjective(TwinQObjective):
         net: nn.Module,
         make_net: Callable[[], nn.Module],
         *,
-        lr: float,
-        weight_decay: float,
-        grad_clip: float,
-        gamma: float,
         expectile: float,
         beta: float,
         max_weight: float,
-        target_update_rate: float,
-        value_weight: float = 1.0,
-        player_count: int = 2,
+        **common,  # lr, weight_decay, grad_clip, gamma, target_update_rate, ... (TwinQObjective)
     ):
-        super().__init__(
-            net, make_net, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, gamma=gamma,
-            target_update_rate=target_update_rate, value_weight=value_weight, player_count=player_count,
-        )
+        super().__init__(net, make_net, **common)
         self.expectile, self.beta, self.max_weight = expectile, beta, max_weight
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:

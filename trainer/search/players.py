@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from trainer.games import DRAW, Game, GameState
+from trainer.games.tictactoe import LINES as TICTACTOE_LINES
 from trainer.onnx_policy import OnnxPolicy, masked_softmax
 from trainer.search.mcts import LeafEvaluator, MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
 
@@ -65,6 +66,23 @@ class PerfectPlayer:
             best = max(values.values())
             out.append(int(self.rng.choice([a for a, v in values.items() if v >= best - 1e-9])))
         return out
+
+
+def tictactoe_rule_move(board: Sequence[int], me: int) -> int:
+    """A deterministic tic-tac-toe teacher: win, else block, else centre, corners, first free.
+
+    Deterministic on purpose (unlike PerfectPlayer, which picks among equal moves at
+    random), so imitation of it can reach 100% accuracy: the offline modes' yardstick.
+    """
+    for player in (me, 3 - me):
+        for line in TICTACTOE_LINES:
+            marks = [board[i] for i in line]
+            if marks.count(player) == 2 and marks.count(0) == 1:
+                return line[marks.index(0)]
+    for cell in (4, 0, 2, 6, 8):
+        if board[cell] == 0:
+            return cell
+    return list(board).index(0)
 
 
 class MCTSPlayer:
