@@ -35,7 +35,7 @@ from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
 from trainer.hooks.validation import BEST_NAME, PlateauSchedule, ValidationHook
-from trainer.model.networks import build_network, describe_network, resolve_net_kind
+from trainer.model.networks import resolve_net_kind
 from trainer.objectives.base import Objective
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.offline_data import (
@@ -176,10 +176,10 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
 
     # --- model and objective -----------------------------------------------------------
     kind = network_kind(cfg, spec)
-    network = describe_network(kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks)
+    network = cfg.network_description(kind)
 
     def make_net() -> nn.Module:
-        return build_network(spec, kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks).to(device)
+        return cfg.build_network(spec, kind).to(device)
 
     objective = make_objective(cfg, spec, make_net(), make_net)
     state = TrainState(mode=mode, env_id=spec.env_id, spec=dataclasses.asdict(spec), network=network,

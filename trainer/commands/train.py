@@ -21,7 +21,7 @@ from trainer.hooks.checkpoint import CheckpointHook
 from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
-from trainer.model.networks import build_network, describe_network, resolve_net_kind
+from trainer.model.networks import resolve_net_kind
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.replay.schema import SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
@@ -104,8 +104,8 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
     device = setup_torch(cfg.threads, cfg.device, cfg.seed)
     spec = resolve_spec(cfg)
     kind = resolve_net_kind(cfg.net, spec)
-    network = describe_network(kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks)
-    net = build_network(spec, kind, cfg.hidden, cfg.layers, cfg.channels, cfg.blocks).to(device)
+    network = cfg.network_description(kind)
+    net = cfg.build_network(spec, kind).to(device)
     objective = PolicyValueObjective(
         net, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
         policy_weight=cfg.policy_weight, value_weight=cfg.value_weight,

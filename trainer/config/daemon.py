@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from trainer.config.network import NetworkSettings
 
 
-class DaemonConfig(BaseModel):
+class DaemonConfig(NetworkSettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- files ---------------------------------------------------------------------------
@@ -44,13 +46,6 @@ class DaemonConfig(BaseModel):
     max_reuse: float = Field(4.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables.")
     augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between checks of the DB for new rows while training.")
-
-    # --- network -------------------------------------------------------------------------
-    net: Literal["auto", "mlp", "resnet"] = Field("auto", description="Network type; auto = MLP for tictactoe, resnet for board games like connect4.")
-    hidden: int = Field(128, gt=0, description="MLP hidden width.")
-    layers: int = Field(3, gt=0, description="MLP hidden layers.")
-    channels: int = Field(64, gt=0, description="ResNet channels.")
-    blocks: int = Field(4, gt=0, description="ResNet residual blocks.")
 
     # --- side effects ----------------------------------------------------------------------
     # 100, not 200: actors improve only when a model is published; publishing a tic-tac-toe MLP

@@ -13,6 +13,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainer.config.network import NetworkSettings
+
 ACTION_OFFSETS_HELP = (
     "Map from JSONL `action_type` to an offset in the flat action space, as inline JSON "
     "(e.g. '{\"move\": 0, \"pass\": 9}') or a .json/.toml file of the same mapping; "
@@ -20,7 +22,7 @@ ACTION_OFFSETS_HELP = (
 )
 
 
-class OfflineConfig(BaseModel):
+class OfflineConfig(NetworkSettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     mode: ClassVar[str] = "offline"  # overridden per command; names the default output folders
 
@@ -40,13 +42,6 @@ class OfflineConfig(BaseModel):
     lr_warmup_steps: int = Field(0, ge=0, description="Linear LR warmup length in global steps.")
     lr_min_ratio: float = Field(0.05, ge=0, le=1, description="Cosine floor as a fraction of --lr.")
     seed: int = Field(0, description="Seed of the train/validation split, the batch order and the initial weights.")
-
-    # --- network (as the daemon) ---------------------------------------------------------
-    net: Literal["auto", "mlp", "resnet"] = Field("auto", description="Network type; auto = MLP for small boards and games described only by the data, ResNet for board games like connect4.")
-    hidden: int = Field(128, gt=0, description="MLP hidden width.")
-    layers: int = Field(3, gt=0, description="MLP hidden layers.")
-    channels: int = Field(64, gt=0, description="ResNet channels.")
-    blocks: int = Field(4, gt=0, description="ResNet residual blocks.")
 
     # --- data handling -------------------------------------------------------------------
     stream_threshold_mb: float = Field(1024.0, ge=0, description="HDF5 files larger than this (MB) stream in chunks instead of being loaded into memory.")
