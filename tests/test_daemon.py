@@ -125,6 +125,8 @@ def test_waits_for_missing_db_then_gives_up_with_exit_2(tmp_path):
     assert stats["state_reason"]
     assert proc.wait(30) == 2
     assert "error:" in tail_log(tmp_path) and "Traceback" not in tail_log(tmp_path)
+    final = read_stats(tmp_path)
+    assert final["state"] == "stopped" and "--max-wait" in final["state_reason"]
 
 
 def test_starts_when_the_db_appears(tmp_path):

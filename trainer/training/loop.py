@@ -192,7 +192,8 @@ class TrainLoop:
         reuse = any(r in reason for r in self.wait.brief_reasons)
         waited = now - self._waiting_started
         if self.wait.max_wait and not reuse and waited >= self.wait.max_wait:
-            raise DataWaitTimeout(f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}")
+            self.stop_reason = f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}"
+            raise DataWaitTimeout(self.stop_reason)
         for hook in self.hooks:
             hook.on_wait(self)
         cap = self.wait.reuse_cap if reuse else self.wait.cap
