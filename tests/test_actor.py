@@ -59,6 +59,60 @@ def test_wrong_game_model_is_refused_and_rollouts_used(tmp_path, caplog):
     assert "env_id 'connect4'" in caplog.text
 
 
+@pytest.mark.parametrize("env_id, sims, episodes", [("tictactoe", 8, 6), ("connect4", 4, 3)])
+def test_actor_rows_are_read_back_by_the_trainers_reader(tmp_path, env_id, sims, episodes):
+    """The actor process and the trainer's ReplayReader agree on every row: none is skipped
+    as bad and the decoded arrays are the values the actor wrote."""
+    from trainer.games import get_game
+    from trainer.replay.codec import decode_f32
+    from trainer.replay.reader import ReplayReader
+
+    db = tmp_path / "replay.db"
+    out = subprocess.run(
+        actor_cmd("--env-id", env_id, "--db", str(db), "--model-dir", str(tmp_path / "models"), "--sims", str(sims),
+                  "--episodes", str(episodes), "--parallel-games", "3", "--seed", "11"),
+        env=actor_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    games = read_games(db, env_id)
+    assert len(games) == episodes
+    assert_whole_games(games, env_id)
+    rows = sum(len(g) for g in games.values())
+
+    spec = get_game(env_id).spec
+    a, off = spec.num_actions, spec.legal_mask_offset
+    with ReplayReader(db, env_id, chunk_rows=7) as reader:  # several chunks per game
+        assert reader.probe(min_rows=rows) == ""
+        parts = []
+        while (chunk := reader.read_new()).scanned:
+            parts.append(chunk)
+        assert reader.model_step is None  # rollout games: no model produced them
+        assert reader.newest_timestamp is not None and abs(reader.newest_timestamp - time.time()) < 120
+    assert len(parts) == -(-rows // 7)
+    assert sum(sum(p.bad.values()) for p in parts) == 0
+    assert sum(p.policy_onehot for p in parts) == 0  # every row carried its own MCTS target
+    rowids = np.concatenate([p.rowids for p in parts])
+    obs = np.concatenate([p.obs for p in parts])
+    policy = np.concatenate([p.policy for p in parts])
+    value = np.concatenate([p.value for p in parts])
+    assert obs.shape == (rows, spec.obs_size) and obs.dtype == np.float32
+    assert policy.shape == (rows, a) and policy.dtype == np.float32 and value.shape == (rows,)
+    legal = obs[:, off : off + a] > 0.5
+    assert np.allclose(policy.sum(axis=1), 1.0, atol=1e-5) and not policy[~legal].any()
+    assert set(np.unique(value).tolist()) <= {-1.0, 0.0, 1.0}
+
+    conn = sqlite3.connect(db)
+    raw = conn.execute(
+        "SELECT rowid, observation, policy_probs, game_outcome FROM transitions WHERE env_id = ? ORDER BY rowid",
+        (env_id,),
+    ).fetchall()
+    conn.close()
+    np.testing.assert_array_equal(rowids, [r[0] for r in raw])
+    np.testing.assert_array_equal(obs, np.stack([decode_f32(r[1], spec.obs_size, "observation") for r in raw]))
+    np.testing.assert_allclose(policy, np.stack([decode_f32(r[2], a, "policy_probs") for r in raw]), atol=1e-6)
+    np.testing.assert_array_equal(value, [r[3] for r in raw])
+
+
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,8 @@ def test_compose_file_is_valid_and_wires_the_three_services():
     assert actor["environment"]["ACTOR_THREADS"] == "1"
 
     assert trainer["command"] == ["python", "-m", "trainer", "train"]
-    assert "actor" in trainer["depends_on"]
+    assert trainer["depends_on"]["actor"]["condition"] == "service_healthy"
+    assert actor["healthcheck"]["start_period"] and actor["healthcheck"]["interval"]
     assert trainer["restart"] == "on-failure"  # exit 0 at --steps stays stopped
     env = trainer["environment"]
     assert env["TRAINER_DB"] == "/data/replay.db" and env["TRAINER_MODEL_DIR"] == "/data/models"
@@ -140,6 +142,28 @@ def test_compose_file_takes_its_settings_from_the_environment():
     assert services["actor"]["environment"]["ACTOR_SIMS"] == "8"
     assert str(services["dashboard"]["ports"][0]["published"]) == "9999"
     assert {s["user"] for s in services.values()} == {"1234:99"}
+
+
+@needs_compose
+def test_the_actor_turns_healthy_once_its_game_is_in_the_replay_db(tmp_path):
+    """The trainer waits for this check: run it, as compose resolves it, against a real DB."""
+    from replay_data import open_writer
+
+    r = compose_config(REPO / "docker-compose.yml", {"TRAINER_ENV_ID": "connect4"})
+    assert r.returncode == 0, r.stderr
+    test = resolved_services(r)["actor"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "/data/replay.db" in test[3]
+    db = tmp_path / "replay.db"
+    code = test[3].replace("/data/replay.db", str(db))
+
+    def healthy() -> bool:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode == 0
+
+    assert not healthy() and not db.exists()  # no DB yet, and the check must not create one
+    open_writer(db, "tictactoe").close()
+    assert not healthy()  # another game's actor
+    open_writer(db, "connect4").close()
+    assert healthy()
 
 
 @needs_compose

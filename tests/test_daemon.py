@@ -26,11 +26,14 @@ WRITER = r"""
 import random, sys, time
 from trainer.games import get_game
 from trainer.replay.writer import PlyRecord, ReplayWriter
-db, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+import os
+db, stop_file, seed, journal = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 game = get_game("tictactoe"); rng = random.Random(seed)
-w = ReplayWriter(db, game, busy_timeout_s=5.0)
-end, n = time.time() + seconds, 0
-while time.time() < end:
+# No retries beyond SQLite's own busy timeout, like the field's Rust actor: any lock the
+# daemon holds for more than 5 s surfaces here as "database is locked".
+w = ReplayWriter(db, game, busy_timeout_s=5.0, max_retries=0, journal_mode=journal)
+end, n = time.time() + 300, 0  # the test ends it with stop_file; 300 s is a safety net
+while time.time() < end and not os.path.exists(stop_file):
     s, plies = game.initial_state(), []
     while not s.is_terminal:
         a = rng.choice(game.legal_actions(s)); plies.append(PlyRecord(s, a, None)); s = game.apply(s, a)
@@ -59,24 +62,32 @@ def assert_contract_types(stats: dict) -> None:
         assert type(h["step"]) is int and isinstance(h["learning_rate"], float)
 
 
-def test_trains_beside_a_live_writer(tmp_path):
-    db = tmp_path / "replay.db"
-    write_random_games(db, "tictactoe", 30, seed=1)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "12", "2"], cwd=REPO,
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_trains_beside_a_live_writer(tmp_path, journal):
+    db, stop_file = tmp_path / "replay.db", tmp_path / "writer.stop"
+    write_random_games(db, "tictactoe", 30, seed=1, journal=journal)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(stop_file), "2", journal], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = start_daemon(tmp_path, "--steps", "300", "--checkpoint-interval", "100", "--max-checkpoints", "2", *FAST)
-    rows_before = wait_for_step(tmp_path, 1, 60, proc)["rows_seen"]
-    assert proc.wait(120) == 0, tail_log(tmp_path)
-    out, err = writer.communicate(timeout=60)
+    try:
+        proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "100", "--max-checkpoints", "2", *FAST)
+        rows_before = wait_for_step(tmp_path, 1, 60, proc)["rows_seen"]
+        wait_for(lambda: (s := read_stats(tmp_path)) and s["step"] >= 300 and s["rows_seen"] > rows_before + 200,
+                 90, "300 steps and rows written during training picked up", proc, tmp_path)
+        assert stop(proc) == 0, tail_log(tmp_path)
+    finally:
+        stop_file.touch()
+        out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0 and "locked" not in err, err
     stats = read_stats(tmp_path)
-    assert stats["step"] == 300 and stats["state"] == "stopped"
-    assert stats["rows_seen"] > rows_before, "rows written during training were not picked up"
+    assert stats["state"] == "stopped" and stats["bad_rows"] == 0
+    # The window is the newest rows (it tails the writer), filled to its size.
+    assert stats["window_rows"] == min(stats["window_size"], stats["rows_seen"])
     assert_contract_types(stats)
-    assert onnx_step(tmp_path / "models" / "latest.onnx") == 300
-    assert sorted(p.name for p in (tmp_path / "models").glob("model_step_*.onnx")) == [
-        "model_step_000200.onnx", "model_step_000300.onnx"]
-    assert stats["last_checkpoint"].endswith("model_step_000300.onnx")
+    step = onnx_step(tmp_path / "models" / "latest.onnx")
+    assert step == stats["step"]
+    published = sorted(p.name for p in (tmp_path / "models").glob("model_step_*.onnx"))
+    assert len(published) == 2 and published[-1] == f"model_step_{step:06d}.onnx"
+    assert stats["last_checkpoint"].endswith(published[-1])
 
 
 def test_sigterm_finishes_step_saves_publishes_and_exits_0(tmp_path):
@@ -96,14 +107,19 @@ def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
     write_random_games(tmp_path / "replay.db", "tictactoe", 60, seed=4)
     sched = ["--steps", "0", "--lr-warmup-steps", "150", "--lr-decay-steps", "1500", "--checkpoint-interval", "40"]
     rng = random.Random(0)
-    for attempt in range(3):
+    resumed_at = 0
+    for attempt in range(4):
         proc = start_daemon(tmp_path, *sched, *FAST)
-        wait_for(lambda: (tmp_path / "models" / "latest.onnx").exists() or None, 60, "first publish", proc, tmp_path)
-        time.sleep(rng.uniform(0.2, 1.5))
+        # Kill while this run trains and publishes (every 40 steps, many times a second),
+        # not while it is still starting up.
+        wait_for_step(tmp_path, resumed_at + 45, 60, proc)
+        time.sleep(rng.uniform(0.0, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         onnx_step(tmp_path / "models" / "latest.onnx")  # loadable whatever the moment
-    ckpt_step = load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt").step
+        ckpt_step = load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt").step
+        assert ckpt_step >= resumed_at + 40, "the killed run saved no checkpoint of its own"
+        resumed_at = ckpt_step
     assert ckpt_step > 0
     proc = start_daemon(tmp_path, *sched, *FAST)
     wait_for_step(tmp_path, ckpt_step + 60, 60, proc)
@@ -114,6 +130,8 @@ def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
     schedule = schedule_from(DaemonConfig(lr_warmup_steps=150, lr_decay_steps=1500, steps=0))
     history = read_stats(tmp_path)["history"]
     assert len(history) > 10 and history[-1]["step"] > 150
+    # The chart spans every run, not just the last one.
+    assert history[0]["step"] <= 10, history[:3]
     for entry in history:
         assert entry["learning_rate"] == pytest.approx(schedule(entry["step"] - 1), rel=1e-6), entry
 
@@ -210,3 +228,87 @@ def test_corrupt_rows_are_skipped_and_shown_in_stats(tmp_path):
     assert start_daemon(tmp_path, "--steps", "10", *FAST).wait(90) == 0, tail_log(tmp_path)
     stats = read_stats(tmp_path)
     assert stats["bad_rows"] == 3 and type(stats["bad_rows"]) is int
+
+
+def test_sigint_stops_cleanly_and_a_second_signal_exits_at_once(tmp_path):
+    write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=10)
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "1000", *FAST)
+    wait_for_step(tmp_path, 20, 60, proc)
+    assert stop(proc, signal.SIGINT, timeout=20) == 0, tail_log(tmp_path)
+    first = read_stats(tmp_path)
+    assert first["state"] == "stopped" and first["state_reason"] == "SIGINT"
+    assert load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt").step == first["step"]
+
+    # The first signal starts the final save; the second must not wait for it.
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "1000", *FAST)
+    wait_for_step(tmp_path, first["step"] + 20, 60, proc)
+    # Two different signals: two pending SIGTERMs would merge into one delivery.
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) in (128 + signal.SIGTERM, 128 + signal.SIGINT)
+    assert re.search(r"second SIG(TERM|INT): exiting immediately", tail_log(tmp_path))
+
+
+def test_stats_extras_and_progress_log(tmp_path):
+    """The figures the dashboard shows beyond the contract, with their types, and the log line."""
+    write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=11)
+    proc = start_daemon(tmp_path, "--steps", "120", "--checkpoint-interval", "50", "--log-interval", "40",
+                        *FAST[:-2])
+    assert proc.wait(90) == 0, tail_log(tmp_path)
+    stats = read_stats(tmp_path)
+    assert_contract_types(stats)
+    floats = ("samples_per_sec", "steps_per_sec", "wait_fraction", "new_rows_per_sec", "reuse_ratio",
+              "policy_entropy", "grad_norm", "last_publish_seconds", "rss_mb")
+    for key in floats:
+        assert isinstance(stats[key], float), (key, stats[key])
+    for key in ("window_size", "rows_seen", "bad_rows", "publish_failures", "models_published"):
+        assert type(stats[key]) is int, (key, stats[key])
+    assert stats["samples_per_sec"] > 0 and 0 <= stats["wait_fraction"] <= 1
+    assert stats["policy_entropy"] > 0 and stats["grad_norm"] > 0 and stats["rss_mb"] > 10
+    assert stats["last_publish_seconds"] > 0 and stats["models_published"] == 3 and stats["publish_failures"] == 0
+    assert stats["trainer_version"] and stats["state_reason"] == "reached --steps 120"
+    lines = [ln for ln in tail_log(tmp_path, lines=400).splitlines() if re.search(r" step \d+/120 loss", ln)]
+    assert [int(re.search(r"step (\d+)/", ln).group(1)) for ln in lines] == [40, 80, 120]
+    assert re.search(r"lr \S+ \| \d+ samples/s \S+ steps/s wait \d+% \| window \d+ rows \d+", lines[-1]), lines[-1]
+
+
+def test_every_state_change_reaches_stats_json_at_once(tmp_path):
+    """starting -> training -> publishing (the final model) -> stopped, each on disk when it happens."""
+    from trainer.commands.train import build_daemon
+    from trainer.hooks.base import Hook
+
+    class DiskWitness(Hook):
+        name = "disk_witness"
+
+        def __init__(self):
+            self.seen: list[tuple[str, str]] = []
+
+        def on_phase(self, loop):  # runs after StatsHook.on_phase: the file must already say so
+            self.seen.append((loop.phase, read_stats(tmp_path)["state"]))
+
+    write_random_games(tmp_path / "replay.db", "tictactoe", 30, seed=12)
+    cfg = DaemonConfig(db=tmp_path / "replay.db", model_dir=tmp_path / "models", stats=tmp_path / "stats.json",
+                       steps=25, checkpoint_interval=10, min_rows=50, max_reuse=0, eval_interval=0, fresh=True)
+    loop = build_daemon(cfg)
+    witness = DiskWitness()
+    loop.hooks.append(witness)
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+    phases = [p for p, _ in witness.seen]
+    assert all(p == on_disk for p, on_disk in witness.seen), witness.seen
+    assert phases[-2:] == ["publishing", "stopped"], phases
+    assert "training" in phases
+    final = read_stats(tmp_path)
+    assert final["state"] == "stopped" and final["last_checkpoint"].endswith("model_step_000025.onnx")
+
+    # Resumed at step 25 (whose model the stop published after the checkpoint was saved):
+    # nothing to publish again, and stats.json names the step file that exists.
+    loop = build_daemon(cfg.model_copy(update={"fresh": False, "steps": 25}))
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+    final = read_stats(tmp_path)
+    assert final["step"] == 25 and final["last_checkpoint"].endswith("model_step_000025.onnx")

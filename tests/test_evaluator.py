@@ -67,7 +67,9 @@ def test_shapes_from_the_replay_db(ttt_model, tmp_path):
 
     from trainer.replay.writer import ReplayWriter
 
-    db = tmp_path / "replay.db"
+    # '?' and '#' would end the path part of a hand-built "file:...?mode=ro" URI.
+    (tmp_path / "runs?v=1#a").mkdir()
+    db = tmp_path / "runs?v=1#a" / "replay.db"
     ReplayWriter(db, get_game("tictactoe")).close()
     assert evaluate_model(ttt_model, "tictactoe", "random", games=2, seed=0, db=db).games_played == 2
     conn = sqlite3.connect(db)
@@ -130,3 +132,98 @@ def test_cli_text_json_and_min_score(ttt_model):
     assert d["games_played"] == 10 and d["wins"] == 0 and d["score"] < 0.9
     out = _cli("--model", str(ttt_model), "--games", "4", "--opponent", "bogus")
     assert out.returncode == 2 and "--opponent" in out.stderr
+
+
+def test_cli_json_with_verbose_keeps_stdout_one_json_object(ttt_model):
+    out = _cli("--model", str(ttt_model), "--games", "3", "--opponent", "random", "--seed", "0", "--json", "--verbose")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["games_played"] == 3
+    assert "game 1: model first" in out.stderr and "game 3:" in out.stderr  # the game log still appears
+    out = _cli("--model", str(ttt_model), "--games", "1", "--opponent", "random", "--seed", "0", "--verbose")
+    assert out.returncode == 0 and "game 1: model first" in out.stdout  # text mode keeps it on stdout
+
+
+def _first_model_moves(model, temperature: float, seeds) -> list[int]:
+    """The model's opening move in every game it starts (all from the empty board)."""
+    moves = []
+    for seed in seeds:
+        records: list = []
+        evaluate_model(model, "tictactoe", "random", games=4, seed=seed, sims=16, temperature=temperature, records_out=records)
+        moves += [r.moves[0] for r in records if r.model_first]
+    return moves
+
+
+def test_temperature_applies_to_search_moves(tmp_path):
+    from trainer.search.mcts import MCTSConfig, ObsEvaluator, search
+
+    # The hand-built model's priors are peaked enough for one most-visited opening move;
+    # the tiny torch model's are nearly uniform, which leaves ties that greedy play breaks
+    # at random.
+    model = publish(tmp_path, _graph_model(), "peaked.onnx")
+    game = get_game("tictactoe")
+    policy = OnnxPolicy(model, spec=game.spec)
+    (root,) = search(game, [game.initial_state()], ObsEvaluator(policy.evaluate), MCTSConfig(sims=16, c_puct=1.5),
+                     np.random.default_rng(0), add_noise=False)
+    most_visited = np.flatnonzero(root.visits == root.visits.max())
+    assert len(most_visited) == 1 and root.visits.max() < 16, root.visits
+    assert set(_first_model_moves(model, 0.0, range(8))) == {int(most_visited[0])}
+    sampled = _first_model_moves(model, 1.0, range(8))
+    assert len(set(sampled)) > 1, sampled
+    assert set(sampled) <= set(np.flatnonzero(root.visits).tolist())  # only searched moves
+    assert _first_model_moves(model, 1.0, range(8)) == sampled  # still reproducible per seed
+
+
+def _graph_model(input_name="observation", batch="batch", features=29, weight_rows=29, value_dim=1) -> bytes:
+    """A linear policy-value model written with onnx.helper, so one defect at a time can be
+    put into an otherwise valid graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w_pol = numpy_helper.from_array(rng.standard_normal((weight_rows, 9)).astype(np.float32), "w_pol")
+    w_val = numpy_helper.from_array(rng.standard_normal((weight_rows, value_dim)).astype(np.float32), "w_val")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", [input_name, "w_pol"], ["policy_logits"]),
+            helper.make_node("MatMul", [input_name, "w_val"], ["v"]),
+            helper.make_node("Tanh", ["v"], ["value"]),
+        ],
+        "bad",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, features])],
+        [
+            helper.make_tensor_value_info("policy_logits", TensorProto.FLOAT, [batch, 9]),
+            helper.make_tensor_value_info("value", TensorProto.FLOAT, [batch, value_dim]),
+        ],
+        initializer=[w_pol, w_val],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="env_id", value="tictactoe")
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_cli_accepts_the_hand_built_model_when_it_keeps_the_contract(tmp_path):
+    path = publish(tmp_path, _graph_model(), "good.onnx")
+    out = _cli("--model", str(path), "--games", "2", "--seed", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["games_played"] == 2
+
+
+@pytest.mark.parametrize(
+    "defect, kwargs, message",
+    [
+        ("input_name", dict(input_name="obs"), "inputs are ['obs'], expected exactly ['observation']"),
+        ("fixed_batch", dict(batch=2), "observation has a fixed batch axis [2, 29]; the batch axis must be dynamic"),
+        ("value_shape", dict(value_dim=2), "value has shape ['batch', 2], expected [batch, 1]"),
+        ("dynamic_obs", dict(features="features", weight_rows=30),
+         "observation has a dynamic feature axis but the model does not accept 29 features (tictactoe's obs_size)"),
+    ],
+)
+def test_cli_contract_errors_are_one_line_naming_the_problem(tmp_path, defect, kwargs, message):
+    path = publish(tmp_path, _graph_model(**kwargs), f"{defect}.onnx")
+    out = _cli("--model", str(path), "--games", "2", "--seed", "0")
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith(f"error: {defect}.onnx: ") and message in lines[0], lines[0]
+    assert out.stdout == ""

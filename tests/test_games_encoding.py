@@ -115,3 +115,88 @@ def test_symmetries_keep_legal_mask_and_policy_consistent(env_id, count):
                 if game.legal_mask(s)[old_a]:
                     after = _state_from_obs(game, game.encode(game.apply(s, old_a))[sym.obs_index], 3 - s.to_move)
                     assert after.board == game.apply(t_state, new_a).board, sym.name
+
+
+_THIRD_GAME = '''
+"""A 1x4 strip: place a stone on an empty cell; whoever holds two adjacent cells wins."""
+
+import numpy as np
+
+from trainer.games.base import DRAW, Game, GameSpec, GameState
+
+
+class Strip(Game):
+    spec = GameSpec(env_id="strip", display_name="Strip", board_width=4, board_height=1,
+                    num_actions=4, obs_size=14, legal_mask_offset=8)
+
+    def legal_mask(self, state):
+        return np.zeros(4, dtype=bool) if state.is_terminal else np.asarray(state.board) == 0
+
+    def apply(self, state, action):
+        if state.is_terminal or state.board[action] != 0:
+            raise ValueError(f"illegal strip move {action}")
+        board = list(state.board)
+        board[action] = state.to_move
+        won = any(board[i] == board[i + 1] == state.to_move for i in range(3))
+        winner = state.to_move if won else (DRAW if all(board) else 0)
+        return GameState(tuple(board), 3 - state.to_move, winner, state.ply + 1)
+
+    def cell_symmetries(self):
+        return [("identity", np.arange(4), np.arange(4))]
+
+    def render(self, state):
+        return "".join(".XO"[c] for c in state.board)
+'''
+
+
+@pytest.fixture
+def extra_game_dir(tmp_path):
+    """A folder spliced into the real package's search path, so modules written there are
+    found exactly like a new file in trainer/games/ (the real folder is never touched)."""
+    import importlib
+    import sys
+
+    import trainer.games as games_pkg
+
+    folder = tmp_path / "more_games"
+    folder.mkdir()
+    games_pkg.__path__.append(str(folder))
+    importlib.invalidate_caches()
+    before = set(sys.modules)
+    try:
+        yield folder
+    finally:
+        games_pkg.__path__.remove(str(folder))
+        for name in set(sys.modules) - before:
+            if name.startswith("trainer.games."):
+                del sys.modules[name]
+                delattr(games_pkg, name.rsplit(".", 1)[1])
+        importlib.invalidate_caches()
+
+
+def test_a_new_game_module_is_discovered_without_editing_the_package(extra_game_dir):
+    from trainer.games import KNOWN_ENV_IDS, discover_games
+
+    assert set(KNOWN_ENV_IDS) == {"tictactoe", "connect4"}
+    (extra_game_dir / "strip.py").write_text(_THIRD_GAME)
+    # Neither a module that only imports another game's class nor a private one registers.
+    (extra_game_dir / "helpers.py").write_text("from trainer.games.tictactoe import TicTacToe\n")
+    (extra_game_dir / "_scratch.py").write_text("raise RuntimeError('private modules are not imported')\n")
+    found = discover_games()
+    assert set(found) == {"tictactoe", "connect4", "strip"}
+    assert found["tictactoe"].__module__ == "trainer.games.tictactoe"
+    game = found["strip"]()
+    s = game.initial_state()
+    for a in (0, 3, 1):
+        s = game.apply(s, a)
+    assert s.winner == 1 and game.render(s) == "XX.O"
+    obs = game.encode(s)
+    assert obs.shape == (14,) and not obs[8:12].any()  # the base class's encoding works as is
+
+
+def test_two_games_claiming_one_env_id_is_an_error(extra_game_dir):
+    from trainer.games import discover_games
+
+    (extra_game_dir / "tictactoe_again.py").write_text(_THIRD_GAME.replace('env_id="strip"', 'env_id="tictactoe"'))
+    with pytest.raises(ValueError, match="'tictactoe' is claimed by both"):
+        discover_games()

@@ -1,11 +1,14 @@
-"""The launcher's supervision, with small real child processes standing in for the real ones."""
+"""The launcher's supervision, with small real child processes standing in for the real ones,
+then with the real actor, daemon and launcher: stopping, resuming, Connect Four."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
 from trainer.launcher import (
     ChildSpec, Console, LauncherConfig, Supervisor, build_children, dashboard_url, main,
 )
@@ -235,6 +239,66 @@ def test_signal_stops_children_cleanly_then_kills_stragglers(tmp_path, sig):
         os.kill(int(stubborn.read_text()), 0)
 
 
+FAMILY_CHILD = """
+import os, signal, subprocess, sys, time
+marks, polite = sys.argv[1], sys.argv[2] == "polite"
+def note(signum, frame):
+    with open(marks, "a") as f:
+        f.write(f"child {signal.Signals(signum).name}\\n")
+    if polite:
+        time.sleep(0.3)  # long enough for a signal sent to the group to reach the grandchild
+        sys.exit(0)
+signal.signal(signal.SIGTERM, note)
+subprocess.Popen([sys.executable, "-c", sys.argv[3], marks])
+while True:
+    time.sleep(0.05)
+"""
+FAMILY_GRANDCHILD = """
+import os, signal, sys, time
+marks, parent = sys.argv[1], os.getppid()
+def note(signum, frame):
+    with open(marks, "a") as f:
+        f.write(f"grandchild {signal.Signals(signum).name}\\n")
+signal.signal(signal.SIGTERM, note)
+with open(marks + ".grandchild", "w") as f:
+    f.write(str(os.getpid()))
+while os.getppid() == parent:  # ends with its parent, like a multiprocessing worker
+    time.sleep(0.05)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # killed but not reaped yet (a container's init may be slow to reap)
+        return "\tZ" in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.parametrize("polite", [True, False])
+def test_sigterm_goes_to_the_child_only_and_sigkill_to_its_whole_group(tmp_path, polite):
+    """A child forwards SIGTERM to its own subprocesses (the actor to its workers): the launcher
+    must not signal them too. A child that does not exit in time is killed with its group."""
+    marks = tmp_path / "marks"
+    argv = [PY, "-c", FAMILY_CHILD, str(marks), "polite" if polite else "stubborn", FAMILY_GRANDCHILD]
+    out = io.StringIO()
+    sup = Supervisor([ChildSpec("family", argv)], stop_timeout=1.0, console=Console(out))
+    thread, result = run_in_thread(sup)
+    grandchild = Path(f"{marks}.grandchild")
+    wait_until(grandchild.exists)
+    wait_until(lambda: grandchild.read_text().isdigit())
+    sup.stop_requested.set()
+    thread.join(10)
+    assert result == [0]
+    assert marks.read_text().split("\n")[:-1] == ["child SIGTERM"]  # the grandchild got nothing
+    wait_until(lambda: _gone(int(grandchild.read_text())), timeout=5)
+    assert sup.children[0].last_exit == (0 if polite else -signal.SIGKILL)
+    assert ("family did not exit; SIGKILL" in out.getvalue()) is not polite
+
+
 def test_main_prints_where_to_look_and_exits_when_training_is_done(tmp_path, capsys):
     def fake(cfg: LauncherConfig) -> list[ChildSpec]:
         return [ChildSpec("actor-1", sleeper(tmp_path / "actor")),
@@ -255,3 +319,269 @@ def test_main_refuses_a_busy_dashboard_port(tmp_path, capsys):
         port = s.getsockname()[1]
         code = main(["--data", str(tmp_path), "--port", str(port)], build=lambda cfg: [])
     assert code == 1 and f"port 127.0.0.1:{port} is not free" in capsys.readouterr().err
+
+
+# --- the real programs --------------------------------------------------------------------------
+def test_stopping_an_actor_with_workers_signals_each_worker_once(tmp_path):
+    """The actor forwards SIGTERM to its workers; a signal to its whole group as well would
+    reach each worker twice, and a second signal means 'exit now, drop the games in flight'."""
+    db = tmp_path / "replay.db"
+    out = io.StringIO()
+    actor = ChildSpec("actor-1", [PY, "-m", "actor_stub", "--env-id", "tictactoe", "--db", str(db),
+                                  "--model-dir", str(tmp_path / "models"), "--workers", "2",
+                                  "--sims", "20", "--parallel-games", "4", "--actor-id", "t"],
+                      {"PYTHONUNBUFFERED": "1"})
+    sup = Supervisor([actor], stop_timeout=20, console=Console(out))
+    thread, result = run_in_thread(sup)
+    try:
+        # Both workers have written games, so both have games in flight when the signal comes.
+        wait_until(lambda: {"t-w0", "t-w1"} <= _actor_ids(db), timeout=60)
+    finally:
+        sup.stop_requested.set()
+        thread.join(30)
+    log = out.getvalue()
+    assert result == [0], log
+    assert sup.children[0].last_exit == 0, log
+    assert "exiting now" not in log and "while stopping" not in log, log
+    assert "t-w0: done" in log and "t-w1: done" in log, log  # each finished its games
+    games = read_games(db, "tictactoe")
+    assert {episode.split("-ep-")[0] for episode in games} >= {"t-w0", "t-w1"}
+    assert_whole_games(games, "tictactoe")
+
+
+def _actor_ids(db: Path) -> set[str]:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0].split("-ep-")[0] for r in conn.execute("SELECT DISTINCT episode_id FROM transitions")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # not created yet
+        return set()
+
+
+def test_actors_stop_before_the_trainer(tmp_path):
+    order = tmp_path / "order"
+
+    def child(name: str, stop_order: int) -> ChildSpec:
+        return ChildSpec(name, py(f"""
+            import signal, sys, time, pathlib
+            def bye(*_):
+                time.sleep(0.3)  # the next stage must wait for this one
+                with open({str(order)!r}, "a") as f:
+                    f.write({name!r} + "\\n")
+                sys.exit(0)
+            signal.signal(signal.SIGTERM, bye)
+            pathlib.Path({str(order)!r} + ".{name}").write_text("ready")
+            while True:
+                time.sleep(0.05)
+        """), stop_order=stop_order)
+
+    sup = Supervisor([child("trainer", 1), child("actor-1", 0), child("actor-2", 0)],
+                     stop_timeout=5, console=Console(io.StringIO()))
+    thread, result = run_in_thread(sup)
+    wait_until(lambda: all(Path(f"{order}.{n}").exists() for n in ("trainer", "actor-1", "actor-2")))
+    t0 = time.monotonic()
+    sup.stop_requested.set()
+    thread.join(10)
+    assert result == [0]
+    lines = order.read_text().split()
+    assert sorted(lines[:2]) == ["actor-1", "actor-2"] and lines[2] == "trainer"
+    # Each stage ends when its children exit, not at --stop-timeout (5 s here).
+    assert time.monotonic() - t0 < 4.0
+    specs = {s.name: s for s in build_children(LauncherConfig(data=tmp_path, actors=2), python="PY")}
+    assert specs["actor-1"].stop_order < specs["trainer"].stop_order == specs["dashboard"].stop_order
+
+
+def test_the_eval_hook_does_not_hold_up_the_daemons_stop(tmp_path, monkeypatch):
+    """The launcher SIGKILLs a daemon that takes over --stop-timeout to stop; an evaluation
+    in progress must not keep it from writing its final stats.json."""
+    import trainer.evaluator.match as match
+    from trainer.games import get_game
+    from trainer.hooks.evaluate import STOP_WAIT_S, EvalHook
+
+    real_make_player, ttt = match.make_player, get_game("tictactoe")
+    moves, delay = threading.Event(), [1.0]  # a move of 1 s: an evaluation takes 4-5 s
+
+    class SlowOpponent:
+        name = "slow"
+
+        def choose(self, states):
+            moves.set()
+            time.sleep(delay[0])
+            return [int(ttt.legal_actions(s)[0]) for s in states]
+
+    monkeypatch.setattr(match, "make_player",
+                        lambda spec, *a, **kw: SlowOpponent() if spec == "slow" else real_make_player(spec, *a, **kw))
+    publish(tmp_path, tiny_model_bytes("tictactoe", step=40))
+
+    class Loop:
+        def __init__(self):
+            self.stop_event = threading.Event()
+
+    # Stopped from the outside (on_stop): gives up at the next move, nothing recorded.
+    hook, loop = EvalHook(tmp_path, "tictactoe", every=1, games=10, opponent="slow"), Loop()
+    hook.run(loop, {})
+    assert moves.wait(10)
+    t0 = time.monotonic()
+    hook.on_stop(loop)
+    assert time.monotonic() - t0 < min(STOP_WAIT_S, 2.0)
+    assert not hook._thread.is_alive()
+    assert hook.stats() == {"last_eval": None, "eval_history": []}
+
+    # A signal sets the loop's stop event before any on_stop: the evaluation ends by itself.
+    hook, loop = EvalHook(tmp_path, "tictactoe", every=1, games=10, opponent="slow"), Loop()
+    moves.clear()
+    hook.run(loop, {})
+    assert moves.wait(10)
+    loop.stop_event.set()
+    hook._thread.join(2.0)
+    assert not hook._thread.is_alive() and hook.stats()["eval_history"] == []
+
+    # Not stopped: the same evaluation completes and is recorded.
+    delay[0] = 0.0
+    hook, loop = EvalHook(tmp_path, "tictactoe", every=1, games=2, opponent="slow"), Loop()
+    hook.run(loop, {})
+    hook._thread.join(30)
+    assert hook.stats()["last_eval"]["step"] == 40 and hook.stats()["last_eval"]["games_played"] == 2
+
+
+def _run_env(**settings: str) -> dict[str, str]:
+    """The caller's TRAINER_*/ACTOR_* settings must not leak into the run under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINER_", "ACTOR_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", **settings}
+
+
+def _start_run(data: Path, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        # Its own session, as a shell gives a foreground job: killpg then is a terminal's Ctrl-C.
+        return subprocess.Popen([PY, "-m", "trainer", "run", "--no-dashboard", "--data", str(data), *args],
+                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}:\n{_tail(log)}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _stop_run(proc: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[int | str, float]:
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig)
+    try:
+        code: int | str = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = "hung"
+    return code, time.monotonic() - t0
+
+
+def _kill_run(proc: subprocess.Popen) -> None:
+    """A run the test gave up on. The children are in their own process groups, out of reach
+    of a SIGKILL to the launcher's: a second signal makes the launcher SIGKILL them."""
+    if proc.poll() is None:
+        for _ in range(2):
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.2)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stats(data: Path) -> dict:
+    try:
+        return json.loads((data / "stats.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# Stopping in these runs is measured, not only allowed: actors finishing their games, then
+# the daemon's final step, checkpoint and model take about 2 s on an idle 2-core machine.
+STOP_S = 10.0
+
+
+def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
+    from trainer.onnx_policy import OnnxPolicy
+
+    data, latest = tmp_path / "data", tmp_path / "data" / "models" / "latest.onnx"
+    # The first model sooner (all else as shipped): to stop and resume is what is under test.
+    env = _run_env(TRAINER_CHECKPOINT_INTERVAL="20", TRAINER_MIN_ROWS="64", TRAINER_WAIT_INTERVAL="0.5")
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+
+    t0 = time.monotonic()
+    proc = _start_run(data, first_log, env)
+    try:
+        _wait_for(latest.exists, 120, proc, first_log, "published model")
+        published_s = time.monotonic() - t0
+        code, stop_s = _stop_run(proc, signal.SIGINT)
+    finally:
+        _kill_run(proc)
+    print(f"first run: model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(first_log)}"
+    log = first_log.read_text()
+    assert "did not exit; SIGKILL" not in log and "while stopping" not in log, _tail(first_log)
+    stats = _stats(data)
+    assert stats["state"] == "stopped", stats.get("state_reason")
+    first_step = stats["step"]
+    assert first_step >= 20
+    assert OnnxPolicy(latest, expected_env_id="tictactoe").step == first_step  # the final model
+    games = read_games(data / "replay.db", "tictactoe")
+    assert len(games) > 10
+    assert_whole_games(games, "tictactoe")
+
+    t0 = time.monotonic()
+    proc = _start_run(data, second_log, env)
+    try:
+        _wait_for(lambda: _stats(data).get("step", 0) > first_step, 120, proc, second_log,
+                  f"training beyond step {first_step}")
+        resumed_s = time.monotonic() - t0
+        code, stop_s = _stop_run(proc, signal.SIGINT)
+    finally:
+        _kill_run(proc)
+    print(f"second run: beyond step {first_step} after {resumed_s:.1f} s, stopped in {stop_s:.1f} s")
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(second_log)}"
+    resumed = [ln for ln in second_log.read_text().splitlines() if "resumed from" in ln]
+    assert len(resumed) == 1 and f"at step {first_step} (" in resumed[0], resumed
+    final = _stats(data)
+    assert final["state"] == "stopped" and final["step"] > first_step
+    assert_whole_games(read_games(data / "replay.db", "tictactoe"), "tictactoe")
+
+
+def test_connect4_through_the_launcher_publishes_a_model(tmp_path):
+    from trainer.onnx_policy import OnnxPolicy
+
+    data, latest, log = tmp_path / "data", tmp_path / "data" / "models" / "latest.onnx", tmp_path / "run.log"
+    # Fewer simulations and an earlier first model keep this a smoke test of the wiring.
+    env = _run_env(ACTOR_SIMS="8", TRAINER_CHECKPOINT_INTERVAL="10", TRAINER_MIN_ROWS="128")
+    t0 = time.monotonic()
+    proc = _start_run(data, log, env, "--env-id", "connect4")
+    try:
+        _wait_for(latest.exists, 180, proc, log, "published Connect Four model")
+        published_s = time.monotonic() - t0
+        code, stop_s = _stop_run(proc, signal.SIGTERM)
+    finally:
+        _kill_run(proc)
+    print(f"connect4: first model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(log)}"
+    policy = OnnxPolicy(latest, expected_env_id="connect4")
+    assert policy.step >= 10
+    stats = _stats(data)
+    assert stats["env_id"] == "connect4" and stats["state"] == "stopped"
+    assert stats["total_steps"] == 0  # the launcher's choice for games beyond tic-tac-toe: until stopped
+    text = log.read_text()
+    assert "[actor-1]" in text and "[actor-2]" in text and "[trainer]" in text
+    assert_whole_games(read_games(data / "replay.db", "connect4"), "connect4")

@@ -1,18 +1,19 @@
 """Offline data: every bad input is one `error:` line with exit code 2 and nothing written;
 the formats' options (dict observations, action offsets, D4RL keys, streaming), split,
---init-from, and the zero-sum sign of the IQL/CQL targets."""
+--init-from and --fresh, and the zero-sum sign of the IQL/CQL targets."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from test_offline_teacher import play_games, write_hdf5, write_jsonl
-from trainer.commands import bc, imitation, iql, split
+from trainer.commands import bc, cql, imitation, iql, split
 from trainer.commands.offline_common import build_offline
 from trainer.config import load_config
 from trainer.config.offline import IQLConfig
@@ -38,14 +39,45 @@ def _jsonl(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def _good_line(i: int = 0) -> str:
-    return json.dumps({"episode_id": i, "steps": [
-        {"observation": p["obs"].tolist(), "action": p["action"], "reward": p["reward"], "done": p["done"]}
-        for p in GAMES[i]]})
+def _good_line(i: int = 0, *, drop: tuple[str, ...] = (), legal: bool = False, **step1) -> str:
+    """Game i as one JSONL line; keys in `drop` left out of every step, `step1` overriding
+    step 1 (a JSON-ready value, e.g. float("nan") for a literal NaN)."""
+    steps = []
+    for p in GAMES[i]:
+        step = {"observation": p["obs"].tolist(), "action": p["action"], "reward": p["reward"], "done": p["done"]}
+        if legal:
+            step["legal_mask"] = p["legal"].astype(int).tolist()
+        steps.append({k: v for k, v in step.items() if k not in drop})
+    steps[1].update(step1)
+    return json.dumps({"episode_id": i, "steps": steps})
+
+
+def _lines(tmp_path: Path, *lines: str) -> Path:
+    return _jsonl(tmp_path, "\n".join(lines) + "\n")
 
 
 def _bad_h5(tmp_path: Path, **overrides) -> Path:
     return write_hdf5(tmp_path / "d.h5", GAMES[:5], **overrides)
+
+
+def _truncated_h5(tmp_path: Path) -> Path:
+    path = _bad_h5(tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _damaged_dataset_h5(tmp_path: Path) -> Path:
+    """The file's structure is intact but the compressed bytes of 'states' are garbage, so
+    h5py fails only when the data is read."""
+    path = _bad_h5(tmp_path, states=None, legal_masks=None)
+    rows = np.stack([p["obs"] for g in GAMES[:5] for p in g]).astype(np.float32)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("states", data=rows, chunks=rows.shape, compression="gzip")
+        info = f["states"].id.get_chunk_info(0)
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset + 8)
+        f.write(b"\xff" * (info.size - 16))
+    return path
 
 
 BAD_INPUTS = {
@@ -66,6 +98,16 @@ BAD_INPUTS = {
     "illegal action": (imitation, lambda t: _bad_h5(t, legal_masks=np.zeros((sum(map(len, GAMES[:5])), 9), bool)), "is not legal"),
     "non-finite hdf5": (imitation, lambda t: _bad_h5(t, outcomes=np.r_[np.zeros(sum(map(len, GAMES[:5])) - 1), np.inf].astype(np.float32)), "outcome is NaN or infinite"),
     "iql without rewards": (iql, lambda t: _bad_h5(t, rewards=None), "needs rewards"),
+    "missing observation": (bc, lambda t: _lines(t, _good_line(0), _good_line(1, drop=("observation",))), "d.jsonl:2 step 0: no 'observation'"),
+    "NaN in legal mask": (bc, lambda t: _lines(t, _good_line(0, legal=True), _good_line(1, legal=True, legal_mask=[float("nan")] * 9)), "d.jsonl:2 step 1: legal mask holds nan"),
+    "junk in legal mask": (bc, lambda t: _lines(t, _good_line(0, legal=True, legal_mask=[0.7] * 9)), "d.jsonl:1 step 1: legal mask holds 0.7"),
+    "NaN reward": (iql, lambda t: _lines(t, _good_line(0, reward=float("nan"))), "d.jsonl:1 step 1: reward is nan"),
+    "junk done": (bc, lambda t: _lines(t, _good_line(0, done=2)), "d.jsonl:1 step 1: done must be true/false"),
+    "cql jsonl step without reward": (cql, lambda t: _lines(t, _good_line(0), _good_line(1, drop=("reward",))), "d.jsonl:2 step 0: no 'reward'"),
+    "iql jsonl without rewards": (iql, lambda t: _lines(t, _good_line(0, drop=("reward",))), "d.jsonl:1 step 0: no 'reward'"),
+    "iql hdf5 without dones": (iql, lambda t: _bad_h5(t, d4rl=True, terminals=None), "d.h5: offline RL needs dataset 'dones' (or 'terminals')"),
+    "truncated hdf5": (imitation, _truncated_h5, "d.h5: not a readable HDF5 file (Unable to synchronously open file (truncated file"),
+    "damaged hdf5 dataset": (imitation, _damaged_dataset_h5, "d.h5: dataset 'states' is damaged or truncated"),
     "unknown format": (bc, lambda t: _jsonl(t, "x").rename(t / "d.csv") or t / "d.csv", "unknown data format"),
 }
 
@@ -89,6 +131,33 @@ def test_resume_without_checkpoint_and_existing_run(tmp_path, capsys):
     assert run(bc, tmp_path, data, "--epochs", "1") == 2  # would silently mix two runs
     assert "--resume" in capsys.readouterr().err
     assert run(bc, tmp_path, data, "--epochs", "1", "--fresh") == 0
+
+
+def test_fresh_keeps_the_old_run_when_init_from_is_bad(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "t.jsonl", GAMES)
+    assert run(bc, tmp_path, data, "--epochs", "1") == 0
+    latest = tmp_path / "out" / "checkpoints" / "latest.pt"
+    before = latest.read_bytes()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    for bad in (tmp_path / "nope.pt", garbage):
+        assert run(bc, tmp_path, data, "--epochs", "1", "--fresh", "--init-from", str(bad)) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+        assert latest.read_bytes() == before
+
+
+def test_jsonl_reward_and_done_may_be_left_out(tmp_path):
+    """Without 'done' a game's last step is its end; without 'reward' bc still trains."""
+    explicit = load_dataset(_lines(tmp_path, *(_good_line(i) for i in range(4))), transitions=True)
+    no_done = load_dataset(_lines(tmp_path, *(_good_line(i, drop=("done",)) for i in range(4))), transitions=True)
+    assert explicit.done.sum() == 4 and bool(explicit.has_next.all())
+    for key in ("done", "reward", "value", "has_next", "next_legal_mask"):
+        assert torch.equal(getattr(no_done, key), getattr(explicit, key)), key
+
+    data = _lines(tmp_path, *(_good_line(i, drop=("reward", "done")) for i in range(len(GAMES))))
+    no_reward = load_dataset(data, transitions=False)
+    assert not no_reward.has_values  # nothing to backfill outcomes from
+    assert run(bc, tmp_path, data, "--epochs", "1") == 0
 
 
 def test_dict_observations_and_action_offsets(tmp_path):
@@ -160,6 +229,32 @@ def test_streamed_chunks_equal_the_whole_file(tmp_path):
     a.close(), b.close()
     # and a run streams them
     assert run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "32", "--epochs", "2") == 0
+
+
+def test_streamed_file_is_checked_before_training(tmp_path, capsys):
+    """A bad row in the last chunk stops the run before any training or output."""
+    n = sum(map(len, GAMES))
+    actions = np.asarray([p["action"] for g in GAMES for p in g])
+    actions[-1] = 9
+    path = write_hdf5(tmp_path / "d.h5", GAMES, actions=actions)
+    assert run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "16", "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {path}: row {n - 1}: action 9 is out of range [0, 9)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_streamed_action_count_comes_from_the_whole_file(tmp_path):
+    """A game known only from its data: the first chunk's actions do not show them all."""
+    rng = np.random.default_rng(0)
+    actions = np.r_[rng.integers(0, 2, 16), rng.integers(0, 5, 48)]
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("states", data=rng.normal(size=(64, 6)).astype(np.float32))
+        f.create_dataset("actions", data=actions)
+    chunks = HDF5Chunks(path, 16, transitions=False)
+    assert chunks.spec.num_actions == load_dataset(path, transitions=False).spec.num_actions == actions.max() + 1
+    assert torch.equal(torch.cat([c.action for c in chunks]), torch.from_numpy(actions))
+    chunks.close()
 
 
 def test_split_is_seeded_by_episode_and_atomic(tmp_path, capsys):

@@ -15,13 +15,18 @@ one data folder, and keeps them running:
 * The trainer exiting 0 means it reached `--steps`: the actors are stopped, the dashboard
   keeps serving the final numbers until Ctrl-C (or the launcher exits 0 at once with
   `--no-dashboard`).
-* Ctrl-C or SIGTERM: SIGTERM to every child's process group, a wait of `--stop-timeout`
-  seconds for them to finish cleanly (the daemon writes its checkpoint), then SIGKILL;
-  exit 0. A second Ctrl-C skips the wait.
+* Ctrl-C or SIGTERM: the children are stopped in order, the actors first, then the trainer
+  and the dashboard, so the trainer is still tailing the replay while the actors write their
+  last games, and its final checkpoint and model come after them. Each child gets SIGTERM, to
+  its own pid only (an actor forwards it to its worker processes; sent to the whole group,
+  it would reach each worker twice, and a second signal means "drop the games in flight"),
+  and `--stop-timeout` seconds to finish (the daemon writes its checkpoint); then its whole
+  process group gets SIGKILL. Exit 0. A second Ctrl-C skips the waits. Stopping usually
+  takes a second or two; at worst each stage waits its full `--stop-timeout`.
 
 Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
-launcher, which then stops them in order rather than all at once. Their output is shown
-line by line, prefixed with the child's name.
+launcher, which then stops them as above. Their output is shown line by line, prefixed
+with the child's name.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class LauncherConfig(BaseModel):
     max_restart_delay: float = Field(30.0, gt=0, description="Upper bound of the restart delay in seconds.")
     healthy_after: float = Field(30.0, ge=0, description="A child that ran this long (s) before exiting starts its crash count afresh.")
     max_quick_failures: int = Field(5, ge=0, description="Consecutive quick crashes before giving up on a child; 0 = never give up.")
-    stop_timeout: float = Field(20.0, ge=0, description="Seconds children get to exit after SIGTERM before SIGKILL.")
+    stop_timeout: float = Field(20.0, ge=0, description="Seconds each stage of stopping (actors, then trainer and dashboard) gets to exit after SIGTERM before SIGKILL.")
 
 
 @dataclass
@@ -79,6 +84,7 @@ class ChildSpec:
     essential: bool = True         # giving up on it stops the run
     finishes_run: bool = False     # exit 0 means the run is complete (the trainer at --steps)
     outlives_run: bool = False     # keeps running after the run is complete (the dashboard)
+    stop_order: int = 0            # stopping goes by ascending order, each stage after the last
 
 
 @dataclass
@@ -90,6 +96,7 @@ class _Child:
     failures: int = 0                # consecutive quick failures
     starts: int = 0
     finished: bool = False           # exited 0 as a `finishes_run` child
+    last_exit: int | None = None     # exit code of the latest run (negative: killed by that signal)
 
 
 class Console:
@@ -178,6 +185,7 @@ class Supervisor:
         spec = child.spec
         uptime = time.monotonic() - child.started_at
         child.proc = None
+        child.last_exit = code
         if code == 0 and spec.finishes_run:
             child.finished = True
             child.restart_at = None
@@ -237,11 +245,15 @@ class Supervisor:
         return code
 
     # --- stopping -------------------------------------------------------------------------------
-    def _signal(self, child: _Child, sig: int) -> None:
+    def _signal(self, child: _Child, sig: int, *, group: bool = False) -> None:
+        """`group`: the child's whole process group, its own subprocesses too."""
         if child.proc is None or child.proc.poll() is not None:
             return
         try:
-            os.killpg(child.proc.pid, sig)  # the child's group: its own subprocesses too
+            if group:
+                os.killpg(child.proc.pid, sig)
+            else:
+                child.proc.send_signal(sig)
         except ProcessLookupError:
             pass
         except PermissionError:
@@ -250,24 +262,35 @@ class Supervisor:
     def _stop_children(self, children: Sequence[_Child]) -> None:
         for child in children:
             child.restart_at = None
+        for order in sorted({c.spec.stop_order for c in children}):
+            self._stop_stage([c for c in children if c.spec.stop_order == order])
+
+    def _stop_stage(self, children: Sequence[_Child]) -> None:
         running = [c for c in children if c.proc is not None and c.proc.poll() is None]
-        if running:
-            names = ", ".join(c.spec.name for c in running)
-            self.console.say(f"stopping {names} (SIGTERM, up to {self.stop_timeout:g} s)")
+        if not running:
+            return
+        names = ", ".join(c.spec.name for c in running)
+        self.console.say(f"stopping {names} (SIGTERM, up to {self.stop_timeout:g} s)")
         for child in running:
+            # Its own pid only: each program forwards the signal to its own workers.
             self._signal(child, signal.SIGTERM)
+        killed: set[str] = set()
         deadline = time.monotonic() + self.stop_timeout
         while any(c.proc.poll() is None for c in running):
             if time.monotonic() >= deadline or self.force.is_set():
                 for child in running:
                     if child.proc.poll() is None:
                         self.console.say(f"{child.spec.name} did not exit; SIGKILL")
-                        self._signal(child, signal.SIGKILL)
+                        killed.add(child.spec.name)
+                        self._signal(child, signal.SIGKILL, group=True)
                 for child in running:
                     child.proc.wait()
                 break
             time.sleep(0.05)
         for child in running:
+            child.last_exit = code = child.proc.returncode
+            if code != 0 and child.spec.name not in killed:
+                self.console.say(f"{child.spec.name} {_describe_exit(code)} while stopping")
             child.proc = None
 
 
@@ -305,12 +328,12 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
         max_reuse = 16.0
     if max_reuse is not None:
         trainer += ["--max-reuse", f"{max_reuse:g}"]
-    specs.append(ChildSpec("trainer", trainer, env, finishes_run=True))
+    specs.append(ChildSpec("trainer", trainer, env, finishes_run=True, stop_order=1))
     if cfg.dashboard:
         specs.append(ChildSpec(
             "dashboard", [python, "-m", "trainer.dashboard", "--data", str(data), "--stats", str(stats),
                           "--host", cfg.host, "--port", str(cfg.port)],
-            env, essential=False, outlives_run=True,
+            env, essential=False, outlives_run=True, stop_order=1,
         ))
     return specs
 

@@ -50,7 +50,9 @@ class OnnxPolicy:
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        # Fatal only: a failing run already raises with onnxruntime's message, and its own
+        # log line of the same error would break our one-line errors.
+        opts.log_severity_level = 4
         try:
             # Read the bytes ourselves: the publisher may replace the file right after we
             # stat it, and one read gives one consistent version.
@@ -99,6 +101,9 @@ class OnnxPolicy:
                     f"{name}: {v.name} has a fixed batch axis {v.shape}; the batch axis must be dynamic"
                 )
         obs_size = _static_dim(ins[0].shape[1])
+        # Remembered for the trial run: with a dynamic feature axis, a model built for another
+        # observation size loads fine and only fails when it runs.
+        self._obs_size_in_graph = obs_size is not None
         num_actions = _static_dim(outs[0].shape[1])
         if _static_dim(outs[1].shape[1]) not in (None, 1):
             raise ModelContractError(f"{name}: value has shape {outs[1].shape}, expected [batch, 1]")
@@ -112,6 +117,7 @@ class OnnxPolicy:
                     f"{name}: policy_logits has {num_actions} actions, {spec.env_id} needs {spec.num_actions}"
                 )
             obs_size, num_actions = spec.obs_size, spec.num_actions
+        self._obs_size_source = f"{spec.env_id}'s obs_size" if spec is not None else "the model's obs_size metadata"
         if obs_size is None:
             try:
                 obs_size = int(self.metadata["obs_size"])
@@ -134,7 +140,14 @@ class OnnxPolicy:
         except ModelContractError:
             raise
         except Exception as e:
-            raise ModelContractError(f"{self.path.name}: trial run on a batch of 2 failed: {e}") from e
+            # onnxruntime's messages can span lines; the caller prints ours as one line.
+            detail = " ".join(str(e).split())
+            if not self._obs_size_in_graph:
+                raise ModelContractError(
+                    f"{self.path.name}: observation has a dynamic feature axis but the model does not accept "
+                    f"{self.obs_size} features ({self._obs_size_source}): {detail}"
+                ) from e
+            raise ModelContractError(f"{self.path.name}: trial run on a batch of 2 failed: {detail}") from e
         if not (np.isfinite(logits).all() and np.isfinite(values).all()):
             raise ModelContractError(f"{self.path.name}: trial run gave NaN or inf")
 

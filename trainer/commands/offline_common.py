@@ -144,6 +144,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
     if should_stream(cfg.data, cfg.stream_threshold_mb):
         if val_data is not None:
             raise OfflineDataError(f"{cfg.data}: --val-data is not supported while streaming; use --val-fraction")
+        log.info("streaming %s: checking every chunk before training", cfg.data)
         chunks = HDF5Chunks(cfg.data, cfg.chunk_rows, transitions=transitions, env_id=cfg.env_id,
                             num_actions=cfg.num_actions)
         spec = chunks.spec
@@ -205,18 +206,15 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
             f"{cfg.checkpoint_dir} already holds a checkpoint ({ckpt.name}); pass --resume to continue "
             "that run or --fresh to start over"
         )
-    else:
-        if cfg.fresh and cfg.checkpoint_dir.is_dir():
-            _clear_checkpoints(cfg.checkpoint_dir)
-        if cfg.init_from is not None:
-            if not cfg.init_from.exists():
-                raise CheckpointError(f"--init-from: {cfg.init_from} not found")
-            init = load_checkpoint_file(cfg.init_from)
-            check_compatible(init, spec.env_id, state.spec, network, cfg.init_from)
-            if "net" not in init.objective:
-                raise CheckpointError(f"--init-from: {cfg.init_from} has no policy-value network ('net')")
-            objective.load_policy_weights(init.objective["net"])
-            log.info("initialised the policy-value network from %s (%s run, step %d)", cfg.init_from, init.mode, init.step)
+    elif cfg.init_from is not None:
+        if not cfg.init_from.exists():
+            raise CheckpointError(f"--init-from: {cfg.init_from} not found")
+        init = load_checkpoint_file(cfg.init_from)
+        check_compatible(init, spec.env_id, state.spec, network, cfg.init_from)
+        if "net" not in init.objective:
+            raise CheckpointError(f"--init-from: {cfg.init_from} has no policy-value network ('net')")
+        objective.load_policy_weights(init.objective["net"])
+        log.info("initialised the policy-value network from %s (%s run, step %d)", cfg.init_from, init.mode, init.step)
 
     # --- schedule and hooks ------------------------------------------------------------
     if epoch_based:
@@ -267,6 +265,9 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
     loop = TrainLoop(objective, source, state, schedule, 0 if epoch_based else total_steps, hooks)
     loop_ref.append(loop)
     loop.restore_hooks()
+    if cfg.fresh and cfg.checkpoint_dir.is_dir():
+        # Last, so a run rejected above (bad data, bad --init-from) leaves the old one intact.
+        _clear_checkpoints(cfg.checkpoint_dir)
     return loop
 
 
@@ -295,7 +296,8 @@ def run_offline(mode: str, config_model: type[OfflineConfig], argv: list[str] | 
         log.info("stopped before training started")
         return 0
     except (OfflineDataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line: some messages embed a library's multi-line text (torch.load's).
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         if "--device" in str(exc):

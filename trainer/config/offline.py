@@ -44,7 +44,7 @@ class OfflineConfig(NetworkSettings):
     seed: int = Field(0, description="Seed of the train/validation split, the batch order and the initial weights.")
 
     # --- data handling -------------------------------------------------------------------
-    stream_threshold_mb: float = Field(1024.0, ge=0, description="HDF5 files larger than this (MB) stream in chunks instead of being loaded into memory.")
+    stream_threshold_mb: float = Field(1024.0, ge=0, description="HDF5 files larger than this (MB) stream in chunks instead of being loaded into memory; every chunk is checked once before training starts.")
     chunk_rows: int = Field(65536, ge=16, description="Rows per chunk when streaming HDF5.")
 
     # --- side effects ----------------------------------------------------------------------
@@ -58,7 +58,7 @@ class OfflineConfig(NetworkSettings):
     threads: int = Field(1, gt=0, description="torch intra-op threads.")
     init_from: Path | None = Field(None, description="Initialise the policy-value network from a checkpoint of any mode (daemon, imitation, bc, iql, cql).")
     resume: bool = Field(False, description="Continue the run in --checkpoint-dir (step counter, optimiser state, data order).")
-    fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint (its files are replaced as the run goes).")
+    fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are deleted only once the data, the network and --init-from have been accepted.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 
     @model_validator(mode="after")

@@ -1,9 +1,9 @@
 """`python -m trainer.evaluator`: play a published ONNX model against a baseline.
 
-The model plays its raw policy (greedy over legal moves at --temperature 0), or searches
-with --sims MCTS simulations guided by the model. Colours alternate game by game. The score
-is (wins + draws / 2) / games, reported with a 95% Wilson interval; --min-score X makes the
-exit code 1 when the score is below X (for CI gates).
+The model plays its raw policy, or searches with --sims MCTS simulations guided by the
+model; --temperature 0 plays its best move (highest logit, or most visits), T > 0 samples.
+Colours alternate game by game. The score is (wins + draws / 2) / games, reported with a 95%
+Wilson interval; --min-score X makes the exit code 1 when the score is below X (for CI gates).
 """
 
 from __future__ import annotations
@@ -36,13 +36,16 @@ class EvaluatorConfig(BaseModel):
     games: int = Field(100, ge=1, description="Games to play (colours alternate).")
     opponent: str = Field("random", description="Opponent: random, perfect (tictactoe only) or mcts:SIMS (rollout MCTS).")
     sims: int = Field(0, ge=0, description="MCTS simulations for the model per move; 0 = its raw policy.")
-    temperature: float = Field(0.0, ge=0, description="Raw-policy temperature; 0 = greedy over legal moves.")
+    temperature: float = Field(
+        0.0, ge=0,
+        description="Model move temperature: softmax(logits / T) for the raw policy, visits^(1/T) with --sims; 0 = greedy.",
+    )
     c_puct: float = Field(1.5, gt=0, description="PUCT constant for every MCTS player.")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
     min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
     json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
-    verbose: bool = Field(False, description="Print every game's moves and final board.")
+    verbose: bool = Field(False, description="Print every game's moves and final board (to stderr with --json).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Logging level.")
 
     @field_validator("opponent")
@@ -107,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if cfg.verbose:
+        # With --json, stdout must be exactly one JSON object, so the game log goes to stderr.
+        log_to = sys.stderr if cfg.json else sys.stdout
         game = get_game(result.env_id)
         for i, rec in enumerate(records):
             outcome = {1: "model wins", 0: "draw", -1: f"{result.opponent} wins"}[rec.result]
-            print(f"game {i + 1}: model {'first' if rec.model_first else 'second'}, {outcome} in {rec.length} plies, moves {rec.moves}")
-            print(game.render(rec.final), end="\n\n")
+            print(f"game {i + 1}: model {'first' if rec.model_first else 'second'}, {outcome} in {rec.length} plies, moves {rec.moves}", file=log_to)
+            print(game.render(rec.final), end="\n\n", file=log_to)
     if cfg.json:
         print(json.dumps(result.to_dict()))
     else:

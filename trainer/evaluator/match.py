@@ -12,6 +12,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -96,8 +97,18 @@ def wilson_interval(score: float, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def play_games(game: Game, model: Player, opponent: Player, games: int, keep_moves: bool = False) -> list[GameRecord]:
-    """All games in lockstep; game i has the model moving first when i is even."""
+class EvaluationStopped(Exception):
+    """`should_stop` said so between moves: the games in flight are abandoned."""
+
+
+def play_games(
+    game: Game, model: Player, opponent: Player, games: int, keep_moves: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[GameRecord]:
+    """All games in lockstep; game i has the model moving first when i is even.
+
+    `should_stop` is polled before every round of moves, so a daemon that is shutting down
+    does not wait for a whole evaluation (raises EvaluationStopped)."""
     states = [game.initial_state() for _ in range(games)]
     model_first = [i % 2 == 0 for i in range(games)]
     moves: list[list[int]] = [[] for _ in range(games)]
@@ -105,6 +116,8 @@ def play_games(game: Game, model: Player, opponent: Player, games: int, keep_mov
         active = [i for i, s in enumerate(states) if not s.is_terminal]
         if not active:
             break
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         for player, is_model in ((model, True), (opponent, False)):
             # Re-check: a game the first player just finished must not get another move.
             idx = [
@@ -166,9 +179,10 @@ def resolve_env_id(model_path: str | Path, env_id: str | None) -> str:
 
 def spec_from_db(db: str | Path, env_id: str):
     """Shapes from the replay DB's game_metadata (read-only), checked against our rules."""
+    from trainer.replay.reader import sqlite_ro_uri
     from trainer.replay.schema import read_game_spec
 
-    conn = sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True, timeout=5.0)
+    conn = sqlite3.connect(sqlite_ro_uri(db), uri=True, timeout=5.0)
     try:
         return read_game_spec(conn, env_id)
     finally:
@@ -188,10 +202,11 @@ def evaluate_model(
     db: str | Path | None = None,
     c_puct: float = 1.5,
     records_out: list[GameRecord] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Play `games` games of the model at `model_path` against `opponent` (random, perfect,
-    mcts:SIMS). The model plays its raw policy (greedy at temperature 0), or searches with
-    `sims` MCTS simulations guided by the model when `sims` > 0."""
+    mcts:SIMS). The model plays its raw policy, or searches with `sims` MCTS simulations
+    guided by the model when `sims` > 0; `temperature` 0 plays its best move in both modes."""
     if games < 1:
         raise ValueError("games must be >= 1")
     t0 = time.monotonic()
@@ -209,7 +224,8 @@ def evaluate_model(
     model_spec = f"model-mcts:{sims}" if sims > 0 else "model"
     model_player = make_player(model_spec, game, model_rng, policy=policy, temperature=temperature, c_puct=c_puct)
     opp_player = make_player(opponent, game, opp_rng, c_puct=c_puct)
-    records = play_games(game, model_player, opp_player, games, keep_moves=records_out is not None)
+    records = play_games(game, model_player, opp_player, games, keep_moves=records_out is not None,
+                         should_stop=should_stop)
     if records_out is not None:
         records_out.extend(records)
     return summarise(records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0)

@@ -1,7 +1,7 @@
 """The one interface every game implements.
 
 Trainer, evaluator and actor all talk to games through `Game`, so adding a game means
-writing one file with a subclass and registering it in `trainer/games/__init__.py`.
+writing one file in `trainer/games/` with a subclass; the package finds it by itself.
 States are small immutable values (a board array plus who moves and who won) so MCTS
 can keep them in tree nodes without copying surprises.
 """

@@ -33,6 +33,9 @@ class Hook:
         if self.every and loop.state.step % self.every == 0:
             self.run(loop, metrics)
 
+    def on_phase(self, loop: "TrainLoop") -> None:
+        """Called when the loop's phase (stats.json `state`) changes, on the training thread."""
+
     def on_wait(self, loop: "TrainLoop") -> None:
         """Called while the loop waits for data (state `waiting_for_data`)."""
 

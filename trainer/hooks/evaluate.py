@@ -3,6 +3,10 @@
 Plays `latest.onnx` (what the actors use) with onnxruntime on a worker thread, so training
 does not stall; results go to stats.json as `last_eval` / `eval_history` (contract
 section 4) and survive restarts through the checkpoint.
+
+Stopping does not wait for an evaluation: the games check a stop flag at every move and an
+interrupted evaluation is dropped, so the daemon writes its final stats.json well inside the
+launcher's (and compose's) grace period instead of being SIGKILLed first.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Callable
 
+from trainer.evaluator.match import EvaluationStopped, evaluate_model
 from trainer.hooks.base import Hook
 from trainer.model.onnx_export import read_model_metadata
 
 log = logging.getLogger(__name__)
 
 MAX_EVAL_HISTORY = 200
+# How long on_stop waits for an evaluation to notice the stop flag: one move of every game.
+STOP_WAIT_S = 3.0
 
 
 class EvalHook(Hook):
@@ -30,23 +38,29 @@ class EvalHook(Hook):
         self.history: list[dict] = []
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._last_evaluated_step = -1
 
     def run(self, loop, metrics) -> None:
         if (self._thread is not None and self._thread.is_alive()) or not self.model.exists():
             return
-        self._thread = threading.Thread(target=self._evaluate, name="evaluate", daemon=True)
+        # The loop's stop event is set by the signal itself, before any hook's on_stop (the
+        # checkpoint's included), so an evaluation gives up as soon as stopping begins.
+        stop_event = loop.stop_event
+        stopping = lambda: self._stopping.is_set() or stop_event.is_set()  # noqa: E731
+        self._thread = threading.Thread(target=self._evaluate, args=(stopping,), name="evaluate", daemon=True)
         self._thread.start()
 
-    def _evaluate(self) -> None:
-        from trainer.evaluator import evaluate_model
-
+    def _evaluate(self, stopping: Callable[[], bool]) -> None:
         try:
             step = int(read_model_metadata(self.model).get("step", -1))
             if step == self._last_evaluated_step:
                 return
-            result = evaluate_model(self.model, env_id=self.env_id, opponent=self.opponent,
-                                    games=self.games, seed=self.seed)
+            result = evaluate_model(self.model, self.env_id, self.opponent, self.games, self.seed,
+                                    should_stop=stopping)
+        except EvaluationStopped:
+            log.info("evaluation of step %d dropped: stopping", step)
+            return
         except Exception:
             log.exception("evaluation of %s failed", self.model)
             return
@@ -55,6 +69,8 @@ class EvalHook(Hook):
             step = result.model_step
         entry = result.to_eval_history_entry(step)
         with self._lock:
+            if stopping():
+                return  # the final checkpoint may be written already: keep stats.json in step with it
             self._last_evaluated_step = step
             self.history.append(entry)
             del self.history[:-MAX_EVAL_HISTORY]
@@ -62,8 +78,12 @@ class EvalHook(Hook):
                  entry["win_rate"], entry["draw_rate"], entry["loss_rate"], entry["games_played"])
 
     def on_stop(self, loop) -> None:
+        with self._lock:
+            self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("evaluation still running after %.0f s; not waiting for it", STOP_WAIT_S)
 
     def state_dict(self) -> dict:
         with self._lock:

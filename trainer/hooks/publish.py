@@ -19,7 +19,7 @@ from typing import Callable
 from trainer.games import GameSpec
 from trainer.hooks.base import Hook
 from trainer.model.onnx_export import PublishError
-from trainer.model.publish import publish_model
+from trainer.model.publish import publish_model, step_file_name
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,19 @@ class PublishHook(Hook):
         if self._thread is not None:
             self._thread.join()
 
+    def on_start(self, loop) -> None:
+        # A clean stop publishes the final step after its checkpoint is saved, so a resumed
+        # state's `last_checkpoint` can lag one publish behind: the folder knows better.
+        final = self.model_dir / step_file_name(loop.state.step)
+        if loop.state.step > 0 and final.is_file():
+            self.last_checkpoint, self.last_published_step = str(final), loop.state.step
+
     def on_stop(self, loop) -> None:
         self.wait()
         if loop.state.step > 0 and loop.state.step != self.last_published_step:
-            phase, reason = loop.phase, loop.phase_reason
+            # The loop moves on to `stopped` once every hook is done; no phase to restore.
             loop.set_phase("publishing", f"final model at step {loop.state.step}")
             self._publish(*self._snapshot(loop))
-            loop.set_phase(phase, reason)
 
     def state_dict(self) -> dict:
         return {"last_checkpoint": self.last_checkpoint, "failures": self.failures}
@@ -107,6 +113,7 @@ class PublishHook(Hook):
     def stats(self) -> dict:
         with self._lock:
             return {
+                "publishing": self._thread is not None and self._thread.is_alive(),
                 "last_checkpoint": self.last_checkpoint,
                 "last_publish_seconds": round(self.last_publish_seconds, 4),
                 "publish_failures": self.failures,

@@ -78,7 +78,7 @@ class StatsHook(Hook):
         self.history_size = history_size
         self.history: list[dict] = []
         self._last_write = 0.0
-        self._written_phase = ""
+        self._written_reason = ""
         self.previous_eval: list[dict] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -96,16 +96,20 @@ class StatsHook(Hook):
             "learning_rate": float(loop.last_lr),
         })
         self.history = thin_history(self.history, self.history_size)
-        if loop.phase != self._written_phase or time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
+        if time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
             self.write(loop)
+
+    def on_phase(self, loop) -> None:
+        # A change of state is news for the dashboard: write it at once, throttle or not.
+        # The loop's last phase change is to `stopped`, after every hook's on_stop, so this
+        # also writes the final file.
+        self.write(loop)
 
     def on_wait(self, loop) -> None:
-        # A change of state is news for the dashboard; the same state only needs a refresh.
-        if loop.phase != self._written_phase or time.monotonic() - self._last_write >= 2.0:
+        # A new reason (e.g. "reuse limit" after "loading") is news; the same one only needs
+        # a refresh of the live counts it carries.
+        if loop.phase_reason.split(":", 1)[0] != self._written_reason or time.monotonic() - self._last_write >= 2.0:
             self.write(loop)
-
-    def on_stop(self, loop) -> None:
-        self.write(loop)
 
     def _load_previous(self, resumed_step: int) -> None:
         """Keep the chart across restarts: entries up to the step we resumed from."""
@@ -166,7 +170,7 @@ class StatsHook(Hook):
         return _finite(stats)
 
     def write(self, loop) -> None:
-        self._last_write, self._written_phase = time.monotonic(), loop.phase
+        self._last_write, self._written_reason = time.monotonic(), loop.phase_reason.split(":", 1)[0]
         try:
             atomic_write_json(self.path, self.build(loop), durable=False)
         except OSError as exc:  # a full disk must not kill training; say so and go on

@@ -86,7 +86,9 @@ def tictactoe_rule_move(board: Sequence[int], me: int) -> int:
 
 
 class MCTSPlayer:
-    """Greedy (most visits) MCTS, with random-rollout leaves or a model's priors and values."""
+    """MCTS with random-rollout leaves or a model's priors and values. At temperature 0 it
+    plays the most visited move; at T > 0 it samples from visits^(1/T) over legal moves, the
+    search counterpart of the raw policy's softmax(logits / T)."""
 
     def __init__(
         self,
@@ -96,17 +98,35 @@ class MCTSPlayer:
         evaluator: LeafEvaluator | None = None,
         c_puct: float = 1.5,
         name: str | None = None,
+        temperature: float = 0.0,
     ):
-        self.game, self.rng = game, rng
+        self.game, self.rng, self.temperature = game, rng, temperature
         self.cfg = MCTSConfig(sims=sims, c_puct=c_puct)
         self.evaluator = evaluator if evaluator is not None else RolloutEvaluator(rng)
         self.name = name or f"mcts:{sims}"
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
         results = search(self.game, list(states), self.evaluator, self.cfg, self.rng, add_noise=False)
-        return [
-            select_action(r.visits, self.game.legal_mask(s), s.ply, 0, self.rng) for s, r in zip(states, results)
-        ]
+        out = []
+        for s, r in zip(states, results):
+            legal = self.game.legal_mask(s)
+            if self.temperature <= 0:
+                out.append(select_action(r.visits, legal, s.ply, 0, self.rng))
+            else:
+                out.append(int(self.rng.choice(len(legal), p=visit_distribution(r.visits, legal, self.temperature))))
+        return out
+
+
+def visit_distribution(visits: np.ndarray, legal: np.ndarray, temperature: float) -> np.ndarray:
+    """visits^(1/T) over legal moves, normalised; uniform over legal moves if none was visited."""
+    n = np.where(legal, np.asarray(visits, dtype=np.float64), 0.0)
+    if n.sum() <= 0:
+        n = legal.astype(np.float64)
+    # In log space: visits ** (1 / T) overflows float64 for small T.
+    with np.errstate(divide="ignore"):
+        z = np.log(n) / temperature
+    p = np.exp(z - z.max())
+    return p / p.sum()
 
 
 class PolicyPlayer:
@@ -140,7 +160,8 @@ def make_player(
     temperature: float = 0.0,
     c_puct: float = 1.5,
 ) -> Player:
-    """A player from its command-line spec; `model` and `model-mcts:SIMS` need `policy`."""
+    """A player from its command-line spec; `model` and `model-mcts:SIMS` need `policy`.
+    `temperature` applies to the model and MCTS players (0 = their best move)."""
     kind, _, arg = spec.partition(":")
     if kind == "random":
         return RandomPlayer(game, rng)
@@ -156,8 +177,10 @@ def make_player(
         if kind == "model-mcts":
             if policy is None:
                 raise ValueError("model-mcts needs a model")
-            return MCTSPlayer(game, sims, rng, ObsEvaluator(policy.evaluate), c_puct, name=f"model+mcts:{sims}")
-        return MCTSPlayer(game, sims, rng, c_puct=c_puct)
+            return MCTSPlayer(
+                game, sims, rng, ObsEvaluator(policy.evaluate), c_puct, name=f"model+mcts:{sims}", temperature=temperature
+            )
+        return MCTSPlayer(game, sims, rng, c_puct=c_puct, temperature=temperature)
     if kind == "model":
         if policy is None:
             raise ValueError("the model player needs a model")

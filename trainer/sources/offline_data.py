@@ -20,6 +20,10 @@ JSONL (`bc`, `split`, `iql`, `cql`): one game per line,
     {"episode_id": ..., "env_id": ... (optional), "steps": [{"observation": [...],
      "action": a, "reward": r, "done": d, "legal_mask": [...] (optional),
      "outcome": z (optional)}, ...]}
+  `reward` may be left out where only the actions are learnt (bc); iql/cql need it on every
+  step. `done` may be left out: a line is one whole game, so its last step is taken as done
+  and the others not; write "done": false on the last step of a game that was cut off.
+  A legal mask holds 0/1 or true/false.
   An observation may be a dict of numbers and (nested) lists: it is flattened in sorted key
   order (nested dicts too), each list row-major, so {"b": [[1, 2], [3, 4]], "a": 5} becomes
   [5, 1, 2, 3, 4]. An action may be given as `action_type` + `action_target`; the index is
@@ -43,7 +47,11 @@ player, -z to the other's); else unknown (NaN in `value`, left out of the value 
 Transitions for IQL/CQL never cross a game boundary: the next state of a ply is
 `next_states` when given, else the following row of the same game; a game's last ply is
 terminal if done, else (timeout or truncated file) it has no successor and is not used
-for TD learning.
+for TD learning. IQL/CQL on HDF5 need `dones` (or `terminals`) even beside `next_states`:
+nothing else tells a game's last ply from a cut-off one.
+
+Large HDF5 files stream in chunks (`HDF5Chunks`); every chunk is checked once before
+training starts, so a bad row deep in the file is an input error, not a failure hours in.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import json
 import math
 import os
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -210,13 +219,27 @@ def open_hdf5(path: Path):
         raise OfflineDataError(f"{path}: not a readable HDF5 file ({exc})") from None
 
 
+@contextmanager
+def hdf5_damage(path: Path | str, name: str | None = None) -> Iterator[None]:
+    """h5py finds a damaged file only when it touches the damaged part, which can be any
+    metadata or data access; report it as bad input naming what was being read."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as exc:
+        what = f"dataset '{name}'" if name else "file"
+        raise OfflineDataError(f"{path}: {what} is damaged or truncated ({exc})") from None
+
+
 def hdf5_keys(f, path: Path) -> dict[str, str]:
     """Our role -> the dataset name present in the file; checks the required ones exist."""
     found = {}
     for role, names in KEYS.items():
         for name in names:
-            if name in f:
-                if not isinstance(f[name], _h5py().Dataset):
+            with hdf5_damage(path, name):
+                present = name in f
+                is_dataset = present and isinstance(f[name], _h5py().Dataset)
+            if present:
+                if not is_dataset:
                     raise OfflineDataError(f"{path}: '{name}' is a group, expected a dataset")
                 found[role] = name
                 break
@@ -243,21 +266,28 @@ def hdf5_keys(f, path: Path) -> dict[str, str]:
 
 def hdf5_attrs(f) -> dict[str, Any]:
     out = {}
-    for k in ("env_id", "num_actions", "legal_mask_offset", "board_width", "board_height", "player_count"):
-        if k in f.attrs:
-            v = f.attrs[k]
-            v = v.decode() if isinstance(v, bytes) else v
-            out[k] = str(v) if k == "env_id" else int(v)
+    with hdf5_damage(f.filename):
+        for k in ("env_id", "num_actions", "legal_mask_offset", "board_width", "board_height", "player_count"):
+            if k in f.attrs:
+                v = f.attrs[k]
+                v = v.decode() if isinstance(v, bytes) else v
+                try:
+                    out[k] = str(v) if k == "env_id" else int(v)
+                except (TypeError, ValueError):
+                    raise OfflineDataError(f"{f.filename}: attribute '{k}' is {v!r}, expected an integer") from None
     return out
 
 
-def read_hdf5_rows(f, keys: dict[str, str], start: int, stop: int) -> RawData:
-    arrays = {}
-    for role, name in keys.items():
+def read_hdf5_column(f, role: str, name: str, start: int, stop: int) -> np.ndarray:
+    with hdf5_damage(f.filename, name):
         a = f[name][start:stop]
-        if a.ndim == 2 and role not in ("obs", "legal", "next_obs", "next_legal"):
-            a = a[:, 0]
-        arrays[role] = a
+    if a.ndim == 2 and role not in ("obs", "legal", "next_obs", "next_legal"):
+        a = a[:, 0]
+    return a
+
+
+def read_hdf5_rows(f, keys: dict[str, str], start: int, stop: int) -> RawData:
+    arrays = {role: read_hdf5_column(f, role, name, start, stop) for role, name in keys.items()}
     return RawData(**arrays, attrs=hdf5_attrs(f))
 
 
@@ -337,12 +367,15 @@ def _action(step: dict, offsets: dict[str, int] | None) -> int:
     return a
 
 
-def _number(step: dict, key: str, default: float) -> float:
-    v = step.get(key, default)
+def _number(step: dict, key: str) -> float:
+    """The step's value of `key`, NaN when not given (so NaN itself is refused)."""
+    v = step.get(key)
     if v is None:
-        return default
-    if not isinstance(v, (int, float)):
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{key} must be a number, got {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"{key} is {v}, expected a finite number")
     return float(v)
 
 
@@ -402,13 +435,14 @@ def read_jsonl(path: Path, action_offsets: dict[str, int] | None = None) -> RawD
                             raise ValueError("legal_mask holds non-numbers") from None
                         if m.ndim != 1 or (legal and m.size != legal[0].size):
                             raise ValueError(f"legal_mask has {m.size} entries, earlier steps have {legal[0].size}")
-                        legal.append(m > 0.5)
-                    r = _number(step, "reward", 0.0)
-                    d = step.get("done", False)
-                    if not isinstance(d, (bool, int)):
-                        raise ValueError(f"done must be a boolean, got {d!r}")
-                    z = step.get("outcome", step.get("game_outcome"))
-                    z = math.nan if z is None else _number(step, "outcome" if "outcome" in step else "game_outcome", 0.0)
+                        legal.append(m)  # 0/1 is checked with the HDF5 masks in build_dataset
+                    r = _number(step, "reward")
+                    d = step.get("done")
+                    if d is None:
+                        d = k == len(ep["steps"]) - 1
+                    if not (isinstance(d, bool) or (isinstance(d, int) and d in (0, 1))):
+                        raise ValueError(f"done must be true/false, got {d!r}")
+                    z = _number(step, "outcome" if "outcome" in step else "game_outcome")
                 except ValueError as exc:
                     raise OfflineDataError(f"{at}: {exc}") from None
                 obs.append(vec)
@@ -427,7 +461,7 @@ def read_jsonl(path: Path, action_offsets: dict[str, int] | None = None) -> RawD
         actions=np.asarray(actions, dtype=np.int64),
         legal=np.stack(legal) if has_legal else None,
         outcomes=outcomes_arr if np.isfinite(outcomes_arr).any() else None,
-        rewards=np.asarray(rewards, dtype=np.float64),
+        rewards=np.asarray(rewards, dtype=np.float64),  # NaN where a step has none
         dones=np.asarray(dones, dtype=bool),
         episode_ids=np.asarray(episode, dtype=np.int64),
         attrs=attrs,
@@ -483,11 +517,14 @@ def build_dataset(
     spec: GameSpec | None = None,
     row_offset: int = 0,
     keep_rows: int | None = None,
+    max_action: int | None = None,
 ) -> OfflineDataset:
     """Validate `raw` and turn it into tensors. `row_offset` makes row numbers in messages
     absolute (streamed chunks); `keep_rows` drops a trailing look-ahead row of a chunk
-    after it has served as the next state of the row before it."""
+    after it has served as the next state of the row before it; `max_action` is the
+    file-wide max(action) when `raw` is one chunk, for inferring the action count."""
     n = len(raw.obs)
+    jsonl = raw.row_names is not None
 
     def row_name(i: int) -> str:
         return raw.row_names[i] if raw.row_names else f"{where}: row {row_offset + i}"
@@ -516,7 +553,7 @@ def build_dataset(
         if a_count is None and env_id not in KNOWN_ENV_IDS:
             by_shape = [g for g in KNOWN_ENV_IDS if get_game(g).spec.obs_size == obs.shape[1]]
             if env_id is not None or len(by_shape) != 1:
-                a_count = int(actions.max()) + 1 if actions.size else None
+                a_count = (int(actions.max()) if max_action is None else max_action) + 1
         spec, mask_in_obs = resolve_spec(obs.shape[1], a_count, env_id, raw.attrs, where)
     else:
         if obs.shape[1] != spec.obs_size:
@@ -533,40 +570,42 @@ def build_dataset(
         if m is not None:
             m = np.asarray(m)
             if m.shape[1] != a_n:
-                raise OfflineDataError(f"{where}: {what} have {m.shape[1]} entries, the game has {a_n} actions")
-            if m.dtype.kind == "f" and not np.isfinite(m).all():
-                raise OfflineDataError(f"{row_name(_first_bad_row(~np.isfinite(m)))}: {what} has NaN or infinite numbers")
-            return m > 0.5 if m.dtype.kind == "f" else m.astype(bool)
+                raise OfflineDataError(f"{where}: {what} has {m.shape[1]} entries, the game has {a_n} actions")
+            if m.dtype.kind != "b":
+                # Anything but 0/1 (NaN included) is a broken mask, not an illegal move.
+                junk = (m != 0) & (m != 1)
+                if junk.any():
+                    i = _first_bad_row(junk)
+                    raise OfflineDataError(f"{row_name(i)}: {what} holds {m[i][junk[i]][0]}, expected 0/1 or true/false")
+            return m.astype(bool)
         if mask_in_obs:
             return o[:, off:off + a_n] > 0.5
         return np.ones((len(o), a_n), dtype=bool)
 
-    legal = mask_for(raw.legal, obs, "legal masks")
+    legal = mask_for(raw.legal, obs, "legal mask")
     illegal = ~legal[np.arange(n), actions]
     if illegal.any():
         i = int(np.flatnonzero(illegal)[0])
         raise OfflineDataError(f"{row_name(i)}: action {actions[i]} is not legal under the row's legal mask")
 
     def vector(a: np.ndarray | None, what: str, lo: float | None = None) -> np.ndarray | None:
+        """Checked floats. In JSONL NaN marks a step that left the value out (read_jsonl
+        refuses a literal NaN), so it passes here and means unknown."""
         if a is None:
             return None
         a = np.asarray(a, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise OfflineDataError(f"{row_name(_first_bad_row(~np.isfinite(a)))}: {what} is NaN or infinite")
-        if lo is not None and (np.abs(a) > lo).any():
-            i = int(np.flatnonzero(np.abs(a) > lo)[0])
+        checked = np.where(np.isnan(a), 0.0, a) if jsonl else a
+        if not np.isfinite(checked).all():
+            raise OfflineDataError(f"{row_name(_first_bad_row(~np.isfinite(checked)))}: {what} is NaN or infinite")
+        if lo is not None and (np.abs(checked) > lo).any():
+            i = int(np.flatnonzero(np.abs(checked) > lo)[0])
             raise OfflineDataError(f"{row_name(i)}: {what} {a[i]} is outside [-{lo}, {lo}]")
         return a
 
     rewards = vector(raw.rewards, "reward")
     dones = None if raw.dones is None else np.asarray(raw.dones).astype(bool)
     timeouts = None if raw.timeouts is None else np.asarray(raw.timeouts).astype(bool)
-    if raw.outcomes is not None and raw.row_names is not None:
-        outcomes = np.asarray(raw.outcomes, dtype=np.float64)  # JSONL: NaN = not given on that step
-        given = ~np.isnan(outcomes)
-        vector(np.where(given, outcomes, 0.0), "outcome", 1.0)
-    else:
-        outcomes = vector(raw.outcomes, "outcome", 1.0)
+    outcomes = vector(raw.outcomes, "outcome", 1.0)
 
     # Games: explicit ids, else cut after each done/timeout; rows of a game are consecutive.
     if raw.episode_ids is not None:
@@ -598,17 +637,22 @@ def build_dataset(
     out: dict[str, Any] = {}
     if transitions:
         if rewards is None:
-            raise OfflineDataError(f"{where}: offline RL needs rewards (dataset 'rewards', or 'reward' on each JSONL step)")
-        if dones is None and raw.next_obs is None:
-            raise OfflineDataError(f"{where}: offline RL needs 'dones' (or 'terminals') or 'next_states' to know where games end")
-        done = dones if dones is not None else np.zeros(n, dtype=bool)
+            raise OfflineDataError(f"{where}: offline RL needs rewards (dataset 'rewards')")
+        if np.isnan(rewards).any():
+            raise OfflineDataError(f"{row_name(int(np.flatnonzero(np.isnan(rewards))[0]))}: no 'reward' (offline RL needs one on every step)")
+        if dones is None:
+            raise OfflineDataError(
+                f"{where}: offline RL needs dataset 'dones' (or 'terminals'): without it a game's last ply "
+                "cannot be told from a cut-off one and the targets would bootstrap past the end of games"
+            )
+        done = dones
         if raw.next_obs is not None:
             next_obs = np.asarray(raw.next_obs, dtype=np.float64)
             if next_obs.shape[1] != obs.shape[1]:
                 raise OfflineDataError(f"{where}: next observations have {next_obs.shape[1]} numbers, observations {obs.shape[1]}")
             if not np.isfinite(next_obs).all():
                 raise OfflineDataError(f"{row_name(_first_bad_row(~np.isfinite(next_obs)))}: next observation has NaN or infinite numbers")
-            next_legal = mask_for(raw.next_legal, next_obs, "next legal masks")
+            next_legal = mask_for(raw.next_legal, next_obs, "next legal mask")
             has_next = np.ones(n, dtype=bool)
         else:
             # The following row of the same game; never across a game boundary.
@@ -663,25 +707,53 @@ class HDF5Chunks:
         self.path, self.chunk_rows, self.transitions = Path(path), chunk_rows, transitions
         check_file(self.path)
         self.file = open_hdf5(self.path)
-        self.keys = hdf5_keys(self.file, self.path)
-        self.rows = int(self.file[self.keys["obs"]].shape[0])
-        if self.rows == 0:
-            raise OfflineDataError(f"{self.path}: no samples")
-        # The spec comes from the first chunk (shapes and attributes are file-wide).
-        first = self.load(0, env_id=env_id, num_actions=num_actions)
-        self.spec = first.spec
+        try:
+            self.keys = hdf5_keys(self.file, self.path)
+            self.rows = int(self.file[self.keys["obs"]].shape[0])
+            if self.rows == 0:
+                raise OfflineDataError(f"{self.path}: no samples")
+            self.spec = self._check_every_chunk(env_id, num_actions)
+        except BaseException:
+            self.file.close()
+            raise
 
     @property
     def num_chunks(self) -> int:
         return -(-self.rows // self.chunk_rows)
 
-    def load(self, index: int, env_id: str | None = None, num_actions: int | None = None) -> OfflineDataset:
+    def load(self, index: int) -> OfflineDataset:
+        return self._build(index, spec=self.spec)
+
+    def _build(self, index: int, **how: Any) -> OfflineDataset:
         start = index * self.chunk_rows
         stop = min(self.rows, start + self.chunk_rows)
         raw = read_hdf5_rows(self.file, self.keys, start, min(self.rows, stop + 1))
-        spec = getattr(self, "spec", None)
-        return build_dataset(raw, str(self.path), transitions=self.transitions, env_id=env_id,
-                             num_actions=num_actions, spec=spec, row_offset=start, keep_rows=stop - start)
+        return build_dataset(raw, str(self.path), transitions=self.transitions, row_offset=start,
+                             keep_rows=stop - start, **how)
+
+    def _check_every_chunk(self, env_id: str | None, num_actions: int | None) -> GameSpec:
+        """One pass over the file, a chunk in memory at a time, before training: training
+        only meets a chunk when its turn comes, possibly after models were published. The
+        spec comes from the first chunk, with any action count inferred from max(action)
+        over the whole file, or later chunks could hold actions beyond it."""
+        spec = self._build(0, env_id=env_id, num_actions=num_actions, max_action=self._max_action()).spec
+        for i in range(1, self.num_chunks):
+            self._build(i, spec=spec)
+        return spec
+
+    def _max_action(self) -> int | None:
+        """Over the actions column only; anything that is not an integer is left to the row
+        checks in build_dataset, which name the row."""
+        role, name = "actions", self.keys["actions"]
+        top = None
+        for start in range(0, self.rows, self.chunk_rows):
+            a = read_hdf5_column(self.file, role, name, start, start + self.chunk_rows)
+            if a.dtype.kind not in "iubf":
+                return None
+            a = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+            if a.size:
+                top = int(a.max()) if top is None else max(top, int(a.max()))
+        return top
 
     def __iter__(self) -> Iterator[OfflineDataset]:
         for i in range(self.num_chunks):

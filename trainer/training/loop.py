@@ -129,7 +129,12 @@ class TrainLoop:
         self.stop_event.set()
 
     def set_phase(self, phase: str, reason: str = "") -> None:
+        """Training thread only. Hooks hear of a new phase at once (stats.json shows it)."""
+        changed = phase != self.phase
         self.phase, self.phase_reason = phase, reason
+        if changed:
+            for hook in self.hooks:
+                hook.on_phase(self)
 
     def done(self) -> bool:
         if self.stop_event.is_set():
@@ -167,13 +172,18 @@ class TrainLoop:
                 self._waited_since_step = 0.0
                 for hook in self.hooks:
                     hook.after_step(self, metrics)
+        except BaseException as exc:
+            # The dashboard's last word on a crashed run names the error.
+            self.stop_reason = self.stop_reason or f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            self.set_phase(STOPPED, self.stop_reason or "stopped")
             for hook in self.hooks:
                 try:
-                    hook.on_stop(self)
+                    hook.on_stop(self)  # save, publish the final model, ...
                 except Exception:  # one failing hook must not keep the others from saving
                     log.exception("hook %s failed while stopping", type(hook).__name__)
+            # Only now: `stopped` in stats.json promises the checkpoint and model are on disk.
+            self.set_phase(STOPPED, self.stop_reason or "stopped")
 
     def _wait_for_data(self) -> None:
         reason = self.source.waiting_reason or "no batch available"
