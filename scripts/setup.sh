@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtualenv in .venv with everything the project needs.
 #   bash scripts/setup.sh          # runtime dependencies
-#   bash scripts/setup.sh --test   # plus test tools (Debian chromium, docker-compose) when possible
+#   bash scripts/setup.sh --test   # plus the test requirements and tools (Debian chromium, docker-compose)
 # torch is pinned exactly (requirements.txt): any looser spec can pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,21 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -r requirements.txt
+
+# Refuse, before downloading anything, a torch that is not the CPU build: on a machine
+# without the local CPU wheel, `torch==2.13.0` resolves to a multi-GB CUDA build.
+if ! .venv/bin/python -c 'import sys, torch; sys.exit(torch.__version__ != "2.13.0+cpu")' 2>/dev/null; then
+    picked=$(.venv/bin/python -m pip install -q --dry-run --no-deps --ignore-installed --report - "torch==2.13.0" 2>/dev/null \
+        | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' 2>/dev/null || true)
+    if [ "$picked" != "2.13.0+cpu" ]; then
+        echo "error: pip would install torch '${picked:-?}', not the CPU build 2.13.0+cpu;" \
+             "make a CPU wheel of torch 2.13.0 visible to pip (e.g. PIP_FIND_LINKS=<folder with the wheel>) and run again" >&2
+        exit 1
+    fi
+fi
+req=requirements.txt
+[ "${1:-}" = "--test" ] && req=requirements-test.txt
+.venv/bin/python -m pip install -q -r "$req"
 .venv/bin/python -m pip install -q --no-deps -e .
 
 if [ "${1:-}" = "--test" ]; then

@@ -9,12 +9,13 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from trainer.dashboard.server import read_stats, serve_in_thread
+from trainer.dashboard.server import DashboardHandler, read_stats, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,12 +78,19 @@ def served(tmp_path):
     server.server_close()
 
 
-def request(server, path: str, method: str = "GET", raw: bool = False):
-    """(status, headers, body); `raw` sends the path byte for byte, unnormalised."""
+def request(server, path: str, method: str = "GET", raw: bool = False,
+            host_headers: list[str] | None = None):
+    """(status, headers, body); `raw` sends the path byte for byte, unnormalised, with
+    `host_headers` as the Host lines (default: the bound address and port)."""
     host, port = server.server_address[:2]
-    if raw:
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    if raw or host_headers is not None:
+        if host_headers is None:
+            host_headers = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        lines = "".join(f"Host: {h}\r\n" for h in host_headers)
         with socket.create_connection((host, port), timeout=5) as s:
-            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode("latin-1"))
+            s.sendall(f"{method} {path} HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode("latin-1"))
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
@@ -115,13 +123,17 @@ def test_serves_page_assets_and_stats(served):
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
 
-def test_health(served):
+def test_health_names_no_path(served):
     server, stats = served
     status, _, body = request(server, "/api/health")
     assert status == 200 and json.loads(body)["stats"] == "missing"
     write_json(stats, sample_stats())
-    health = json.loads(request(server, "/api/health")[2])
+    status, _, body = request(server, "/api/health")
+    health = json.loads(body)
     assert health["ok"] is True and health["stats"] == "ok"
+    # Nothing about the file system: not the stats path, nor any part of it.
+    assert set(health) == {"ok", "stats", "uptime_s"}
+    assert stats.parent.name.encode() not in body and b"/" not in body
 
 
 @pytest.mark.parametrize("path", [
@@ -184,6 +196,138 @@ def test_non_finite_numbers_become_null(tmp_path):
 def test_directory_in_place_of_stats(tmp_path):
     (tmp_path / "stats.json").mkdir()
     assert read_stats(tmp_path / "stats.json").status == "unreadable"
+
+
+def test_symlinked_stats_is_not_followed(served, tmp_path):
+    server, stats = served
+    # Another JSON file outside the data folder, that a symlink named stats.json points at.
+    outside = tmp_path / "elsewhere" / "secret.json"
+    outside.parent.mkdir()
+    write_json(outside, {"step": 1, "api_key": "SECRET-TOKEN"})
+    stats.symlink_to(outside)
+    status, headers, body = request(server, "/stats.json")
+    assert status == 503 and headers["Retry-After"] == "2"
+    answer = json.loads(body)
+    assert answer["status"] == "missing" and "symbolic link" in answer["detail"]
+    assert b"SECRET-TOKEN" not in body and str(tmp_path).encode() not in body
+    assert json.loads(request(server, "/api/health")[2])["stats"] == "missing"
+    # A dangling symlink is refused the same way, not reported as a plain missing file.
+    stats.unlink()
+    stats.symlink_to(tmp_path / "nowhere.json")
+    assert "symbolic link" in read_stats(stats).detail
+
+
+def test_symlinked_data_folder_is_still_served(tmp_path):
+    # Only stats.json itself must be a real file: a data folder reached through a symlink
+    # (./data -> /mnt/disk/run) is the user's own choice.
+    real = tmp_path / "real"
+    real.mkdir()
+    write_json(real / "stats.json", sample_stats(step=77))
+    (tmp_path / "data").symlink_to(real)
+    result = read_stats(tmp_path / "data" / "stats.json")
+    assert result.status == "ok" and json.loads(result.body)["step"] == 77
+
+
+def test_fifo_in_place_of_stats_does_not_hang(tmp_path):
+    fifo = tmp_path / "stats.json"
+    os.mkfifo(fifo)
+    # On a thread: a blocking open() would wait for a writer forever, hanging the test.
+    results = []
+    reader = threading.Thread(target=lambda: results.append(read_stats(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():
+        with open(fifo, "wb"):  # a writer appears: the stuck open() returns, the thread ends
+            pass
+        pytest.fail("read_stats blocked on a FIFO named stats.json")
+    assert results[0].status == "unreadable" and "regular file" in results[0].detail
+
+
+@pytest.mark.parametrize("hosts", [
+    ["evil.example"], ["evil.example:{port}"], ["127.0.0.1.evil.example:{port}"],
+    ["localhost.evil.example"], ["evil.example@127.0.0.1"], ["127.0.0.1:{port}/x"], [""],
+    ["10.0.0.1:{port}"], ["[::2]:{port}"], [], ["127.0.0.1:{port}", "evil.example"],
+])
+def test_foreign_host_header_is_refused_on_loopback(served, hosts):
+    # A DNS-rebinding page reaches 127.0.0.1 under its own name: the Host header gives it away.
+    server, stats = served
+    write_json(stats, sample_stats())
+    port = server.server_address[1]
+    for path in ("/stats.json", "/api/health", "/"):
+        status, _, body = request(server, path, host_headers=[h.format(port=port) for h in hosts])
+        assert status == 403, (hosts, path, status)
+        assert b"Host" in body and b"tictactoe" not in body and b"step" not in body
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}", "127.0.0.1", "localhost",
+    "[::1]:{port}", "localhost:9999",  # another port: an SSH tunnel (-L 9999:127.0.0.1:PORT)
+])
+def test_loopback_host_headers_are_accepted(served, host):
+    server, stats = served
+    write_json(stats, sample_stats())
+    port = server.server_address[1]
+    status, _, body = request(server, "/stats.json", host_headers=[host.format(port=port)])
+    assert status == 200 and json.loads(body)["step"] == 1200
+
+
+def test_ipv6_loopback_bind_accepts_its_address(tmp_path):
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    try:
+        server = serve_in_thread(stats, host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        port = server.server_address[1]
+        assert request(server, "/stats.json", host_headers=[f"[::1]:{port}"])[0] == 200
+        assert request(server, "/stats.json", host_headers=[f"evil.example:{port}"])[0] == 403
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_any_host_header_when_bound_to_all_interfaces(tmp_path):
+    # --host 0.0.0.0 (a container) is a deliberate exposure: the names it is reached by are
+    # unknown, so no Host is refused.
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    server = serve_in_thread(stats, host="0.0.0.0")
+    try:
+        port = server.server_address[1]
+        for host in ("evil.example", "dashboard.internal:8080", f"127.0.0.1:{port}"):
+            assert request(server, "/stats.json", host_headers=[host])[0] == 200, host
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_idle_connection_is_closed_after_the_timeout(served, monkeypatch):
+    server, _ = served
+    assert 0 < DashboardHandler.timeout <= 60  # idle keep-alive sockets must not live forever
+    monkeypatch.setattr(DashboardHandler, "timeout", 0.5)
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        t0 = time.monotonic()
+        assert s.recv(1) == b""  # the server hangs up on a client that sends nothing
+        assert time.monotonic() - t0 < 5
+
+
+def test_idle_connection_does_not_block_shutdown(tmp_path):
+    # Handler threads are daemons: a browser's open keep-alive socket must not keep
+    # server_close() (and so Ctrl-C of the dashboard) waiting for the 30 s timeout.
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    server = serve_in_thread(stats)
+    assert server.daemon_threads is True
+    idle = socket.create_connection(server.server_address[:2], timeout=5)
+    try:
+        time.sleep(0.2)  # let the server accept it and start a handler thread
+        t0 = time.monotonic()
+        server.shutdown()
+        server.server_close()
+        assert time.monotonic() - t0 < 3
+    finally:
+        idle.close()
 
 
 def test_cli_binds_loopback_by_default_and_stops_on_sigterm(tmp_path):

@@ -481,6 +481,20 @@ def _stop_run(proc: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[in
     return code, time.monotonic() - t0
 
 
+def _run_until(data: Path, log: Path, env: dict[str, str], ready, what: str, sig: int,
+               *args: str) -> tuple[float, int | str, float]:
+    """Start a run, wait for `ready()`, stop it with `sig`: (seconds to ready, exit code, seconds to stop)."""
+    t0 = time.monotonic()
+    proc = _start_run(data, log, env, *args)
+    try:
+        _wait_for(ready, 180, proc, log, what)
+        ready_s = time.monotonic() - t0
+        code, stop_s = _stop_run(proc, sig)
+    finally:
+        _kill_run(proc)
+    return ready_s, code, stop_s
+
+
 def _kill_run(proc: subprocess.Popen) -> None:
     """A run the test gave up on. The children are in their own process groups, out of reach
     of a SIGKILL to the launcher's: a second signal makes the launcher SIGKILL them."""
@@ -522,14 +536,7 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
     env = _run_env(TRAINER_CHECKPOINT_INTERVAL="20", TRAINER_MIN_ROWS="64", TRAINER_WAIT_INTERVAL="0.5")
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
-    t0 = time.monotonic()
-    proc = _start_run(data, first_log, env)
-    try:
-        _wait_for(latest.exists, 120, proc, first_log, "published model")
-        published_s = time.monotonic() - t0
-        code, stop_s = _stop_run(proc, signal.SIGINT)
-    finally:
-        _kill_run(proc)
+    published_s, code, stop_s = _run_until(data, first_log, env, latest.exists, "published model", signal.SIGINT)
     print(f"first run: model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
     assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(first_log)}"
     log = first_log.read_text()
@@ -543,15 +550,8 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
     assert len(games) > 10
     assert_whole_games(games, "tictactoe")
 
-    t0 = time.monotonic()
-    proc = _start_run(data, second_log, env)
-    try:
-        _wait_for(lambda: _stats(data).get("step", 0) > first_step, 120, proc, second_log,
-                  f"training beyond step {first_step}")
-        resumed_s = time.monotonic() - t0
-        code, stop_s = _stop_run(proc, signal.SIGINT)
-    finally:
-        _kill_run(proc)
+    resumed_s, code, stop_s = _run_until(data, second_log, env, lambda: _stats(data).get("step", 0) > first_step,
+                                         f"training beyond step {first_step}", signal.SIGINT)
     print(f"second run: beyond step {first_step} after {resumed_s:.1f} s, stopped in {stop_s:.1f} s")
     assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(second_log)}"
     resumed = [ln for ln in second_log.read_text().splitlines() if "resumed from" in ln]
@@ -567,14 +567,8 @@ def test_connect4_through_the_launcher_publishes_a_model(tmp_path):
     data, latest, log = tmp_path / "data", tmp_path / "data" / "models" / "latest.onnx", tmp_path / "run.log"
     # Fewer simulations and an earlier first model keep this a smoke test of the wiring.
     env = _run_env(ACTOR_SIMS="8", TRAINER_CHECKPOINT_INTERVAL="10", TRAINER_MIN_ROWS="128")
-    t0 = time.monotonic()
-    proc = _start_run(data, log, env, "--env-id", "connect4")
-    try:
-        _wait_for(latest.exists, 180, proc, log, "published Connect Four model")
-        published_s = time.monotonic() - t0
-        code, stop_s = _stop_run(proc, signal.SIGTERM)
-    finally:
-        _kill_run(proc)
+    published_s, code, stop_s = _run_until(data, log, env, latest.exists, "published Connect Four model",
+                                           signal.SIGTERM, "--env-id", "connect4")
     print(f"connect4: first model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
     assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(log)}"
     policy = OnnxPolicy(latest, expected_env_id="connect4")

@@ -23,6 +23,7 @@ from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
 from trainer.model.networks import resolve_net_kind
 from trainer.objectives.policy_value import PolicyValueObjective
+from trainer.replay.reader import sqlite_ro_uri
 from trainer.replay.schema import SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
@@ -62,7 +63,7 @@ def resolve_spec(cfg: DaemonConfig) -> GameSpec:
     while True:
         if cfg.db.exists():
             try:
-                conn = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True, timeout=5.0)
+                conn = sqlite3.connect(sqlite_ro_uri(cfg.db), uri=True, timeout=5.0)
                 try:
                     return read_game_spec(conn, cfg.env_id)
                 finally:

@@ -8,11 +8,21 @@ nothing else of the data folder:
     /dashboard.js     its script
     /dashboard.css    its style sheet
     /stats.json       the stats file (default <data>/stats.json)
-    /api/health       {"ok": true, "stats": "ok"|"missing"|"unreadable"|"too_large", ...}
+    /api/health       {"ok": true, "stats": "ok"|"missing"|"unreadable"|"too_large",
+                       "uptime_s": ...}: for container health checks; names no path
 
 Routing is a lookup of the exact decoded path in a table, never a join onto a folder, so
 `..`, `%2e%2e`, absolute paths and symlinks in the data folder cannot reach another file:
-anything not in the table is a 404.
+anything not in the table is a 404. The stats file itself is opened with O_NOFOLLOW: a
+stats.json that is a symlink (to another run's stats, or to any JSON file the server's user
+can read) is answered as missing, with the reason, instead of being followed.
+
+Bound to a loopback address (the default), the server answers only requests whose Host
+header names a loopback host (localhost, 127.0.0.1, [::1] or the bound address, any port, so
+an SSH tunnel on another local port still works); anything else gets a 403. That stops a web
+page whose DNS name was rebound to 127.0.0.1 from reading the stats through the user's
+browser. Bound to any other address (`--host 0.0.0.0` in a container, a LAN address) every
+Host is accepted: the user has chosen to expose the dashboard, under names we cannot know.
 
 A missing or unreadable stats.json (a writer that does not rename atomically, a disk
 full, a hand edit) is answered with **503** and a small JSON body naming the problem
@@ -28,12 +38,17 @@ float costs one "—" on the page instead of the whole page.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
 import math
+import os
+import re
 import signal
 import socket
 import socketserver
+import stat
 import sys
 import threading
 import time
@@ -80,7 +95,7 @@ class DashboardConfig(BaseModel):
 
     data: Path = Field(Path("./data"), description="Data folder of the run (stats.json is read from it).")
     stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only).")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header, where a loopback address accepts only loopback names.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level (requests are logged at DEBUG).")
 
@@ -108,16 +123,37 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def _os_reason(exc: OSError) -> str:
+    # Never str(exc): it carries the absolute path, and the detail goes out to the browser.
+    return exc.strerror or type(exc).__name__
+
+
+# O_NOFOLLOW: a symlinked stats.json would let the server hand out any JSON file it can read.
+# O_NONBLOCK: a FIFO in its place would otherwise block the handler thread in open() forever.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def read_stats(path: Path) -> StatsRead:
+    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():  # platforms without the flag
+        return StatsRead("missing", f"{path.name} is a symbolic link; not followed")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATS_BYTES + 1)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        return StatsRead("missing", f"{path.name} does not exist yet")
-    except IsADirectoryError:
-        return StatsRead("unreadable", f"{path.name} is a directory")
+        return StatsRead("missing", f"{path.name} does not exist yet; the trainer writes it once it starts")
     except OSError as exc:
-        return StatsRead("unreadable", f"cannot read {path.name}: {exc.strerror or exc}")
+        # ELOOP (Linux) / EMLINK (BSD) is how O_NOFOLLOW refuses a symlink as the last part.
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
+            return StatsRead("missing", f"{path.name} is a symbolic link; not followed")
+        return StatsRead("unreadable", f"cannot read {path.name}: {_os_reason(exc)}")
+    try:
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+                return StatsRead("unreadable", f"{path.name} is {kind}")
+            raw = f.read(MAX_STATS_BYTES + 1)
+    except OSError as exc:
+        return StatsRead("unreadable", f"cannot read {path.name}: {_os_reason(exc)}")
     if len(raw) > MAX_STATS_BYTES:
         return StatsRead("too_large", f"{path.name} is over {MAX_STATS_BYTES} bytes")
     try:
@@ -132,11 +168,34 @@ def read_stats(path: Path) -> StatsRead:
     return StatsRead("ok", body=body)
 
 
+# A Host header: a name or an IPv4 address, or an IPv6 address in brackets; optional port.
+_HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::\d{1,5})?")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_header_name(value: str) -> str | None:
+    """The host in a Host header ("[::1]:8080" -> "::1"), or None when it is malformed."""
+    m = _HOST_RE.fullmatch(value.strip().lower())
+    return (m.group("v6") or m.group("name")) if m else None
+
+
 class DashboardHandler(BaseHTTPRequestHandler):
     server_version = "trainer-dashboard"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # Keep-alive connections left idle (a closed laptop lid, a stuck client) would otherwise
+    # hold a thread each forever; a polling page sends a request every few seconds.
+    timeout = 30
     server: "DashboardServer"
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        reason = self.server.host_problem(self.headers.get_all("Host") or [])
+        if reason:
+            self.send_error(HTTPStatus.FORBIDDEN, reason)
+            return False
+        return True
 
     # --- routing ---------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -190,7 +249,6 @@ class DashboardHandler(BaseHTTPRequestHandler):
         body = json.dumps({
             "ok": True,
             "stats": result.status,
-            "stats_path": str(self.server.stats_path),
             "uptime_s": round(time.monotonic() - self.server.started, 1),
         }).encode()
         self._send(HTTPStatus.OK, body, "application/json", send_body=send_body)
@@ -234,6 +292,21 @@ class DashboardServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, DashboardHandler)
+        bound = str(self.server_address[0])
+        # None: any Host is accepted (see the module docstring).
+        self.allowed_hosts: frozenset[str] | None = (
+            LOOPBACK_NAMES | {bound, address[0].lower()} if _is_loopback(bound) else None)
+
+    def host_problem(self, hosts: list[str]) -> str:
+        """Why a request with these Host headers is refused; "" when it is not."""
+        if self.allowed_hosts is None:
+            return ""
+        if len(hosts) != 1:
+            return "Host header missing" if not hosts else "more than one Host header"
+        if host_header_name(hosts[0]) not in self.allowed_hosts:
+            return (f"Host header is not a loopback name; open the dashboard as "
+                    f"http://127.0.0.1:{self.server_address[1]}/")
+        return ""
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup of the host, which can hang for
@@ -248,6 +321,13 @@ class DashboardServer(ThreadingHTTPServer):
         if ":" in str(shown):
             shown = f"[{shown}]"
         return f"http://{shown}:{port}/"
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:

@@ -17,6 +17,7 @@ import numpy as np
 
 from trainer.games import Game, GameState
 from trainer.replay.codec import encode_action, encode_f32
+from trainer.replay.reader import is_transient
 from trainer.replay.schema import (
     INSERT_TRANSITION,
     MODEL_STEP_COLUMN,
@@ -129,7 +130,7 @@ class ReplayWriter:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not is_transient(exc):
                     raise
                 delay = min(1.0, 0.01 * 2**attempt) * (0.5 + random.random())
                 log.debug("replay DB busy (%s); retrying in %.2fs", exc, delay)

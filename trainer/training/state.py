@@ -110,10 +110,15 @@ def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
     return path
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    steps = sorted(
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `ckpt_step_N.pt` in the folder, oldest step first."""
+    return sorted(
         (int(m.group(1)), p) for p in folder.glob("ckpt_step_*.pt") if (m := _STEP_RE.match(p.name))
     )
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    steps = step_checkpoints(folder)
     for _, p in steps[:-keep] if keep > 0 else []:
         p.unlink(missing_ok=True)
 
@@ -136,11 +141,8 @@ def find_latest_checkpoint(folder: Path) -> Path | None:
     latest = folder / LATEST_NAME
     if latest.exists():
         return latest
-    steps = sorted(
-        ((int(m.group(1)), p) for p in folder.glob("ckpt_step_*.pt") if (m := _STEP_RE.match(p.name))),
-        reverse=True,
-    )
-    return steps[0][1] if steps else None
+    steps = step_checkpoints(folder)
+    return steps[-1][1] if steps else None
 
 
 def check_compatible(state: TrainState, env_id: str, spec: dict, network: dict, path: Path) -> None:

@@ -147,20 +147,33 @@ function thin(points, maxPoints = 800) {
   return out;
 }
 
+// [min, max] of coordinate i. A loop, not Math.min(...values): a spread passes every value
+// as an argument, and past ~125k of them V8 throws RangeError, losing the whole render.
+function extent(points, i) {
+  let lo = Infinity, hi = -Infinity;
+  for (const p of points) {
+    if (p[i] < lo) lo = p[i];
+    if (p[i] > hi) hi = p[i];
+  }
+  return [lo, hi];
+}
+
 // series: [{name, color, points: [[x, y], ...]}]; opts: {yMin, yMax, fmt}
 function drawChart(container, series, opts = {}) {
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
-  const all = series.flatMap((s) => s.points);
+  const all = [];
+  for (const s of series) for (const p of s.points) all.push(p);
   if (all.length === 0) {
     svg.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, opts.empty || "no data yet"));
     container.replaceChildren(svg);
     container.dataset.points = "0";
     return;
   }
-  let xMin = Math.min(...all.map((p) => p[0])), xMax = Math.max(...all.map((p) => p[0]));
+  let [xMin, xMax] = extent(all, 0);
   if (xMax === xMin) { xMin -= 1; xMax += 1; }
-  let yMin = opts.yMin !== undefined ? opts.yMin : Math.min(...all.map((p) => p[1]));
-  let yMax = opts.yMax !== undefined ? opts.yMax : Math.max(...all.map((p) => p[1]));
+  const [dataYMin, dataYMax] = extent(all, 1);
+  let yMin = opts.yMin !== undefined ? opts.yMin : dataYMin;
+  let yMax = opts.yMax !== undefined ? opts.yMax : dataYMax;
   if (opts.yMin === undefined && yMin > 0 && yMin < yMax * 0.5) yMin = 0;
   if (yMax === yMin) { yMax = yMin + (Math.abs(yMin) || 1) * 0.1; yMin -= (Math.abs(yMin) || 1) * 0.1; }
   if (opts.yMax === undefined) yMax += (yMax - yMin) * 0.05;
@@ -259,12 +272,15 @@ function renderCharts(s) {
 
 function fillTable(id, rows) {
   const body = $(id).tBodies[0];
-  body.replaceChildren(...rows.map(([k, v]) => {
+  // Appended one by one: replaceChildren(...rows) would hit the same argument limit as
+  // Math.min(...) for a metrics object with very many keys.
+  body.replaceChildren();
+  for (const [k, v] of rows) {
     const tr = el("tr");
     tr.appendChild(el("td", {}, k));
     tr.appendChild(el("td", { "data-key": k }, v));
-    return tr;
-  }));
+    body.appendChild(tr);
+  }
 }
 
 function renderTables(s) {
@@ -360,13 +376,16 @@ async function poll() {
     }
     return;
   }
-  let status = "";
-  try { status = (await res.json()).status || ""; } catch (err) { /* body is optional */ }
+  let problem = null;
+  try { problem = await res.json(); } catch (err) { /* body is optional */ }
+  const status = problem && typeof problem.status === "string" ? problem.status : "";
+  // The server's reason (a symlink it will not follow, a JSON error) tells the user what to fix.
+  const why = problem && typeof problem.detail === "string" && problem.detail ? " (" + problem.detail + ")" : "";
   if (status === "missing") {
-    banner(lastGood ? "stats.json disappeared — showing the last numbers seen; waiting for stats.json…"
-                    : "waiting for stats.json… (the trainer writes it once it starts)", "waiting");
+    banner((lastGood ? "stats.json disappeared — showing the last numbers seen; waiting for stats.json…"
+                     : "waiting for stats.json…") + why, "waiting");
   } else {
-    banner("stats unreadable, retrying…" + (lastGood ? " (showing the last numbers seen)" : ""), "unreadable");
+    banner("stats unreadable, retrying…" + (lastGood ? " (showing the last numbers seen)" : "") + why, "unreadable");
   }
   // Keep the "ago" clock of the last good copy moving while the file is unreadable.
   if (lastGood) render(lastGood[0], lastGood[1] + (Date.now() - lastGood[2]) / 1000);
