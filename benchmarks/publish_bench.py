@@ -11,6 +11,7 @@ times show the first (cold) export in the process and the median of the rest.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,21 @@ def bench_publish(repeats: int) -> None:
               f"{ms(med['move_seconds'])} {ms(med['seconds'])} {size:8.0f}")
 
 
+def bench_training_thread_cost(repeats: int) -> None:
+    """The part of a publish the training thread waits for: the hook's CPU snapshot of the
+    weights (the export, check and renames run on the publish worker thread)."""
+    print(f"\ntraining-thread stall per publish (PublishHook snapshot, median of {repeats}, ms)")
+    for env_id, kind, label in NETS:
+        spec = get_game(env_id).spec
+        net = build_network(spec, kind).train()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            copy.deepcopy(net).to("cpu").eval()
+            times.append(time.perf_counter() - t)
+        print(f"{label:24} {ms(statistics.median(times))}")
+
+
 def bench_exporters(repeats: int) -> None:
     print(f"\nexport_onnx by exporter (ms; cold = first export in the process, warm = median of {repeats})")
     print(f"{'net':24} {'exporter':12} {'cold':>8} {'warm':>8}  dynamic batch (verify at 1, 37)")
@@ -82,6 +98,7 @@ def main() -> None:
     bench_exporters(args.repeats)
     print()
     bench_publish(args.repeats)
+    bench_training_thread_cost(args.repeats)
 
 
 if __name__ == "__main__":

@@ -308,3 +308,31 @@ def test_bootstrap_negates_the_opponents_value(algo, tmp_path):
     want = batch.reward + 0.9 * (1 - batch.done) * -v_next
     assert torch.allclose(y, want, atol=1e-6)
     assert torch.equal(y[batch.done == 1], batch.reward[batch.done == 1])
+
+
+def test_player_count_sets_the_sign_of_outcomes_and_bootstrap(tmp_path, capsys):
+    """Single-agent logs (--player-count 1) keep the sign; two-player data flips it every ply."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for g in range(12):
+        steps = [{"observation": rng.random(5).round(3).tolist(), "action": int(rng.integers(3)),
+                  "reward": 0.0, "done": False} for _ in range(4)]
+        steps[-1].update(reward=1.0, done=True)
+        lines.append(json.dumps({"episode_id": g, "steps": steps}))
+    data = _jsonl(tmp_path, "\n".join(lines) + "\n")
+
+    single = load_dataset(data, transitions=True, player_count=1)
+    assert single.spec.player_count == 1 and torch.all(single.value == 1.0)
+    duo = load_dataset(data, transitions=True)
+    assert duo.spec.player_count == 2 and duo.value[:4].tolist() == [-1.0, 1.0, -1.0, 1.0]
+
+    argv = ["--data", str(data), "--model-dir", str(tmp_path / "iql" / "models"), *FAST]
+    for extra, sign in (([], -1.0), (["--player-count", "1"], 1.0)):
+        loop = build_offline("iql", load_config(IQLConfig, [*argv, *extra]), iql.make_objective)
+        assert loop.objective.sign == sign
+        loop.source.close()
+
+    # A known game's player count is not the user's to change.
+    ttt = write_jsonl(tmp_path / "ttt.jsonl", GAMES)
+    assert run(iql, tmp_path, ttt, "--player-count", "1", "--steps", "2") == 2
+    assert "tictactoe has 2 players, not --player-count 1" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
             raise OfflineDataError(f"{cfg.data}: --val-data is not supported while streaming; use --val-fraction")
         log.info("streaming %s: checking every chunk before training", cfg.data)
         chunks = HDF5Chunks(cfg.data, cfg.chunk_rows, transitions=transitions, env_id=cfg.env_id,
-                            num_actions=cfg.num_actions)
+                            num_actions=cfg.num_actions, player_count=cfg.player_count)
         spec = chunks.spec
         train_ids, val_ids = split_chunks(chunks.num_chunks, cfg.val_fraction, cfg.seed)
         source = ChunkStreamSource(chunks, train_ids, cfg.batch_size, cfg.seed, epochs, device, transitions)
@@ -155,7 +155,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
                  chunks.num_chunks, len(val_ids))
     else:
         data = load_dataset(cfg.data, transitions=transitions, env_id=cfg.env_id, num_actions=cfg.num_actions,
-                            action_offsets=offsets).to(device)
+                            action_offsets=offsets, player_count=cfg.player_count).to(device)
         spec = data.spec
         if val_data is not None:
             val = load_dataset(val_data, transitions=transitions, action_offsets=offsets, spec=spec).to(device)

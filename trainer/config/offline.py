@@ -33,6 +33,7 @@ class OfflineConfig(NetworkSettings):
     stats: Path | None = Field(None, description="stats.json to write; default <model-dir>/../stats.json.")
     env_id: str | None = Field(None, description="Game of the data; default: the HDF5 `env_id` attribute / JSONL `env_id` field, else a known game whose shapes match, else a game described by the data alone.")
     num_actions: int | None = Field(None, gt=0, description="Size of the action space when the data does not say it (no legal masks, no known game); default max(action)+1.")
+    player_count: int | None = Field(None, ge=1, le=2, description="Players taking turns in the data: 2 = two-player zero-sum, alternating (outcomes and the IQL/CQL bootstrap flip sign every ply), 1 = a single agent. Default: the known game's, else the HDF5 `player_count` attribute, else 2.")
 
     # --- optimisation --------------------------------------------------------------------
     batch_size: int = Field(256, gt=1, description="Samples per update.")

@@ -190,6 +190,7 @@ def load_dataset(
     num_actions: int | None = None,
     action_offsets: dict[str, int] | None = None,
     spec: GameSpec | None = None,
+    player_count: int | None = None,
 ) -> OfflineDataset:
     """Read, validate and tensorise a whole file. `spec` forces the game (validation data
     must match the training data)."""
@@ -200,7 +201,7 @@ def load_dataset(
     else:
         raw = read_jsonl(path, action_offsets)
     return build_dataset(raw, str(path), transitions=transitions, env_id=env_id,
-                         num_actions=num_actions, spec=spec)
+                         num_actions=num_actions, spec=spec, player_count=player_count)
 
 
 # HDF5 ---------------------------------------------------------------------------------------
@@ -518,11 +519,14 @@ def build_dataset(
     row_offset: int = 0,
     keep_rows: int | None = None,
     max_action: int | None = None,
+    player_count: int | None = None,
 ) -> OfflineDataset:
     """Validate `raw` and turn it into tensors. `row_offset` makes row numbers in messages
     absolute (streamed chunks); `keep_rows` drops a trailing look-ahead row of a chunk
     after it has served as the next state of the row before it; `max_action` is the
-    file-wide max(action) when `raw` is one chunk, for inferring the action count."""
+    file-wide max(action) when `raw` is one chunk, for inferring the action count;
+    `player_count` overrides the data's `player_count` attribute (it decides the sign of
+    outcomes and of the IQL/CQL bootstrap)."""
     n = len(raw.obs)
     jsonl = raw.row_names is not None
 
@@ -554,7 +558,10 @@ def build_dataset(
             by_shape = [g for g in KNOWN_ENV_IDS if get_game(g).spec.obs_size == obs.shape[1]]
             if env_id is not None or len(by_shape) != 1:
                 a_count = (int(actions.max()) if max_action is None else max_action) + 1
-        spec, mask_in_obs = resolve_spec(obs.shape[1], a_count, env_id, raw.attrs, where)
+        attrs = raw.attrs if player_count is None else {**raw.attrs, "player_count": player_count}
+        spec, mask_in_obs = resolve_spec(obs.shape[1], a_count, env_id, attrs, where)
+        if player_count is not None and spec.player_count != player_count:
+            raise OfflineDataError(f"{where}: {spec.env_id} has {spec.player_count} players, not --player-count {player_count}")
     else:
         if obs.shape[1] != spec.obs_size:
             raise OfflineDataError(f"{where}: observations have {obs.shape[1]} numbers, the training data has {spec.obs_size}")
@@ -703,7 +710,7 @@ class HDF5Chunks:
     """
 
     def __init__(self, path: Path, chunk_rows: int, *, transitions: bool, env_id: str | None = None,
-                 num_actions: int | None = None):
+                 num_actions: int | None = None, player_count: int | None = None):
         self.path, self.chunk_rows, self.transitions = Path(path), chunk_rows, transitions
         check_file(self.path)
         self.file = open_hdf5(self.path)
@@ -712,7 +719,7 @@ class HDF5Chunks:
             self.rows = int(self.file[self.keys["obs"]].shape[0])
             if self.rows == 0:
                 raise OfflineDataError(f"{self.path}: no samples")
-            self.spec = self._check_every_chunk(env_id, num_actions)
+            self.spec = self._check_every_chunk(env_id, num_actions, player_count)
         except BaseException:
             self.file.close()
             raise
@@ -731,12 +738,13 @@ class HDF5Chunks:
         return build_dataset(raw, str(self.path), transitions=self.transitions, row_offset=start,
                              keep_rows=stop - start, **how)
 
-    def _check_every_chunk(self, env_id: str | None, num_actions: int | None) -> GameSpec:
+    def _check_every_chunk(self, env_id: str | None, num_actions: int | None, player_count: int | None) -> GameSpec:
         """One pass over the file, a chunk in memory at a time, before training: training
         only meets a chunk when its turn comes, possibly after models were published. The
         spec comes from the first chunk, with any action count inferred from max(action)
         over the whole file, or later chunks could hold actions beyond it."""
-        spec = self._build(0, env_id=env_id, num_actions=num_actions, max_action=self._max_action()).spec
+        spec = self._build(0, env_id=env_id, num_actions=num_actions, max_action=self._max_action(),
+                           player_count=player_count).spec
         for i in range(1, self.num_chunks):
             self._build(i, spec=spec)
         return spec
