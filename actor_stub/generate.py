@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.atomic_files import atomic_path
 from trainer.config.loader import load_config
-from trainer.games import Game, GameState, get_game
+from trainer.games import KNOWN_ENV_IDS, Game, GameState, get_game
 from trainer.replay.writer import outcome_for_ply
 from trainer.search.players import make_player
 
@@ -38,7 +38,7 @@ from trainer.search.players import make_player
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    env_id: str = Field("tictactoe", min_length=1, description="Game (tictactoe, connect4).")
+    env_id: str = Field("tictactoe", min_length=1, description="Game (one of the games in trainer/games: " + ", ".join(KNOWN_ENV_IDS) + ").")
     games: int = Field(1000, ge=1, description="Games to generate.")
     teacher: str = Field("random", description="random, perfect (tictactoe only) or mcts:SIMS.")
     epsilon: float = Field(0.0, ge=0, le=1, description="Probability of a uniformly random legal move instead of the teacher's.")
