@@ -4,6 +4,10 @@ import math
 
 import pytest
 
+from replay_data import write_random_games
+from trainer.commands.train import build_daemon
+from trainer.config import DaemonConfig
+from trainer.hooks.base import Hook
 from trainer.training.lr_schedule import LRSchedule
 
 
@@ -29,18 +33,50 @@ def test_cosine_decays_to_floor_and_stays():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_resumed_run_uses_the_same_lr_as_an_uninterrupted_one():
-    # Regression: schedules counted from process start re-run warmup after a restart,
-    # and schedules sized from "remaining steps" freeze the cosine. Here a restart is a
-    # brand-new schedule object built from the same config.
-    uninterrupted = make()
-    lrs = [uninterrupted(step) for step in range(1000)]
-    for restart_at in (1, 99, 100, 333, 999):
-        restarted = make()
-        resumed = [restarted(step) for step in range(restart_at, 1000)]
-        assert resumed == lrs[restart_at:]
-    # After a restart past warmup the LR is not back in warmup.
-    assert make()(333) > make()(0) * 10
+class _LRRecorder(Hook):
+    """Records the LR the loop applied at each step; can stop the run at a given step."""
+
+    name = "lr_recorder"
+
+    def __init__(self, stop_at: int = 0):
+        self.applied: dict[int, float] = {}
+        self.stop_at = stop_at
+
+    def after_step(self, loop, metrics):
+        self.applied[loop.state.step] = loop.last_lr
+        if loop.state.step == self.stop_at:
+            loop.request_stop("test")
+
+
+def _run(folder, recorder, fresh):
+    cfg = DaemonConfig(db=folder.parent / "replay.db", model_dir=folder / "models", stats=folder / "stats.json",
+                       steps=400, lr_warmup_steps=100, lr_min_ratio=0.1, checkpoint_interval=1000, min_rows=50,
+                       max_reuse=0, eval_interval=0, fresh=fresh, hidden=16, layers=1, batch_size=16)
+    loop = build_daemon(cfg)
+    loop.hooks.append(recorder)
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+
+
+def test_a_resumed_daemon_applies_the_lr_of_an_uninterrupted_run(tmp_path):
+    """Regression for the field's two restart bugs, through the daemon's real resume path: warmup
+    firing again after a restart (a schedule counted from process start) and the cosine frozen
+    or stretched after one (a schedule sized from the steps remaining)."""
+    write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=0)
+    straight = _LRRecorder()
+    _run(tmp_path / "straight", straight, fresh=True)
+    first, resumed = _LRRecorder(stop_at=150), _LRRecorder()
+    _run(tmp_path / "restarted", first, fresh=True)
+    _run(tmp_path / "restarted", resumed, fresh=False)  # same command again: resumes at 150
+    assert max(first.applied) == 150 and min(resumed.applied) == 151 and max(resumed.applied) == 400
+    applied = {**first.applied, **resumed.applied}
+    assert applied == pytest.approx(straight.applied, rel=1e-12)
+    schedule = LRSchedule(peak=DaemonConfig().lr, warmup_steps=100, decay_steps=400, min_ratio=0.1)
+    assert resumed.applied[151] == pytest.approx(schedule(150))  # the LR for the update 150 -> 151
+    assert resumed.applied[151] > schedule(99) * 0.8  # past warmup: not back at its start
+    assert resumed.applied[400] == pytest.approx(schedule(399)) and schedule(399) > schedule(400)  # cosine reaches its end
 
 
 def test_disabled_schedule_is_constant():
