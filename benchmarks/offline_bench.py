@@ -10,19 +10,21 @@ commands hold them (OfflineDataset + ShuffledSource), with the daemon's default 
 does per step minus the hooks. imitation and bc share one objective (they differ in
 defaults: Adam vs AdamW, label smoothing), so both are timed with their own settings.
 
-The issue's end-to-end measurements use the CLI (see the report for the numbers):
+The issue's end-to-end measurements use the CLI (numbers in the README's table):
 
-    # imitation on 100,000 moves of a deterministic teacher (tic-tac-toe)
+    # imitation on 100,000 moves of a deterministic teacher (tic-tac-toe): 97.1% validation
+    # accuracy after epoch 1, 100% after epoch 3, 20 epochs in 36 s
     python benchmarks/offline_bench.py --write-teacher-data data/teacher100k.h5 --teacher-moves 100000
-    time python -m trainer imitation --data data/teacher100k.h5 --model-dir data/imit/models --epochs 20
+    python -m trainer imitation --data data/teacher100k.h5 --model-dir data/imit/models --epochs 20
 
-    # BC vs IQL vs CQL on mixed-quality Connect Four data
-    python -m actor_stub.generate --env-id connect4 --games 3000 --teacher mcts:50 --epsilon 0.3 --output data/c4mix.jsonl
-    python -m trainer bc  --data data/c4mix.jsonl --model-dir data/c4bc/models  --epochs 10
-    python -m trainer iql --data data/c4mix.jsonl --model-dir data/c4iql/models --steps 3000 --init-from data/c4bc/checkpoints/best.pt
-    python -m trainer cql --data data/c4mix.jsonl --model-dir data/c4cql/models --steps 3000 --init-from data/c4bc/checkpoints/best.pt
-    python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent random --games 100
-    python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent mcts:50 --games 100
+    # BC vs IQL vs CQL on mixed-quality Connect Four data (two generator processes of 1500
+    # games each, seeds 1 and 2, concatenated: 3000 games, 51k moves, ~3 min)
+    python -m actor_stub.generate --env-id connect4 --games 1500 --teacher mcts:50 --epsilon 0.3 --seed 1 --output data/c4mix_1.jsonl
+    python -m trainer split --data data/c4mix.jsonl --val-fraction 0.1 --seed 0 --out-train data/tr.jsonl --out-val data/va.jsonl
+    python -m trainer bc  --data data/tr.jsonl --val-data data/va.jsonl --net mlp --epochs 10 --model-dir data/c4bc/models
+    python -m trainer iql --data data/tr.jsonl --net mlp --steps 3000 --init-from data/c4bc/checkpoints/best.pt --model-dir data/c4iql/models
+    python -m trainer cql --data data/tr.jsonl --net mlp --steps 3000 --init-from data/c4bc/checkpoints/best.pt --model-dir data/c4cql/models
+    python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent mcts:50 --games 100 --seed 1
 """
 
 from __future__ import annotations
