@@ -37,16 +37,18 @@ def read_stats(data: Path) -> dict | None:
         return None
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, data: Path | None = None):
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, data: Path | None = None,
+             log_name: str = "daemon.log"):
+    """predicate()'s first truthy value; fails early if `proc` exits, showing data/log_name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}\n{tail_log(data)}")
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}\n{tail_log(data, log_name)}")
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail_log(data)}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail_log(data, log_name)}")
 
 
 def wait_for_step(data: Path, step: int, timeout: float, proc=None) -> dict:

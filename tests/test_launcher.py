@@ -4,7 +4,6 @@ then with the real actor, daemon and launcher: stopping, resuming, Connect Four.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
+from daemon_harness import read_stats, tail_log, wait_for
 from trainer.launcher import (
     ChildSpec, Console, LauncherConfig, Supervisor, build_children, dashboard_url, main,
 )
@@ -460,17 +460,6 @@ def _start_run(data: Path, log: Path, env: dict[str, str], *args: str) -> subpro
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        assert proc.poll() is None, f"the run exited ({proc.returncode}) before {what}:\n{_tail(log)}"
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} after {timeout:.0f} s:\n{_tail(log)}")
-
-
 def _stop_run(proc: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[int | str, float]:
     t0 = time.monotonic()
     os.killpg(proc.pid, sig)
@@ -487,7 +476,7 @@ def _run_until(data: Path, log: Path, env: dict[str, str], ready, what: str, sig
     t0 = time.monotonic()
     proc = _start_run(data, log, env, *args)
     try:
-        _wait_for(ready, 180, proc, log, what)
+        wait_for(ready, 180, what, proc, log.parent, log.name)
         ready_s = time.monotonic() - t0
         code, stop_s = _stop_run(proc, sig)
     finally:
@@ -509,20 +498,6 @@ def _kill_run(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _tail(log: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _stats(data: Path) -> dict:
-    try:
-        return json.loads((data / "stats.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 # Stopping in these runs is measured, not only allowed: actors finishing their games, then
 # the daemon's final step, checkpoint and model take about 2 s on an idle 2-core machine.
 STOP_S = 10.0
@@ -538,10 +513,10 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
 
     published_s, code, stop_s = _run_until(data, first_log, env, latest.exists, "published model", signal.SIGINT)
     print(f"first run: model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(first_log)}"
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(first_log.parent, first_log.name)}"
     log = first_log.read_text()
-    assert "did not exit; SIGKILL" not in log and "while stopping" not in log, _tail(first_log)
-    stats = _stats(data)
+    assert "did not exit; SIGKILL" not in log and "while stopping" not in log, tail_log(first_log.parent, first_log.name)
+    stats = read_stats(data)
     assert stats["state"] == "stopped", stats.get("state_reason")
     first_step = stats["step"]
     assert first_step >= 20
@@ -550,13 +525,13 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
     assert len(games) > 10
     assert_whole_games(games, "tictactoe")
 
-    resumed_s, code, stop_s = _run_until(data, second_log, env, lambda: _stats(data).get("step", 0) > first_step,
+    resumed_s, code, stop_s = _run_until(data, second_log, env, lambda: (read_stats(data) or {}).get("step", 0) > first_step,
                                          f"training beyond step {first_step}", signal.SIGINT)
     print(f"second run: beyond step {first_step} after {resumed_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(second_log)}"
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(second_log.parent, second_log.name)}"
     resumed = [ln for ln in second_log.read_text().splitlines() if "resumed from" in ln]
     assert len(resumed) == 1 and f"at step {first_step} (" in resumed[0], resumed
-    final = _stats(data)
+    final = read_stats(data)
     assert final["state"] == "stopped" and final["step"] > first_step
     assert_whole_games(read_games(data / "replay.db", "tictactoe"), "tictactoe")
 
@@ -570,10 +545,10 @@ def test_connect4_through_the_launcher_publishes_a_model(tmp_path):
     published_s, code, stop_s = _run_until(data, log, env, latest.exists, "published Connect Four model",
                                            signal.SIGTERM, "--env-id", "connect4")
     print(f"connect4: first model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{_tail(log)}"
+    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(log.parent, log.name)}"
     policy = OnnxPolicy(latest, expected_env_id="connect4")
     assert policy.step >= 10
-    stats = _stats(data)
+    stats = read_stats(data)
     assert stats["env_id"] == "connect4" and stats["state"] == "stopped"
     assert stats["total_steps"] == 0  # the launcher's choice for games beyond tic-tac-toe: until stopped
     text = log.read_text()

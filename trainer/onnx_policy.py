@@ -72,11 +72,12 @@ class OnnxPolicy:
             raise ModelContractError(
                 f"{self.path.name}: model is for env_id {self.env_id!r}, expected {expected_env_id!r}"
             )
-        self.obs_size, self.num_actions = self._check_io(spec)
-        self._trial_run()
+        self.obs_size, self.num_actions, obs_size_from = self._check_io(spec)
+        self._trial_run(obs_size_from)
 
     # --- contract checks -----------------------------------------------------------------
-    def _check_io(self, spec: GameSpec | None) -> tuple[int, int]:
+    def _check_io(self, spec: GameSpec | None) -> tuple[int, int, str | None]:
+        """(obs_size, num_actions, where obs_size came from when the graph leaves it open)."""
         name = self.path.name
         ins = self.session.get_inputs()
         outs = self.session.get_outputs()
@@ -101,9 +102,10 @@ class OnnxPolicy:
                     f"{name}: {v.name} has a fixed batch axis {v.shape}; the batch axis must be dynamic"
                 )
         obs_size = _static_dim(ins[0].shape[1])
-        # Remembered for the trial run: with a dynamic feature axis, a model built for another
-        # observation size loads fine and only fails when it runs.
-        self._obs_size_in_graph = obs_size is not None
+        # With a dynamic feature axis, a model built for another observation size loads fine
+        # and only fails in the trial run, whose message then says where our size came from.
+        obs_size_from = None if obs_size is not None else (
+            f"{spec.env_id}'s obs_size" if spec is not None else "the model's obs_size metadata")
         num_actions = _static_dim(outs[0].shape[1])
         if _static_dim(outs[1].shape[1]) not in (None, 1):
             raise ModelContractError(f"{name}: value has shape {outs[1].shape}, expected [batch, 1]")
@@ -117,7 +119,6 @@ class OnnxPolicy:
                     f"{name}: policy_logits has {num_actions} actions, {spec.env_id} needs {spec.num_actions}"
                 )
             obs_size, num_actions = spec.obs_size, spec.num_actions
-        self._obs_size_source = f"{spec.env_id}'s obs_size" if spec is not None else "the model's obs_size metadata"
         if obs_size is None:
             try:
                 obs_size = int(self.metadata["obs_size"])
@@ -132,9 +133,9 @@ class OnnxPolicy:
                 raise ModelContractError(
                     f"{name}: number of actions is not fixed in the graph or metadata; pass the game spec"
                 ) from None
-        return obs_size, num_actions
+        return obs_size, num_actions, obs_size_from
 
-    def _trial_run(self) -> None:
+    def _trial_run(self, obs_size_from: str | None) -> None:
         try:
             logits, values = self.run(np.zeros((2, self.obs_size), dtype=np.float32))
         except ModelContractError:
@@ -142,10 +143,10 @@ class OnnxPolicy:
         except Exception as e:
             # onnxruntime's messages can span lines; the caller prints ours as one line.
             detail = " ".join(str(e).split())
-            if not self._obs_size_in_graph:
+            if obs_size_from is not None:
                 raise ModelContractError(
                     f"{self.path.name}: observation has a dynamic feature axis but the model does not accept "
-                    f"{self.obs_size} features ({self._obs_size_source}): {detail}"
+                    f"{self.obs_size} features ({obs_size_from}): {detail}"
                 ) from e
             raise ModelContractError(f"{self.path.name}: trial run on a batch of 2 failed: {detail}") from e
         if not (np.isfinite(logits).all() and np.isfinite(values).all()):

@@ -296,8 +296,7 @@ def run_offline(mode: str, config_model: type[OfflineConfig], argv: list[str] | 
         log.info("stopped before training started")
         return 0
     except (OfflineDataError, CheckpointError) as exc:
-        # One line: some messages embed a library's multi-line text (torch.load's).
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         if "--device" in str(exc):

@@ -4,9 +4,9 @@ Plays `latest.onnx` (what the actors use) with onnxruntime on a worker thread, s
 does not stall; results go to stats.json as `last_eval` / `eval_history` (contract
 section 4) and survive restarts through the checkpoint.
 
-Stopping does not wait for an evaluation: the games check a stop flag at every move and an
-interrupted evaluation is dropped, so the daemon writes its final stats.json well inside the
-launcher's (and compose's) grace period instead of being SIGKILLed first.
+Stopping does not wait for an evaluation: the games check a stop flag before every round of
+moves and an interrupted evaluation is dropped, so the daemon writes its final stats.json well
+inside the launcher's (and compose's) grace period instead of being SIGKILLed first.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from trainer.model.onnx_export import read_model_metadata
 log = logging.getLogger(__name__)
 
 MAX_EVAL_HISTORY = 200
-# How long on_stop waits for an evaluation to notice the stop flag: one move of every game.
+# How long on_stop waits for an evaluation to notice the stop flag: one round of moves.
 STOP_WAIT_S = 3.0
 
 

@@ -230,14 +230,21 @@ def _backup(path: list[tuple[Node, int]], leaf_value: float) -> None:
 
 
 def select_action(
-    visits_or_probs: np.ndarray, legal: np.ndarray, ply: int, temperature_plies: int, rng: np.random.Generator
+    visits_or_probs: np.ndarray, legal: np.ndarray, ply: int, temperature_plies: float, rng: np.random.Generator,
+    temperature: float = 1.0,
 ) -> int:
-    """Temperature schedule: sample proportionally for the first `temperature_plies` plies,
-    then the most visited move (ties broken at random, so greedy play still varies)."""
+    """Temperature schedule: for the first `temperature_plies` plies sample from
+    visits^(1/temperature) over legal moves, then play the most visited move (ties broken at
+    random, so greedy play still varies)."""
     w = np.where(legal, np.asarray(visits_or_probs, dtype=np.float64), 0.0)
     if w.sum() <= 0:
         w = legal.astype(np.float64)
     if ply < temperature_plies:
+        if temperature != 1.0:
+            # In log space: w ** (1 / T) overflows float64 for small T.
+            with np.errstate(divide="ignore"):
+                z = np.log(w) / temperature
+            w = np.exp(z - z.max())
         return int(rng.choice(len(w), p=w / w.sum()))
     best = np.flatnonzero((w == w.max()) & legal)
     return int(rng.choice(best))

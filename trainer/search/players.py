@@ -9,6 +9,7 @@ Player specs on the command line: `random`, `perfect` (tic-tac-toe only), `mcts:
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -107,26 +108,11 @@ class MCTSPlayer:
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
         results = search(self.game, list(states), self.evaluator, self.cfg, self.rng, add_noise=False)
-        out = []
-        for s, r in zip(states, results):
-            legal = self.game.legal_mask(s)
-            if self.temperature <= 0:
-                out.append(select_action(r.visits, legal, s.ply, 0, self.rng))
-            else:
-                out.append(int(self.rng.choice(len(legal), p=visit_distribution(r.visits, legal, self.temperature))))
-        return out
-
-
-def visit_distribution(visits: np.ndarray, legal: np.ndarray, temperature: float) -> np.ndarray:
-    """visits^(1/T) over legal moves, normalised; uniform over legal moves if none was visited."""
-    n = np.where(legal, np.asarray(visits, dtype=np.float64), 0.0)
-    if n.sum() <= 0:
-        n = legal.astype(np.float64)
-    # In log space: visits ** (1 / T) overflows float64 for small T.
-    with np.errstate(divide="ignore"):
-        z = np.log(n) / temperature
-    p = np.exp(z - z.max())
-    return p / p.sum()
+        sample_plies = math.inf if self.temperature > 0 else 0  # sample every move, or none
+        return [
+            select_action(r.visits, self.game.legal_mask(s), s.ply, sample_plies, self.rng, self.temperature or 1.0)
+            for s, r in zip(states, results)
+        ]
 
 
 class PolicyPlayer:

@@ -127,12 +127,24 @@ def load_checkpoint_file(path: Path) -> TrainState:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file; the message says which
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a trainer checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
     payload.pop("format")
     known = TrainState.__dataclass_fields__
     return TrainState(**{k: v for k, v in payload.items() if k in known})
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why torch.load refused a file. Its weights-only refusal is a page of text
+    whose first line suggests `weights_only=False`, the one thing we never do; the reason
+    proper is the unpickler's line."""
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if refused:
+        reason = " ".join(refused.group(1).split()).split(". ")[0]
+        return f"not a file of plain tensors and containers ({reason})"
+    return " ".join(text.split()) or f"{type(exc).__name__} (empty or truncated file?)"
 
 
 def find_latest_checkpoint(folder: Path) -> Path | None:
