@@ -12,6 +12,7 @@ from trainer.games import get_game
 from trainer.replay.codec import encode_action, encode_f32
 from trainer.replay.reader import ReplayReader
 from trainer.replay.schema import SchemaError, create_schema, upsert_game_metadata
+from trainer.sources.wait_reason import WaitKind
 
 
 def _read_all(reader: ReplayReader):
@@ -29,7 +30,7 @@ def test_reads_every_row_in_chunks_from_wal_and_rollback_dbs(tmp_path, journal):
     assert journal_mode(db) == journal
     write_random_games(db, "tictactoe", 5, seed=2, journal=journal)  # another game's rows are ignored
     reader = ReplayReader(db, "connect4", chunk_rows=100)
-    assert reader.probe(min_rows=rows) == ""
+    assert reader.probe(min_rows=rows) is None
     parts = _read_all(reader)
     assert sum(len(p) for p in parts) == rows and len(parts) == -(-rows // 100)
     assert reader.cursor == reader.max_rowid()  # the other game's tail rows are scanned past
@@ -53,21 +54,21 @@ def test_reads_every_row_in_chunks_from_wal_and_rollback_dbs(tmp_path, journal):
 
 def test_probe_reasons(tmp_path):
     db = tmp_path / "replay.db"
-    assert "does not exist" in ReplayReader(db, "tictactoe").probe()
+    assert ReplayReader(db, "tictactoe").probe().kind == WaitKind.NO_DB
     sqlite3.connect(db).close()  # empty file, as an actor creates it
     reader = ReplayReader(db, "tictactoe")
-    assert "no transitions table" in reader.probe()
+    assert reader.probe().kind == WaitKind.NO_TABLE
     rows = write_random_games(db, "tictactoe", 2, seed=0)
     reason = reader.probe(min_rows=100)
-    assert f"{rows} rows of env_id 'tictactoe'" in reason and "need 100" in reason
-    assert reader.probe(min_rows=rows) == ""
+    assert reason.kind == WaitKind.TOO_FEW_ROWS and f"{rows} rows of env_id 'tictactoe'" in str(reason)
+    assert reader.probe(min_rows=rows) is None
     reader.close()
 
 
 def test_unknown_game_without_metadata_waits(tmp_path):
     db = tmp_path / "replay.db"
     write_random_games(db, "tictactoe", 1, seed=0)
-    assert "game_metadata has no row" in ReplayReader(db, "othello").probe()
+    assert ReplayReader(db, "othello").probe().kind == WaitKind.NO_METADATA
 
 
 def test_missing_column_is_a_schema_error_naming_column_and_file(tmp_path):
@@ -164,5 +165,5 @@ def test_metadata_shapes_are_used(tmp_path):
     conn.commit()
     conn.close()
     reader = ReplayReader(db, "tictactoe")
-    assert reader.probe() == ""
+    assert reader.probe() is None
     assert reader.spec.obs_size == 30

@@ -16,6 +16,7 @@ from replay_data import write_random_games
 from trainer.config.daemon import DaemonConfig
 from trainer.replay.schema import SchemaError
 from trainer.sources.replay_source import ReplaySource
+from trainer.sources.wait_reason import WaitKind
 
 TESTS_DIR = Path(__file__).parent
 
@@ -64,16 +65,16 @@ def test_waiting_reasons_until_enough_rows(tmp_path):
     db = tmp_path / "replay.db"
     src = ReplaySource(_cfg(db, min_rows=60))
     try:
-        assert src.next_batch() is None and "does not exist" in src.waiting_reason
+        assert src.next_batch() is None and src.waiting_reason.kind == WaitKind.NO_DB
         sqlite3.connect(db).close()
         time.sleep(0.1)
-        assert src.next_batch() is None and "no transitions table" in src.waiting_reason
+        assert src.next_batch() is None and src.waiting_reason.kind == WaitKind.NO_TABLE
         write_random_games(db, "tictactoe", 1, seed=1, with_model_step=True, model_step=3)
         time.sleep(0.1)
-        assert src.next_batch() is None and "need 60" in src.waiting_reason
+        assert src.next_batch() is None and src.waiting_reason.kind == WaitKind.TOO_FEW_ROWS and "need 60" in str(src.waiting_reason)
         write_random_games(db, "tictactoe", 10, seed=2, with_model_step=True, model_step=5)
         _wait_batch(src)
-        assert src.waiting_reason == "" and src.stats()["actor_model_step"] == 5
+        assert src.waiting_reason is None and src.stats()["actor_model_step"] == 5
     finally:
         src.close()
 
@@ -146,7 +147,7 @@ def test_reuse_limit_triggers_and_releases_when_rows_arrive(tmp_path):
         n += 1
         while src.next_batch() is not None:
             n += 1
-        assert "reuse limit" in src.waiting_reason
+        assert src.waiting_reason.kind == WaitKind.REUSE_LIMIT
         assert n == int(2.0 * rows) // 16  # every sample the budget allows, and not one more
         assert src.stats()["reuse_ratio"] <= 2.0
         more = write_random_games(db, "tictactoe", 10, seed=2)
@@ -157,7 +158,7 @@ def test_reuse_limit_triggers_and_releases_when_rows_arrive(tmp_path):
         assert src.stats()["rows_seen"] == rows + more
         while src.next_batch() is not None:
             pass
-        assert "reuse limit" in src.waiting_reason
+        assert src.waiting_reason.kind == WaitKind.REUSE_LIMIT
         assert src.state_dict()["samples"] == int(2.0 * (rows + more)) // 16 * 16
     finally:
         src.close()

@@ -24,7 +24,7 @@ from trainer.hooks.stats import StatsHook
 from trainer.model.networks import resolve_net_kind
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.replay.reader import sqlite_ro_uri
-from trainer.replay.schema import SchemaError, read_game_spec
+from trainer.replay.schema import MissingMetadataError, SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
 from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
@@ -68,11 +68,8 @@ def resolve_spec(cfg: DaemonConfig) -> GameSpec:
                     return read_game_spec(conn, cfg.env_id)
                 finally:
                     conn.close()
-            except SchemaError:
-                if known is None:
-                    pass  # unknown game, no metadata row yet: wait for the actor to write it
-                else:
-                    raise
+            except MissingMetadataError:
+                pass  # unknown game, no metadata row yet: wait for the actor to write it
             except sqlite3.DatabaseError as exc:
                 if known is None:
                     log.info("replay DB %s not readable yet: %s", cfg.db, exc)

@@ -78,7 +78,7 @@ class StatsHook(Hook):
         self.history_size = history_size
         self.history: list[dict] = []
         self._last_write = 0.0
-        self._written_reason = ""
+        self._written_kind = None
         self.previous_eval: list[dict] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class StatsHook(Hook):
     def on_wait(self, loop) -> None:
         # A new reason (e.g. "reuse limit" after "loading") is news; the same one only needs
         # a refresh of the live counts it carries.
-        if loop.phase_reason.split(":", 1)[0] != self._written_reason or time.monotonic() - self._last_write >= 2.0:
+        if loop.wait_kind != self._written_kind or time.monotonic() - self._last_write >= 2.0:
             self.write(loop)
 
     def _load_previous(self, resumed_step: int) -> None:
@@ -170,7 +170,7 @@ class StatsHook(Hook):
         return _finite(stats)
 
     def write(self, loop) -> None:
-        self._last_write, self._written_reason = time.monotonic(), loop.phase_reason.split(":", 1)[0]
+        self._last_write, self._written_kind = time.monotonic(), loop.wait_kind
         try:
             atomic_write_json(self.path, self.build(loop), durable=False)
         except OSError as exc:  # a full disk must not kill training; say so and go on

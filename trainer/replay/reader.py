@@ -23,7 +23,8 @@ import numpy as np
 
 from trainer.games import GameSpec
 from trainer.replay.codec import F32, U32
-from trainer.replay.schema import MODEL_STEP_COLUMN, SchemaError, read_game_spec, table_names
+from trainer.replay.schema import MODEL_STEP_COLUMN, MissingMetadataError, SchemaError, read_game_spec, table_names
+from trainer.sources.wait_reason import WaitKind, WaitReason
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +238,14 @@ class ReplayReader:
     def is_open(self) -> bool:
         return self._conn is not None
 
-    def probe(self, min_rows: int = 0) -> str:
-        """Why the DB cannot be trained from yet, or "" when it can (opens it if needed).
+    def probe(self, min_rows: int = 0) -> WaitReason | None:
+        """Why the DB cannot be trained from yet, or None when it can (opens it if needed).
 
         Raises SchemaError for problems that waiting will not fix (a missing column, a file
         that is not SQLite).
         """
         if not self.db_path.exists():
-            return f"replay DB {self.db_path} does not exist yet"
+            return WaitReason(WaitKind.NO_DB, f"replay DB {self.db_path} does not exist yet")
         try:
             if self._conn is None:
                 self._conn = self._connect()
@@ -255,14 +256,12 @@ class ReplayReader:
                     raise
                 raise SchemaError(f"{self.db_path} cannot be read as a SQLite replay DB: {exc}") from exc
             if "transitions" not in tables:
-                return f"replay DB {self.db_path} has no transitions table yet"
+                return WaitReason(WaitKind.NO_TABLE, f"replay DB {self.db_path} has no transitions table yet")
             if self.spec is None:
                 try:
                     self.open()
-                except SchemaError as exc:
-                    if "game_metadata has no row" in str(exc):
-                        return f"{exc} (waiting for the actor to write it)"
-                    raise
+                except MissingMetadataError as exc:
+                    return WaitReason(WaitKind.NO_METADATA, f"{exc} (waiting for the actor to write it)")
             if min_rows > 0:
                 # Bounded by min_rows matching rows; only used while waiting for data.
                 (n,) = self._conn.execute(
@@ -270,11 +269,14 @@ class ReplayReader:
                     (self.env_id, min_rows),
                 ).fetchone()
                 if n < min_rows:
-                    return f"{n} rows of env_id {self.env_id!r} in {self.db_path}, need {min_rows} (--min-rows)"
-            return ""
+                    return WaitReason(
+                        WaitKind.TOO_FEW_ROWS,
+                        f"{n} rows of env_id {self.env_id!r} in {self.db_path}, need {min_rows} (--min-rows)",
+                    )
+            return None
         except sqlite3.OperationalError as exc:
             if is_transient(exc):
-                return f"replay DB {self.db_path} is busy ({exc})"
+                return WaitReason(WaitKind.DB_BUSY, f"replay DB {self.db_path} is busy ({exc})")
             raise
 
     def open(self) -> None:

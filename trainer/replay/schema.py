@@ -66,6 +66,10 @@ class SchemaError(RuntimeError):
     """The replay DB lacks something the contract requires."""
 
 
+class MissingMetadataError(SchemaError):
+    """No game_metadata row for an env_id the trainer does not know: the actor has not written it yet."""
+
+
 def create_schema(conn: sqlite3.Connection, with_model_step: bool = False) -> None:
     conn.execute(CREATE_TRANSITIONS)
     for sql in CREATE_INDEXES:
@@ -106,7 +110,7 @@ def read_game_spec(conn: sqlite3.Connection, env_id: str) -> GameSpec:
         try:
             return get_game(env_id).spec
         except ValueError:
-            raise SchemaError(
+            raise MissingMetadataError(
                 f"game_metadata has no row for env_id {env_id!r} and it is not a game the "
                 "trainer knows; the actor must upsert its game_metadata row"
             ) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from trainer.sources.wait_reason import WaitReason
 from trainer.training.batch import Batch
 
 
@@ -16,8 +17,8 @@ class BatchSource(Protocol):
         """The next batch, or None when none can be given now (see `waiting_reason`)."""
 
     @property
-    def waiting_reason(self) -> str:
-        """Why the last `next_batch` returned None ("" if it did not)."""
+    def waiting_reason(self) -> WaitReason | None:
+        """Why the last `next_batch` returned None (None if it did not)."""
 
     @property
     def exhausted(self) -> bool:

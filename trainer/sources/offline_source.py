@@ -86,8 +86,8 @@ class ShuffledSource:
         return batch
 
     @property
-    def waiting_reason(self) -> str:
-        return ""
+    def waiting_reason(self) -> None:
+        return None
 
     @property
     def exhausted(self) -> bool:
@@ -195,8 +195,8 @@ class ChunkStreamSource:
             self.chunk_pos, self.epoch = 0, self.epoch + 1
 
     @property
-    def waiting_reason(self) -> str:
-        return ""
+    def waiting_reason(self) -> None:
+        return None
 
     @property
     def exhausted(self) -> bool:

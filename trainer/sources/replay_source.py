@@ -40,6 +40,7 @@ from trainer.augment import Augmenter
 from trainer.config.daemon import DaemonConfig
 from trainer.replay.reader import BAD_REASONS, DecodedRows, ReplayReader, is_transient
 from trainer.replay.window import ReplayWindow, window_size
+from trainer.sources.wait_reason import NO_BATCH, WaitKind, WaitReason
 from trainer.training.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -107,21 +108,21 @@ class ReplaySource:
         # Training-thread state.
         self._samples = 0  # samples handed out (the reuse budget's numerator)
         self._last_state: dict[str, Any] = self._worker_state(self._rng.bit_generator.state, 0, 0)
-        self._waiting_reason = ""
+        self._waiting_reason: WaitReason | None = None
 
         # Hand-over between the threads.
         self._queue: deque = deque()  # (Batch, state dict as of that batch)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._status = "starting: opening the replay DB"  # "" while batches are coming
+        self._status: WaitReason | None = WaitReason(WaitKind.STARTING, "starting: opening the replay DB")  # None while batches are coming
         self._busy = True  # True: loading/preparing, a batch is expected soon
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     # --- BatchSource -------------------------------------------------------------------------
     @property
-    def waiting_reason(self) -> str:
+    def waiting_reason(self) -> WaitReason | None:
         return self._waiting_reason
 
     @property
@@ -140,19 +141,19 @@ class ReplaySource:
                     batch, state = self._queue.popleft()
                     break
                 if not self._busy:
-                    self._waiting_reason = self._status or "no batch available"
+                    self._waiting_reason = self._status or NO_BATCH
                     return None
                 now = time.monotonic()
                 deadline = deadline or now + self.max_block_s
                 if now >= deadline:
-                    self._waiting_reason = self._status or "preparing batches"
+                    self._waiting_reason = self._status or WaitReason(WaitKind.PREPARING, "preparing batches")
                     return None
                 self._cond.wait(deadline - now)
             if len(self._queue) <= self.prefetch - self.burst:
                 self._wake.set()
         self._samples += len(batch)
         self._last_state = state
-        self._waiting_reason = ""
+        self._waiting_reason = None
         return batch
 
     def stats(self) -> dict[str, Any]:
@@ -236,8 +237,8 @@ class ReplaySource:
             "batch_size": int(self.cfg.batch_size),
         }
 
-    def _set_status(self, status: str, busy: bool) -> None:
-        if status != self._status and status:
+    def _set_status(self, status: WaitReason, busy: bool) -> None:
+        if status != self._status and status is not None:
             # DEBUG only: the training loop logs each new waiting reason itself.
             log.debug("replay: %s", status)
         with self._cond:
@@ -266,7 +267,7 @@ class ReplaySource:
         try:
             if not self._ready:
                 reason = self._reader.probe()
-                if reason:
+                if reason is not None:
                     self._set_status(reason, busy=False)
                     return self.cfg.poll_interval
                 self._setup()
@@ -337,7 +338,7 @@ class ReplaySource:
                 break
             if time.monotonic() - t0 > INGEST_SLICE_S:
                 more = True
-                self._set_status(f"loading replay rows ({self._rows_seen} usable so far)", busy=True)
+                self._set_status(WaitReason(WaitKind.LOADING, f"loading replay rows ({self._rows_seen} usable so far)"), busy=True)
                 break
         if not more:
             self._caught_up = True
@@ -363,11 +364,17 @@ class ReplaySource:
         assert window is not None
         b = cfg.batch_size
         if self._rows_seen >= cfg.min_rows and window.sample_size == 0:
-            self._set_status(f"no usable rows of env_id {cfg.env_id!r} in {cfg.db} since the resume", busy=False)
+            self._set_status(
+                WaitReason(WaitKind.NO_USABLE_ROWS, f"no usable rows of env_id {cfg.env_id!r} in {cfg.db} since the resume"),
+                busy=False,
+            )
             return False
         if self._rows_seen < cfg.min_rows:
             self._set_status(
-                f"{self._rows_seen} usable rows of env_id {cfg.env_id!r} in {cfg.db}, need {cfg.min_rows} (--min-rows)",
+                WaitReason(
+                    WaitKind.TOO_FEW_ROWS,
+                    f"{self._rows_seen} usable rows of env_id {cfg.env_id!r} in {cfg.db}, need {cfg.min_rows} (--min-rows)",
+                ),
                 busy=False,
             )
             return False
@@ -378,8 +385,11 @@ class ReplaySource:
             if allowed <= 0:
                 if not self._queue:
                     self._set_status(
-                        f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
-                        f"(--max-reuse {cfg.max_reuse:g}); waiting for actors to write new rows",
+                        WaitReason(
+                            WaitKind.REUSE_LIMIT,
+                            f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
+                            f"(--max-reuse {cfg.max_reuse:g}); waiting for actors to write new rows",
+                        ),
                         busy=False,
                     )
                 return False
@@ -393,7 +403,7 @@ class ReplaySource:
         keep = slice(skip, min(n, skip + allowed))
         with self._cond:
             self._queue.extend(zip(batches[keep], states[keep]))
-            self._status, self._busy = "", True
+            self._status, self._busy = None, True
             self._cond.notify_all()
         return True
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from trainer.hooks.base import Hook
 from trainer.objectives.base import Objective
 from trainer.sources import BatchSource
+from trainer.sources.wait_reason import NO_BATCH, WaitKind
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import TrainState
 
@@ -41,10 +42,9 @@ class WaitPolicy:
     first: float = 1.0  # seconds
     cap: float = 30.0
     max_wait: float = 0.0  # 0 = forever
-    # Waiting on the reuse budget ends as soon as actors write a few rows, and loading a
-    # big replay takes a second or two: poll often for those instead of backing off.
-    reuse_cap: float = 0.5
-    brief_reasons: tuple[str, ...] = ("reuse limit", "loading")
+    # Brief waits (reuse budget, loading a backlog) end as soon as actors write a few rows
+    # or the load finishes: poll often for those instead of backing off.
+    brief_cap: float = 0.5
 
 
 class Throughput:
@@ -99,6 +99,7 @@ class TrainLoop:
         self.stop_reason = ""
         self.phase = STARTING
         self.phase_reason = "loading"
+        self.wait_kind: WaitKind | None = None  # kind of the current wait, None while training
         self.last_metrics: dict[str, float] = {}
         self.last_lr = schedule(state.step)
         self.throughput = Throughput()
@@ -107,7 +108,7 @@ class TrainLoop:
         self._waiting_started: float | None = None
         self._wait_attempt = 0
         self._last_wait_log = 0.0
-        self._last_wait_kind = ""
+        self._last_wait_kind: WaitKind | None = None
 
     # --- persistence -----------------------------------------------------------------------
     def snapshot(self) -> TrainState:
@@ -159,7 +160,7 @@ class TrainLoop:
                         continue
                     self._wait_for_data()
                     continue
-                self._waiting_started = None
+                self._waiting_started, self.wait_kind = None, None
                 if self.phase != TRAINING:
                     self.set_phase(TRAINING)
                 lr = self.schedule(self.state.step)
@@ -186,7 +187,7 @@ class TrainLoop:
             self.set_phase(STOPPED, self.stop_reason or "stopped")
 
     def _wait_for_data(self) -> None:
-        reason = self.source.waiting_reason or "no batch available"
+        reason = self.source.waiting_reason or NO_BATCH
         now = time.monotonic()
         if self._waiting_started is None:
             self._waiting_started, self._wait_attempt = now, 0
@@ -194,21 +195,21 @@ class TrainLoop:
         # The kind is compared with the last one logged, not with the phase: a data-bound run
         # (reuse limit) alternates training and waiting every few steps, and logging each new
         # wait flooded the log with two lines a second.
-        kind = reason.split(":", 1)[0]
-        if kind != self._last_wait_kind or now - self._last_wait_log > 30:
+        if reason.kind != self._last_wait_kind or now - self._last_wait_log > 30:
             log.info("waiting for data: %s", reason)
-            self._last_wait_log, self._last_wait_kind = now, kind
-        self.set_phase(WAITING, reason)
-        reuse = any(r in reason for r in self.wait.brief_reasons)
+            self._last_wait_log, self._last_wait_kind = now, reason.kind
+        self.wait_kind = reason.kind
+        self.set_phase(WAITING, str(reason))
+        brief = reason.brief
         waited = now - self._waiting_started
-        if self.wait.max_wait and not reuse and waited >= self.wait.max_wait:
+        if self.wait.max_wait and not brief and waited >= self.wait.max_wait:
             self.stop_reason = f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}"
             raise DataWaitTimeout(self.stop_reason)
         for hook in self.hooks:
             hook.on_wait(self)
-        cap = self.wait.reuse_cap if reuse else self.wait.cap
+        cap = self.wait.brief_cap if brief else self.wait.cap
         delay = min(cap, self.wait.first * 2**self._wait_attempt)
-        if self.wait.max_wait and not reuse:
+        if self.wait.max_wait and not brief:
             delay = min(delay, max(0.01, self.wait.max_wait - waited))
         self._wait_attempt += 1
         t0 = time.monotonic()
