@@ -32,7 +32,7 @@ from trainer.atomic_files import atomic_path
 from trainer.config.loader import load_config
 from trainer.games import KNOWN_ENV_IDS, Game, GameState, get_game
 from trainer.replay.writer import outcome_for_ply
-from trainer.search.players import make_player
+from trainer.search.players import EpsilonPlayer, make_player, play_in_lockstep
 
 
 class GenerateConfig(BaseModel):
@@ -91,25 +91,19 @@ class Progress:
 
 def play_episodes(cfg: GenerateConfig, game: Game) -> list[Episode]:
     rng = np.random.default_rng(cfg.seed)
-    teacher = make_player(cfg.teacher, game, rng, c_puct=cfg.c_puct)
+    player = EpsilonPlayer(game, make_player(cfg.teacher, game, rng, c_puct=cfg.c_puct), cfg.epsilon, rng)
     progress = Progress(cfg.games, cfg.progress)
     episodes: list[Episode] = []
     while len(episodes) < cfg.games:
         n = min(cfg.batch_games, cfg.games - len(episodes))
         batch = [Episode() for _ in range(n)]
-        states = [game.initial_state() for _ in range(n)]
-        while True:
-            active = [i for i, s in enumerate(states) if not s.is_terminal]
-            if not active:
-                break
-            explore = rng.random(len(active)) < cfg.epsilon
-            taught = [i for i, e in zip(active, explore) if not e]
-            moves = dict(zip(taught, teacher.choose([states[i] for i in taught]))) if taught else {}
-            for i in active:
-                a = moves[i] if i in moves else int(rng.choice(game.legal_actions(states[i])))
-                batch[i].states.append(states[i])
-                batch[i].actions.append(a)
-                states[i] = game.apply(states[i], a)
+
+        def record(i: int, state: GameState, action: int) -> None:
+            batch[i].states.append(state)
+            batch[i].actions.append(action)
+
+        # One player for both sides: the teacher plays the whole game.
+        play_in_lockstep(game, (player,), lambda _i, _s: 0, [game.initial_state()] * n, on_move=record)
         episodes.extend(batch)
         progress.update(len(episodes))
     progress.close(len(episodes))
@@ -118,7 +112,6 @@ def play_episodes(cfg: GenerateConfig, game: Game) -> list[Episode]:
 
 def episode_arrays(game: Game, episodes: list[Episode]) -> dict[str, np.ndarray]:
     spec = game.spec
-    off, a = spec.legal_mask_offset, spec.num_actions
     cols: dict[str, list] = {k: [] for k in ("states", "actions", "rewards", "dones", "next_states", "episode_ids", "outcomes")}
     for ep_id, ep in enumerate(episodes):
         t = len(ep.actions)
@@ -137,11 +130,11 @@ def episode_arrays(game: Game, episodes: list[Episode]) -> dict[str, np.ndarray]
     return {
         "states": states,
         "actions": np.asarray(cols["actions"], dtype=np.int64),
-        "legal_masks": states[:, off : off + a] > 0.5,
+        "legal_masks": spec.legal_masks(states),
         "rewards": np.asarray(cols["rewards"], dtype=np.float32),
         "dones": np.asarray(cols["dones"], dtype=bool),
         "next_states": next_states,
-        "next_legal_masks": next_states[:, off : off + a] > 0.5,
+        "next_legal_masks": spec.legal_masks(next_states),
         "episode_ids": np.asarray(cols["episode_ids"], dtype=np.int64),
         "outcomes": np.asarray(cols["outcomes"], dtype=np.float32),
     }

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from trainer.games import GameSpec
+from trainer.model.contract import LATEST_MODEL_NAME
 from trainer.onnx_policy import OnnxPolicy
 
 log = logging.getLogger("actor_stub.model")
 
-LATEST_NAME = "latest.onnx"
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
 
@@ -42,7 +42,7 @@ class ModelWatcher:
         use_events: bool = True,
     ):
         self.model_dir = Path(model_dir)
-        self.path = self.model_dir / LATEST_NAME
+        self.path = self.model_dir / LATEST_MODEL_NAME
         self.spec = spec
         self.threads = threads
         self.poll_interval = poll_interval
@@ -67,7 +67,7 @@ class ModelWatcher:
             def on_any_event(self, event):
                 # os.replace shows up as a move whose destination is latest.onnx.
                 for p in (getattr(event, "src_path", ""), getattr(event, "dest_path", "")):
-                    if p and os.path.basename(os.fsdecode(p)) == LATEST_NAME:
+                    if p and os.path.basename(os.fsdecode(p)) == LATEST_MODEL_NAME:
                         watcher._event.set()
 
         try:

@@ -6,6 +6,9 @@ For each game, self-play without a model (random-rollout MCTS) and with the daem
 network for that game (MLP 128x3 for tictactoe, ResNet 64x4 for connect4, untrained, exported
 like the trainer publishes it), then the evaluator's raw-policy games/s against random.
 Numbers are per process: with --workers N the actor scales with the free cores.
+
+The daemon's default periodic evaluation (100 greedy games against random) cost ~0.02 s of
+one core for tic-tac-toe and ~0.25 s for Connect Four.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from actor_stub.config import ActorConfig  # noqa: E402
 from actor_stub.selfplay import SelfPlayWorker  # noqa: E402
 from trainer.evaluator import evaluate_model  # noqa: E402
 from trainer.games import get_game  # noqa: E402
+from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
 from trainer.replay.writer import ReplayWriter  # noqa: E402
 
 
@@ -35,7 +39,7 @@ def export_default_model(env_id: str, folder: Path) -> Path:
 
     torch.manual_seed(0)
     spec = get_game(env_id).spec
-    path = folder / "latest.onnx"
+    path = folder / LATEST_MODEL_NAME
     export_onnx(build_network(spec), spec, path, {"step": "1"})
     return path
 

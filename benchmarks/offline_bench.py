@@ -10,7 +10,7 @@ commands hold them (OfflineDataset + ShuffledSource), with the daemon's default 
 does per step minus the hooks. imitation and bc share one objective (they differ in
 defaults: Adam vs AdamW, label smoothing), so both are timed with their own settings.
 
-The issue's end-to-end measurements use the CLI (numbers in the README's table):
+The end-to-end measurements use the CLI (numbers in the README's table):
 
     # imitation on 100,000 moves of a deterministic teacher (tic-tac-toe): 97.1% validation
     # accuracy after epoch 1, 100% after epoch 3, 20 epochs in 36 s

@@ -17,7 +17,7 @@ def test_precedence_cli_over_env_over_toml(tmp_path):
     assert cfg.env_id == "connect4"  # TOML
     assert cfg.lr == 0.25  # env beats TOML
     assert cfg.steps == 11  # CLI beats env
-    assert cfg.max_reuse == 4.0  # default (the issue: "about 4")
+    assert cfg.max_reuse == 4.0  # default: mature self-play trainers use about 4
 
 
 def test_bool_flags_and_derived_checkpoint_dir():

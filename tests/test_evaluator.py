@@ -227,3 +227,38 @@ def test_cli_contract_errors_are_one_line_naming_the_problem(tmp_path, defect, k
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith(f"error: {defect}.onnx: ") and message in lines[0], lines[0]
     assert out.stdout == ""
+
+
+def _nan_on_boards_model(path) -> None:
+    """A model that is finite on an all-zero observation and NaN on every real position
+    (sqrt of minus the stone/mask/side sum), exported by the trainer's own exporter."""
+    import torch
+    from torch import nn
+
+    from trainer.model.onnx_export import export_onnx
+
+    spec = get_game("tictactoe").spec
+
+    class NanOnBoards(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = nn.Linear(spec.obs_size, spec.num_actions)
+            self.value = nn.Linear(spec.obs_size, 1)
+
+        def forward(self, obs):
+            poison = torch.sqrt(-obs.sum(dim=1, keepdim=True))
+            return self.policy(obs) + poison, torch.tanh(self.value(obs) + poison)
+
+    export_onnx(NanOnBoards().eval(), spec, path, {"step": "1"})
+
+
+@pytest.mark.parametrize("sims", ["0", "4"])
+def test_cli_refuses_a_model_that_is_nan_on_real_positions(tmp_path, sims):
+    path = tmp_path / "nan_on_boards.onnx"
+    _nan_on_boards_model(path)
+    out = _cli("--model", str(path), "--games", "2", "--seed", "0", "--sims", sims)
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("error: nan_on_boards.onnx: ") and "NaN" in lines[0], lines[0]
+    assert out.stdout == ""

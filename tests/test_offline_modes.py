@@ -21,7 +21,7 @@ from trainer.config.offline import BCConfig, CQLConfig, IQLConfig, ImitationConf
 from trainer.games import GameSpec
 from trainer.hooks.base import Hook
 from trainer.model.networks import build_network
-from trainer.model.onnx_export import sample_observations
+from trainer.model.contract import sample_observations
 from trainer.sources.offline_data import load_dataset
 from trainer.training.state import load_checkpoint_file
 

@@ -21,14 +21,9 @@ import torch
 from torch import nn
 
 from trainer.games import get_game
-from trainer.model.onnx_export import (
-    PublishError,
-    export_onnx,
-    read_model_metadata,
-    sample_observations,
-    verify_onnx,
-)
-from trainer.model.publish import LATEST_NAME, publish_model, step_file_name
+from trainer.model.contract import LATEST_MODEL_NAME, read_model_metadata, sample_observations
+from trainer.model.onnx_export import PublishError, export_onnx, verify_onnx
+from trainer.model.publish import publish_model, step_file_name
 
 # pytest replaces the warning filters onnx_export installs at import with its own, per test.
 pytestmark = [
@@ -155,7 +150,7 @@ def test_publish_writes_step_and_latest_0644_and_cleans_stale_temps(tmp_path):
     stale.write_bytes(b"half a model")
     res = publish_model(_seeded(TinyMLP, 29, 9), TTT, tmp_path, 12, META, max_keep=3)
     assert res.path == tmp_path / step_file_name(12) == tmp_path / "model_step_000012.onnx"
-    assert res.latest == tmp_path / LATEST_NAME and not res.latest.is_symlink()
+    assert res.latest == tmp_path / LATEST_MODEL_NAME and not res.latest.is_symlink()
     assert res.latest.read_bytes() == res.path.read_bytes()
     assert res.seconds >= res.export_seconds + res.verify_seconds > 0
     for p in (res.path, res.latest):
@@ -171,7 +166,7 @@ def test_broken_model_is_not_published(tmp_path, bad):
     with pytest.raises(PublishError):
         publish_model(_seeded(bad, 29, 9), TTT, tmp_path, 2, META, max_keep=3)
     assert good.latest.read_bytes() == good_bytes
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_NAME, step_file_name(1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_MODEL_NAME, step_file_name(1)]
 
 
 def test_missing_provenance_is_a_caller_error(tmp_path):
@@ -193,10 +188,10 @@ def test_pruning_keeps_newest_steps_across_runs(tmp_path):
         assert res.path.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([
-        LATEST_NAME, "model_step_abc.onnx", "notes.txt",
+        LATEST_MODEL_NAME, "model_step_abc.onnx", "notes.txt",
         step_file_name(300), step_file_name(1_200_000),
     ])
-    assert read_model_metadata(tmp_path / LATEST_NAME)["step"] == "300"
+    assert read_model_metadata(tmp_path / LATEST_MODEL_NAME)["step"] == "300"
 
 
 _READER = textwrap.dedent(
@@ -225,7 +220,7 @@ def test_reader_process_never_sees_a_broken_latest(tmp_path):
     publish_model(net, TTT, models, 0, META, max_keep=3)
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
-        [sys.executable, "-c", _READER, str(models / LATEST_NAME), str(stop)],
+        [sys.executable, "-c", _READER, str(models / LATEST_MODEL_NAME), str(stop)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -281,7 +276,7 @@ def test_kill_9_mid_publish_never_breaks_latest(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
-        latest = models / LATEST_NAME
+        latest = models / LATEST_MODEL_NAME
         logits, value = _session(latest).run(None, {"observation": sample_observations(TTT, 3)})
         assert logits.shape == (3, 9) and np.isfinite(value).all()
         assert int(read_model_metadata(latest)["step"]) >= 1
@@ -332,4 +327,4 @@ def test_publishing_on_a_worker_thread_does_not_disturb_training(tmp_path):
         t.join()
     assert not errors, errors
     assert all(torch.equal(alone[k], concurrent[k]) for k in alone)
-    assert read_model_metadata(tmp_path / LATEST_NAME)["step"] in {"15", "10", "5", "0"}
+    assert read_model_metadata(tmp_path / LATEST_MODEL_NAME)["step"] in {"15", "10", "5", "0"}

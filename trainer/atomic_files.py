@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 FILE_MODE = 0o644
 
@@ -55,6 +56,18 @@ def atomic_write_json(dest: str | os.PathLike, obj, durable: bool = True) -> Non
     # allow_nan=False: a NaN would make the file unreadable to strict JSON parsers.
     data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
     atomic_write_bytes(dest, data, durable=durable)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (in nested dicts and lists too) made None, so
+    `json.dumps(..., allow_nan=False)` accepts it and JSON readers see null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def _fsync_dir(path: Path) -> None:

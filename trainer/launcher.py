@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.config.loader import ENV_PREFIX, load_config
+from trainer.model.contract import LATEST_MODEL_NAME
 
 
 class LauncherConfig(BaseModel):
@@ -54,19 +55,17 @@ class LauncherConfig(BaseModel):
     data: Path = Field(Path("./data"), description="Data folder: replay.db, models/, stats.json.")
     port: int = Field(8080, ge=1, le=65535, description="Dashboard port.")
     host: str = Field("127.0.0.1", min_length=1, description="Dashboard address to bind (127.0.0.1 keeps it on this machine).")
-    # 2, not 1: on tic-tac-toe the trainer needs about a quarter of a core (it waited for data
-    # 91% of the time beside one actor), so a second actor on a 2-core machine doubled the data
-    # (each ran at ~385 plies/s, vs ~400 alone) and halved the time to a perfect greedy policy
-    # (0.34 min vs 0.68 min, benchmarks/time_to_strength.py).
+    # 2, not 1: on tic-tac-toe the trainer mostly waits for data beside one actor, so a
+    # second actor on a 2-core machine nearly doubles the data and shortens the time to a
+    # perfect greedy policy (benchmarks/time_to_strength.py).
     actors: int = Field(2, ge=0, description="Actor processes writing self-play games.")
     steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default for tictactoe, 0 (until stopped) for other games.")
     # Tic-tac-toe's 5,478 positions cannot be over-fitted by re-reading a window, and the
-    # actors are the bottleneck: at the daemon's 4 the trainer waited 91-96% of the time.
-    # benchmarks/time_to_strength.py: perfect greedy policy after 0.68 min at 16 (every
-    # later model kept passing), 1.26-1.76 min at 4.
+    # actors are the bottleneck: at the daemon's 4 the trainer waits for data most of the
+    # time, and 16 reaches a perfect greedy policy sooner (benchmarks/time_to_strength.py).
     max_reuse: float | None = Field(None, ge=0, description="Trainer's --max-reuse; unset = 16 for tictactoe, the trainer's default (4) otherwise.")
-    # 1: measured on Connect Four (2 actors + trainer, 150 s each): with 1 thread per process
-    # the trainer reached step 262 on 17.0k rows, with 2 threads step 167 on 10.9k rows.
+    # 1: the actors and the trainer already share the cores, and more threads per process
+    # only make them compete (Connect Four trained further in the same time with 1).
     threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
     dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
     restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
@@ -401,7 +400,7 @@ def main(argv: Sequence[str] | None = None,
     if cfg.dashboard:
         console.say(f"dashboard:  {url}")
     console.say(f"stats:      {data / 'stats.json'}")
-    console.say(f"models:     {data / 'models' / 'latest.onnx'}")
+    console.say(f"models:     {data / 'models' / LATEST_MODEL_NAME}")
     console.say("Ctrl-C stops everything (the trainer saves its checkpoint first)")
 
     def finished() -> None:

@@ -8,7 +8,9 @@ The contract is checked at load, so a bad file is refused with one message namin
 wrong and the caller can keep its previous model:
   - one input `observation`, float32 [batch, obs_size];
   - outputs `policy_logits` float32 [batch, A], then `value` float32 [batch, 1];
-  - a trial run on a batch of 2 gives those shapes and finite numbers.
+  - a trial run on real positions (the game's initial position and random legal ones) gives
+    those shapes and finite numbers: a model can be finite on an empty input and NaN on
+    every board it will be asked about.
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.games import GameSpec
+from trainer.games import KNOWN_ENV_IDS, GameSpec, get_game
+from trainer.model.contract import INPUT_NAME, OUTPUT_NAMES, ModelContractError, sample_observations
 
-INPUT_NAME = "observation"
-OUTPUT_NAMES = ("policy_logits", "value")
-
-
-class ModelContractError(ValueError):
-    """The file is not a model an actor can use; the message says what is wrong."""
+# Positions in the trial run at load: enough random boards to reach mid- and late-game
+# patterns, few enough that a reload stays instant.
+TRIAL_POSITIONS = 8
 
 
 def _static_dim(d) -> int | None:
@@ -73,7 +73,7 @@ class OnnxPolicy:
                 f"{self.path.name}: model is for env_id {self.env_id!r}, expected {expected_env_id!r}"
             )
         self.obs_size, self.num_actions, obs_size_from = self._check_io(spec)
-        self._trial_run(obs_size_from)
+        self._trial_run(trial_observations(spec, self.env_id, self.obs_size, self.num_actions), obs_size_from)
 
     # --- contract checks -----------------------------------------------------------------
     def _check_io(self, spec: GameSpec | None) -> tuple[int, int, str | None]:
@@ -135,9 +135,9 @@ class OnnxPolicy:
                 ) from None
         return obs_size, num_actions, obs_size_from
 
-    def _trial_run(self, obs_size_from: str | None) -> None:
+    def _trial_run(self, obs: np.ndarray, obs_size_from: str | None) -> None:
         try:
-            logits, values = self.run(np.zeros((2, self.obs_size), dtype=np.float32))
+            logits, values = self.run(obs)
         except ModelContractError:
             raise
         except Exception as e:
@@ -148,9 +148,12 @@ class OnnxPolicy:
                     f"{self.path.name}: observation has a dynamic feature axis but the model does not accept "
                     f"{self.obs_size} features ({obs_size_from}): {detail}"
                 ) from e
-            raise ModelContractError(f"{self.path.name}: trial run on a batch of 2 failed: {detail}") from e
-        if not (np.isfinite(logits).all() and np.isfinite(values).all()):
-            raise ModelContractError(f"{self.path.name}: trial run gave NaN or inf")
+            raise ModelContractError(f"{self.path.name}: trial run on {len(obs)} positions failed: {detail}") from e
+        bad = ~(np.isfinite(logits).all(axis=1) & np.isfinite(values))
+        if bad.any():
+            raise ModelContractError(
+                f"{self.path.name}: output is NaN or inf on {int(bad.sum())} of {len(obs)} trial positions"
+            )
 
     # --- inference -------------------------------------------------------------------------
     def run(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +179,24 @@ class OnnxPolicy:
         return f"OnnxPolicy({self.path.name}, env_id={self.env_id}, step={self.step})"
 
 
+def trial_observations(spec: GameSpec | None, env_id: str | None, obs_size: int, num_actions: int) -> np.ndarray:
+    """The boards a model must answer with finite numbers before anyone uses it.
+
+    With the rules of its game: the initial position and random legal positions (fixed seed,
+    so a refusal is reproducible). With only the shapes: observations laid out like real
+    ones. With neither: the all-zero observation, the one input every model takes.
+    """
+    rng = np.random.default_rng(0)
+    rules_for = spec.env_id if spec is not None else env_id
+    if rules_for in KNOWN_ENV_IDS:
+        game = get_game(rules_for)
+        if (game.spec.obs_size, game.spec.num_actions) == (obs_size, num_actions):
+            return np.stack([game.encode(s) for s in game.random_positions(TRIAL_POSITIONS, rng)])
+    if spec is not None:
+        return sample_observations(spec, TRIAL_POSITIONS, seed=0)
+    return np.zeros((2, obs_size), dtype=np.float32)
+
+
 def masked_softmax(logits: np.ndarray, legal_masks: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     legal = np.asarray(legal_masks, dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -185,26 +206,3 @@ def masked_softmax(logits: np.ndarray, legal_masks: np.ndarray, temperature: flo
     total = p.sum(axis=-1, keepdims=True)
     # A row without legal moves (should not happen) gets zeros, never NaN.
     return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
-
-
-def model_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of a model (env_id, step, ...), read with onnxruntime only."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ModelContractError(f"{path.name}: onnxruntime cannot load it: {e}") from e
-    return dict(session.get_modelmeta().custom_metadata_map or {})
-
-
-def load_policy(
-    path: str | Path, threads: int = 1, expected_env_id: str | None = None, spec: GameSpec | None = None
-) -> OnnxPolicy:
-    return OnnxPolicy(path, threads=threads, expected_env_id=expected_env_id, spec=spec)

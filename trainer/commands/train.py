@@ -53,7 +53,7 @@ def schedule_from(cfg: DaemonConfig) -> LRSchedule:
     )
 
 
-def resolve_spec(cfg: DaemonConfig) -> GameSpec:
+def wait_for_game_spec(cfg: DaemonConfig) -> GameSpec:
     """Shapes from the DB's game_metadata; a known game need not wait for the DB."""
     try:
         known: GameSpec | None = get_game(cfg.env_id).spec
@@ -100,7 +100,7 @@ def model_metadata(cfg: DaemonConfig, loop_ref: list) -> dict[str, str]:
 def build_daemon(cfg: DaemonConfig) -> TrainLoop:
     """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
     device = setup_torch(cfg.threads, cfg.device, cfg.seed)
-    spec = resolve_spec(cfg)
+    spec = wait_for_game_spec(cfg)
     kind = resolve_net_kind(cfg.net, spec)
     network = cfg.network_description(kind)
     net = cfg.build_network(spec, kind).to(device)

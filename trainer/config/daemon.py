@@ -41,23 +41,23 @@ class DaemonConfig(NetworkSettings):
     window_beta: float = Field(0.4, gt=0, description="beta: window growth per row at N = m.")
     window_cap: int = Field(250_000, gt=0, description="Upper bound on the window in rows (memory follows it).")
     # 4, as mature self-play trainers use, so a data-starved run does not over-fit a stale
-    # window. Tiny games tolerate more: `python -m trainer run` passes 16 for tic-tac-toe
-    # (measured there: perfect greedy policy after 0.68 min at 16 vs 1.26-1.76 min at 4).
+    # window. Tiny games tolerate more: `python -m trainer run` passes 16 for tic-tac-toe,
+    # which reaches a perfect greedy policy sooner there (benchmarks/time_to_strength.py).
     max_reuse: float = Field(4.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables.")
     augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between checks of the DB for new rows while training.")
 
     # --- side effects ----------------------------------------------------------------------
-    # 100, not 200: actors improve only when a model is published; publishing a tic-tac-toe MLP
-    # takes about 0.1 s, and the first model came out after ~15 s instead of ~45 s.
+    # 100, not 200: actors improve only when a model is published, and a publish of the small
+    # default nets is cheap (benchmarks/publish_bench.py), so the first model comes out sooner.
     checkpoint_interval: int = Field(100, gt=0, description="Steps between checkpoint + ONNX publish.")
     max_checkpoints: int = Field(5, ge=1, description="model_step_*.onnx files (and checkpoints) kept; older ones are pruned.")
     stats_interval: int = Field(25, gt=0, description="Steps between stats.json rewrites.")
     log_interval: int = Field(100, gt=0, description="Steps between progress log lines.")
     history_size: int = Field(400, ge=10, description="Maximum stats.json history entries (older ones are thinned).")
     # On by default: the dashboard's strength chart is how a user sees the agent improve, and
-    # 100 greedy games of the published model against random cost ~0.02 s (tic-tac-toe) to
-    # ~0.25 s (Connect Four) of one core on a worker thread.
+    # greedy games of the published model against random are cheap (raw policy, batched, on a
+    # worker thread; benchmarks/actor_bench.py times them).
     eval_interval: int = Field(500, ge=0, description="Steps between evaluations of latest.onnx against random (0 = off).")
     eval_games: int = Field(100, gt=0, description="Games per periodic evaluation.")
 

@@ -15,7 +15,6 @@ import os
 import sys
 import tomllib
 import typing
-from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -144,11 +143,3 @@ def load_config(
     ns = parser.parse_args(argv)
     return merge_sources(model, vars(ns), environ, env_prefix)
 
-
-def config_to_json_dict(cfg: BaseModel) -> dict[str, Any]:
-    """JSON-safe dict (paths as strings) for checkpoints and ONNX metadata."""
-    return cfg.model_dump(mode="json")
-
-
-def as_path(p: str | Path) -> Path:
-    return Path(p).expanduser()

@@ -42,7 +42,6 @@ import errno
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -61,6 +60,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.atomic_files import finite_or_none
 from trainer.config.loader import load_config
 
 log = logging.getLogger("trainer.dashboard")
@@ -113,16 +113,6 @@ class StatsRead:
     body: bytes | None = None
 
 
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
 def _os_reason(exc: OSError) -> str:
     # Never str(exc): it carries the absolute path, and the detail goes out to the browser.
     return exc.strerror or type(exc).__name__
@@ -164,7 +154,7 @@ def read_stats(path: Path) -> StatsRead:
         return StatsRead("unreadable", f"{path.name} is nested too deeply")
     if not isinstance(obj, dict):
         return StatsRead("unreadable", f"{path.name} is not a JSON object")
-    body = json.dumps(_finite_or_none(obj), allow_nan=False, separators=(",", ":")).encode()
+    body = json.dumps(finite_or_none(obj), allow_nan=False, separators=(",", ":")).encode()
     return StatsRead("ok", body=body)
 
 

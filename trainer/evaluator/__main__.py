@@ -18,11 +18,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.config.loader import load_config
+from trainer.model.contract import LATEST_MODEL_NAME
 
 log = logging.getLogger("trainer.evaluator")
 
 
-# The issue asks for `--json`; the loader names flags after fields, and a field called `json`
+# The flag is `--json`; the loader names flags after fields, and a field called `json`
 # shadows the deprecated BaseModel.json() (harmless here: we never call it).
 warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
 
@@ -30,7 +31,7 @@ warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarn
 class EvaluatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: Path = Field(Path("./data/models/latest.onnx"), description="ONNX model to evaluate.")
+    model: Path = Field(Path("./data/models") / LATEST_MODEL_NAME, description="ONNX model to evaluate.")
     db: Path | None = Field(None, description="Replay DB whose game_metadata gives the shapes (optional).")
     env_id: str | None = Field(None, description="Game; default: the model's env_id metadata.")
     games: int = Field(100, ge=1, description="Games to play (colours alternate).")

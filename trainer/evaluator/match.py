@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 
 from trainer.games import DRAW, Game, GameState, get_game
-from trainer.onnx_policy import OnnxPolicy, model_metadata
-from trainer.search.players import Player, make_player
+from trainer.model.contract import read_model_metadata
+from trainer.onnx_policy import OnnxPolicy
+from trainer.search.players import Player, make_player, play_in_lockstep
 
 
 @dataclass
@@ -97,41 +98,25 @@ def wilson_interval(score: float, n: int, z: float = 1.96) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-class EvaluationStopped(Exception):
-    """`should_stop` said so between moves: the games in flight are abandoned."""
-
-
 def play_games(
     game: Game, model: Player, opponent: Player, games: int, keep_moves: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[GameRecord]:
-    """All games in lockstep; game i has the model moving first when i is even.
-
-    `should_stop` is polled before every round of moves, so a daemon that is shutting down
-    does not wait for a whole evaluation (raises EvaluationStopped)."""
-    states = [game.initial_state() for _ in range(games)]
+    """All games in lockstep (`play_in_lockstep`); game i has the model moving first when i is
+    even. `should_stop` is polled before every round of moves (raises PlayStopped)."""
     model_first = [i % 2 == 0 for i in range(games)]
     moves: list[list[int]] = [[] for _ in range(games)]
-    while True:
-        active = [i for i, s in enumerate(states) if not s.is_terminal]
-        if not active:
-            break
-        if should_stop is not None and should_stop():
-            raise EvaluationStopped
-        for player, is_model in ((model, True), (opponent, False)):
-            # Re-check: a game the first player just finished must not get another move.
-            idx = [
-                i for i in active
-                if not states[i].is_terminal and ((states[i].ply % 2 == 0) == model_first[i]) == is_model
-            ]
-            if not idx:
-                continue
-            for i, a in zip(idx, player.choose([states[i] for i in idx])):
-                states[i] = game.apply(states[i], a)
-                if keep_moves:
-                    moves[i].append(a)
+
+    def to_play(i: int, s: GameState) -> int:  # 0: the model, 1: the opponent
+        return 0 if (s.ply % 2 == 0) == model_first[i] else 1
+
+    def keep(i: int, _s: GameState, a: int) -> None:
+        moves[i].append(a)
+
+    finals = play_in_lockstep(game, (model, opponent), to_play, [game.initial_state()] * games,
+                              on_move=keep if keep_moves else None, should_stop=should_stop)
     records = []
-    for i, s in enumerate(states):
+    for i, s in enumerate(finals):
         model_colour = 1 if model_first[i] else 2
         result = 0 if s.winner == DRAW else (1 if s.winner == model_colour else -1)
         records.append(GameRecord(model_first[i], result, s.ply, moves[i], s))
@@ -171,7 +156,7 @@ def summarise(
 def resolve_env_id(model_path: str | Path, env_id: str | None) -> str:
     if env_id:
         return env_id
-    found = model_metadata(model_path).get("env_id")
+    found = read_model_metadata(model_path).get("env_id")
     if found:
         return found
     raise ValueError(f"{Path(model_path).name} has no env_id in its metadata; pass --env-id")

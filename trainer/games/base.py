@@ -35,6 +35,15 @@ class GameSpec:
     def cells(self) -> int:
         return self.board_width * self.board_height
 
+    @property
+    def legal_slice(self) -> slice:
+        """Where an observation holds the legal-move mask (contract: "Observation encoding")."""
+        return slice(self.legal_mask_offset, self.legal_mask_offset + self.num_actions)
+
+    def legal_masks(self, obs: np.ndarray) -> np.ndarray:
+        """bool [..., num_actions]: the legal-move masks stored in observations [..., obs_size]."""
+        return obs[..., self.legal_slice] > 0.5
+
 
 @dataclass(frozen=True)
 class GameState:
@@ -79,6 +88,20 @@ class Game(ABC):
     def legal_actions(self, state: GameState) -> list[int]:
         return [int(a) for a in np.flatnonzero(self.legal_mask(state))]
 
+    def random_positions(self, count: int, rng: np.random.Generator) -> list[GameState]:
+        """The initial position, then `count - 1` non-terminal positions reached by uniformly
+        random legal moves: boards a model will really be asked about."""
+        positions = [self.initial_state()]
+        while len(positions) < count:
+            state = self.initial_state()
+            for _ in range(int(rng.integers(1, self.spec.cells + 1))):
+                after = self.apply(state, int(rng.choice(self.legal_actions(state))))
+                if after.is_terminal:
+                    break
+                state = after
+            positions.append(state)
+        return positions
+
     def reward_for_mover(self, before: GameState, after: GameState) -> float:
         """Contract reward: +1.0 if this move won the game, else 0.0."""
         return 1.0 if after.winner == before.to_move else 0.0
@@ -91,13 +114,12 @@ class Game(ABC):
         board = np.asarray(state.board, dtype=np.int8)
         obs[:cells] = board == 1
         obs[cells : 2 * cells] = board == 2
-        off = spec.legal_mask_offset
-        obs[off : off + spec.num_actions] = self.legal_mask(state)
+        obs[spec.legal_slice] = self.legal_mask(state)
         # After the last ply the one-hot still names the player who just moved.
         side = state.to_move
         if state.is_terminal and state.ply > 0:
             side = 3 - state.to_move
-        obs[off + spec.num_actions + (side - 1)] = 1.0
+        obs[spec.legal_slice.stop + (side - 1)] = 1.0
         return obs
 
     def state_blob(self, state: GameState) -> bytes:
@@ -111,14 +133,13 @@ class Game(ABC):
 
     def symmetries(self) -> list[Symmetry]:
         spec = self.spec
-        cells, a = spec.cells, spec.num_actions
-        off = spec.legal_mask_offset
+        cells = spec.cells
         result = []
         for name, cell_idx, action_idx in self.cell_symmetries():
             obs_index = np.arange(spec.obs_size)
             obs_index[:cells] = cell_idx
             obs_index[cells : 2 * cells] = cells + cell_idx
-            obs_index[off : off + a] = off + action_idx
+            obs_index[spec.legal_slice] = spec.legal_mask_offset + action_idx
             result.append(Symmetry(name, obs_index, np.asarray(action_idx, dtype=np.int64)))
         return result
 

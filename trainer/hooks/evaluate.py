@@ -16,9 +16,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from trainer.evaluator.match import EvaluationStopped, evaluate_model
+from trainer.evaluator.match import evaluate_model
 from trainer.hooks.base import Hook
-from trainer.model.onnx_export import read_model_metadata
+from trainer.model.contract import LATEST_MODEL_NAME, read_model_metadata
+from trainer.search.players import PlayStopped
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class EvalHook(Hook):
 
     def __init__(self, model_dir: Path, env_id: str, every: int, games: int, seed: int | None = None,
                  opponent: str = "random"):
-        self.model = Path(model_dir) / "latest.onnx"
+        self.model = Path(model_dir) / LATEST_MODEL_NAME
         self.env_id, self.every, self.games, self.opponent = env_id, every, games, opponent
         self.seed = seed
         self.history: list[dict] = []
@@ -58,7 +59,7 @@ class EvalHook(Hook):
                 return
             result = evaluate_model(self.model, self.env_id, self.opponent, self.games, self.seed,
                                     should_stop=stopping)
-        except EvaluationStopped:
+        except PlayStopped:
             log.info("evaluation of step %d dropped: stopping", step)
             return
         except Exception:

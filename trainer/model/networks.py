@@ -58,7 +58,7 @@ class ResNet(nn.Module):
     def __init__(self, spec: GameSpec, channels: int = 64, blocks: int = 4):
         super().__init__()
         self.h, self.w, self.cells = spec.board_height, spec.board_width, spec.cells
-        self.side_offset = spec.legal_mask_offset + spec.num_actions
+        self.side_offset = spec.legal_slice.stop
         self.stem = nn.Sequential(
             nn.Conv2d(4, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
         )
@@ -77,7 +77,7 @@ class ResNet(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.planes(obs)
         if self.training and x.device.type == "cpu":
-            # Measured 10-25% faster convolutions on this CPU in channels-last layout.
+            # CPU convolution kernels are faster in channels-last layout.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.tower(self.stem(x))
         p = self.policy_fc(self.policy_conv(x).flatten(1))

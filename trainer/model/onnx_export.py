@@ -4,17 +4,11 @@
 computes what the PyTorch module computes; `read_model_metadata` reads its provenance back.
 Moving files into place is `trainer/model/publish.py`'s job.
 
-Exporter choice, measured in torch 2.13 CPU on this 2-core machine with the daemon's own nets
-(benchmarks/publish_bench.py; cold = first export in the process, warm = median of 5):
-
-    net                          torchscript (dynamo=False)   dynamo (dynamo=True)
-    tictactoe MLP 29-128x3-9+1   98 ms cold, 7.5 ms warm      2.26 s cold, 0.65 s warm
-    connect4 ResNet 64x4         79 ms cold, 69 ms warm       1.57 s cold, 1.54 s warm
-
-Both give a correct dynamic `batch` axis (input and both outputs) and match PyTorch within
-~1e-7 at batch 1 and 37, so we use the TorchScript exporter: 20-90x faster, which keeps a
-publish in the tens of milliseconds. torch marks it deprecated; if it is ever missing or
-fails, `export_onnx` falls back to the dynamo exporter by itself (and logs a warning).
+Both of torch's exporters give a correct dynamic `batch` axis (input and both outputs) and
+match PyTorch far inside `ATOL`; we use the TorchScript exporter because it is one to two
+orders of magnitude faster than the dynamo one (benchmarks/publish_bench.py has the figures),
+which keeps a publish cheap. torch marks it deprecated; if it is ever missing or fails,
+`export_onnx` falls back to the dynamo exporter by itself (and logs a warning).
 """
 
 from __future__ import annotations
@@ -36,9 +30,8 @@ from torch import nn
 
 import trainer
 from trainer.games.base import GameSpec
+from trainer.model.contract import INPUT_NAME, OUTPUT_NAMES, read_model_metadata, sample_observations
 
-INPUT_NAME = "observation"
-OUTPUT_NAMES = ("policy_logits", "value")
 BATCH_DIM = "batch"
 # The oldest opset the contract allows, so the widest range of actor onnxruntime builds load
 # our files. The dynamo exporter's own opset is 18 (it would down-convert 17 with warnings).
@@ -186,29 +179,6 @@ def _quiet() -> Iterator[None]:
 
 
 # --- verification -----------------------------------------------------------------------------
-def sample_observations(spec: GameSpec, batch: int, seed: int = 0) -> np.ndarray:
-    """Observations laid out like real ones (contract section 2): non-overlapping 0/1 stones
-    from a random number of alternating moves, a legal mask, a side-to-move one-hot."""
-    rng = np.random.default_rng(seed)
-    cells, a, off = spec.cells, spec.num_actions, spec.legal_mask_offset
-    obs = np.zeros((batch, spec.obs_size), dtype=np.float32)
-    for i in range(batch):
-        moves = int(rng.integers(0, cells + 1))
-        order = rng.permutation(cells)[:moves]
-        obs[i, order[0::2]] = 1.0  # first player moved first
-        obs[i, cells + order[1::2]] = 1.0
-        empty = obs[i, :cells] + obs[i, cells : 2 * cells] == 0
-        if a == cells:
-            legal = empty
-        else:  # e.g. connect4's per-column mask: any plausible pattern will do
-            legal = rng.random(a) < 0.8
-        obs[i, off : off + a] = legal
-        side = moves % 2  # 0: first player to move
-        if off + a + 2 <= spec.obs_size:
-            obs[i, off + a + side] = 1.0
-    return obs
-
-
 def verify_onnx(
     path: str | Path,
     module: nn.Module,
@@ -305,15 +275,6 @@ def _check_session_io(session, spec: GameSpec, name: str) -> None:
         raise PublishError(f"{name}: onnxruntime sees inputs {ins} and outputs {outs}")
 
 
-# --- reading ---------------------------------------------------------------------------------
-def read_model_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of a model file (for resume and compatibility checks). Raises
-    FileNotFoundError if it is missing and PublishError if it is not a readable ONNX model."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise PublishError(f"{path.name}: not a readable ONNX model: {e}") from e
-    return {p.key: p.value for p in proto.metadata_props}
+__all__ = [
+    "ATOL", "PublishError", "export_onnx", "inference_copy", "read_model_metadata", "sample_observations", "verify_onnx",
+]

@@ -24,9 +24,9 @@ from torch import nn
 
 from trainer.atomic_files import atomic_path, remove_stale_temp_files
 from trainer.games.base import GameSpec
+from trainer.model.contract import LATEST_MODEL_NAME
 from trainer.model.onnx_export import Exporter, PublishError, export_onnx, inference_copy, verify_onnx
 
-LATEST_NAME = "latest.onnx"
 _STEP_FILE = re.compile(r"^model_step_(\d+)\.onnx$")
 # Provenance the contract asks for that only the caller knows (step is an argument).
 REQUIRED_METADATA = ("samples_trained", "rows_seen")
@@ -35,7 +35,7 @@ _PUBLISH_LOCK = threading.Lock()
 _swept_dirs: set[Path] = set()  # folders whose stale temp files this process has removed
 
 __all__ = [
-    "LATEST_NAME", "PublishError", "PublishResult", "publish_model", "prune_step_files",
+    "PublishError", "PublishResult", "publish_model", "prune_step_files",
     "step_file_name", "step_files",
 ]
 
@@ -124,7 +124,7 @@ def _publish_locked(
 
     net = inference_copy(module)  # one copy for export and check, taken before any I/O
     dest = model_dir / step_file_name(step)
-    latest = model_dir / LATEST_NAME
+    latest = model_dir / LATEST_MODEL_NAME
     props = {**{str(k): str(v) for k, v in metadata.items()}, "step": str(int(step))}
     # atomic_path renames onto `dest` only if the block exits cleanly: a failed export or
     # check raises out of it and the temp file is deleted.

@@ -127,7 +127,7 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
     n = len(rows)
     if n == 0:
         return DecodedRows.empty(spec)
-    a, obs_size, off = spec.num_actions, spec.obs_size, spec.legal_mask_offset
+    a, obs_size = spec.num_actions, spec.obs_size
     cols = list(zip(*rows))
     rowids = np.fromiter(cols[0], np.int64, n)
     obs_b, act_b, pol_b, mcts, outcome, stamps = cols[1:7]
@@ -146,7 +146,7 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
 
     pol_finite = np.isfinite(policy).all(axis=1)
     finite = np.isfinite(obs).all(axis=1) & np.isfinite(value) & (pol_finite | ~pol_given)
-    legal = obs[:, off : off + a] > 0.5
+    legal = spec.legal_masks(obs)
     action_legal = legal[np.arange(n), actions]
 
     reasons = (
@@ -233,10 +233,6 @@ class ReplayReader:
             sqlite_ro_uri(self.db_path), uri=True, timeout=self.busy_timeout_s,
             isolation_level=None, check_same_thread=False,
         )
-
-    @property
-    def is_open(self) -> bool:
-        return self._conn is not None
 
     def probe(self, min_rows: int = 0) -> WaitReason | None:
         """Why the DB cannot be trained from yet, or None when it can (opens it if needed).

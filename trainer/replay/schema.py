@@ -115,6 +115,6 @@ def read_game_spec(conn: sqlite3.Connection, env_id: str) -> GameSpec:
                 "trainer knows; the actor must upsert its game_metadata row"
             ) from None
     spec = GameSpec(env_id, *row)
-    if spec.legal_mask_offset + spec.num_actions > spec.obs_size or spec.num_actions <= 0:
+    if spec.legal_slice.stop > spec.obs_size or spec.num_actions <= 0:
         raise SchemaError(f"game_metadata row for {env_id!r} is inconsistent: {spec}")
     return spec

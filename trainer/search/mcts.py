@@ -38,9 +38,7 @@ class ObsEvaluator:
 
     def evaluate_states(self, game: Game, states: Sequence[GameState]) -> tuple[np.ndarray, np.ndarray]:
         obs = np.stack([game.encode(s) for s in states])
-        off, a = game.spec.legal_mask_offset, game.spec.num_actions
-        masks = obs[:, off : off + a] > 0.5
-        priors, values = self.fn(obs, masks)
+        priors, values = self.fn(obs, game.spec.legal_masks(obs))
         return np.asarray(priors, dtype=np.float64), np.asarray(values, dtype=np.float64).reshape(-1)
 
 

@@ -5,12 +5,13 @@ so an MCTS or model player sends every game's leaves to one evaluator call.
 
 Player specs on the command line: `random`, `perfect` (tic-tac-toe only), `mcts:SIMS`
 (rollout MCTS, or model-guided when a model is given) and, for the model under test, `model`.
+`play_in_lockstep` plays many games at once with them (the evaluator, the data generator).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -26,12 +27,63 @@ class Player(Protocol):
     def choose(self, states: Sequence[GameState]) -> list[int]: ...
 
 
+class PlayStopped(Exception):
+    """`should_stop` said so between rounds of moves: the games in flight are abandoned."""
+
+
+def play_in_lockstep(
+    game: Game,
+    players: Sequence[Player],
+    to_play: Callable[[int, GameState], int],
+    states: Sequence[GameState],
+    on_move: Callable[[int, GameState, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[GameState]:
+    """Play every game in `states` to its end and return the final states.
+
+    In each round every player in turn makes one batched `choose` for all the unfinished
+    games in which it is to move (`to_play(i, state)` is its index in `players`), so a model
+    or MCTS player evaluates all those positions in one call. `on_move(i, state, action)`
+    sees each move before it is played. `should_stop` is polled before every round, so a
+    daemon that is shutting down does not wait for all the games (raises PlayStopped).
+    """
+    states = list(states)
+    while any(not s.is_terminal for s in states):
+        if should_stop is not None and should_stop():
+            raise PlayStopped
+        for seat, player in enumerate(players):
+            # Recomputed per player: a game the previous player just finished gets no move.
+            idx = [i for i, s in enumerate(states) if not s.is_terminal and to_play(i, s) == seat]
+            if not idx:
+                continue
+            for i, a in zip(idx, player.choose([states[i] for i in idx])):
+                if on_move is not None:
+                    on_move(i, states[i], a)
+                states[i] = game.apply(states[i], a)
+    return states
+
+
 class RandomPlayer:
     def __init__(self, game: Game, rng: np.random.Generator):
         self.game, self.rng, self.name = game, rng, "random"
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
         return [int(self.rng.choice(self.game.legal_actions(s))) for s in states]
+
+
+class EpsilonPlayer:
+    """`player`'s moves, except that with probability `epsilon` a move is a uniformly random
+    legal one, so generated data also covers positions the player would never reach."""
+
+    def __init__(self, game: Game, player: Player, epsilon: float, rng: np.random.Generator):
+        self.game, self.player, self.epsilon, self.rng = game, player, epsilon, rng
+        self.name = f"{player.name}+epsilon:{epsilon}"
+
+    def choose(self, states: Sequence[GameState]) -> list[int]:
+        explore = self.rng.random(len(states)) < self.epsilon
+        taught = [s for s, e in zip(states, explore) if not e]
+        moves = iter(self.player.choose(taught) if taught else [])
+        return [int(self.rng.choice(self.game.legal_actions(s))) if e else next(moves) for s, e in zip(states, explore)]
 
 
 class PerfectPlayer:
@@ -124,8 +176,7 @@ class PolicyPlayer:
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
         obs = np.stack([self.game.encode(s) for s in states])
-        off, a = self.game.spec.legal_mask_offset, self.game.spec.num_actions
-        masks = obs[:, off : off + a] > 0.5
+        masks = self.game.spec.legal_masks(obs)
         logits, _ = self.policy.run(obs)
         out = []
         for row, legal in zip(logits, masks):
@@ -134,7 +185,7 @@ class PolicyPlayer:
                 out.append(int(self.rng.choice(np.flatnonzero(scores == scores.max()))))
             else:
                 p = masked_softmax(row[None], legal[None], self.temperature)[0]
-                out.append(int(self.rng.choice(a, p=p)))
+                out.append(int(self.rng.choice(len(p), p=p)))
         return out
 
 

@@ -69,10 +69,8 @@ class ReplaySource:
         # The worker refills the queue `burst` batches at a time (one vectorised sample and
         # augment, one wake-up) once it has room for them: every wake-up of the worker
         # competes with the training thread for the GIL and, on a busy 2-core box, for a
-        # core, so fewer and larger ones keep the step fast. Measured with the MLPs at batch
-        # 256 (benchmarks/daemon_bench.py, 3 runs each): bursts of 16 reached 0.95-1.05 of
-        # the bare step on Connect Four and 0.77-1.00 on tic-tac-toe, bursts of 4 0.81-0.95
-        # and 0.68-0.91. 32 prepared batches cost ~3.5 MB and are at most a fraction of a
+        # core, so fewer and larger ones keep the step fast (benchmarks/daemon_bench.py
+        # compares burst sizes). The prepared batches are small and at most a fraction of a
         # second old at MLP speeds.
         self.prefetch = max(1, prefetch)
         self.burst = max(1, min(burst, self.prefetch))
@@ -295,8 +293,7 @@ class ReplaySource:
         reader.cursor = self._cursor
         self._window = ReplayWindow(spec.obs_size, spec.num_actions, self._max_window)
         self._augmenter = Augmenter.for_spec(spec) if self.cfg.augment else None
-        off = spec.legal_mask_offset
-        self._legal = slice(off, off + spec.num_actions)
+        self._legal = spec.legal_slice
         self._replay_rows = reader.count_rows(self._cursor) if self._cursor else 0
         if self._cursor:
             w = self._current_window()
