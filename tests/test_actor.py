@@ -1,4 +1,5 @@
-"""The self-play actor through real parts: SQLite files, onnxruntime, subprocesses, signals."""
+"""The self-play actor through real parts: SQLite files, onnxruntime, subprocesses, signals
+(docs/contract.md section 1, "Writer rules"; section 3, "Actor reload rules")."""
 
 from __future__ import annotations
 

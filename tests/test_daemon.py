@@ -52,6 +52,7 @@ def onnx_step(path) -> int:
 
 
 def assert_contract_types(stats: dict) -> None:
+    """The contract keys of stats.json and their JSON types (docs/contract.md section 4)."""
     for key in ("step", "total_steps", "samples_seen", "replay_buffer_size"):
         assert type(stats[key]) is int, key
     for key in ("total_loss", "policy_loss", "value_loss", "learning_rate", "timestamp"):

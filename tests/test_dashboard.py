@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sample_stats(step: int = 1200, total_steps: int = 5000, n_history: int = 300,
                  n_eval: int = 12, extras: bool = True) -> dict:
-    """A stats.json as the contract (section 4) and the daemon's extra keys describe it."""
+    """A stats.json as docs/contract.md section 4 (contract keys and additions) describes it."""
     history = []
     for i in range(n_history):
         s = int(step * (i + 1) / n_history)

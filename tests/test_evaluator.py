@@ -1,4 +1,5 @@
-"""The evaluator: match play, statistics, the Python API for the daemon, and the CLI."""
+"""The evaluator: match play, statistics, the Python API for the daemon, and the CLI; a model is
+refused as docs/contract.md section 3 ("Actor reload rules") says."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_perfect_player_never_loses_to_random_and_wins_most():
 
 
 def test_eval_history_entry_matches_the_contract():
+    """docs/contract.md section 4, `eval_history`."""
     game = get_game("tictactoe")
     rng = np.random.default_rng(1)
     r = summarise(play_games(game, RandomPlayer(game, rng), RandomPlayer(game, rng), 20), "m", "random", "tictactoe", 7)

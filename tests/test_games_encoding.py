@@ -1,4 +1,5 @@
-"""Observation and state-blob layouts (contract section 2) and symmetry consistency."""
+"""Observation and state-blob layouts (docs/contract.md section 2, and "Blob encodings" in
+section 1) and symmetry consistency."""
 
 from __future__ import annotations
 

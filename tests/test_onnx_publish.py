@@ -1,4 +1,5 @@
-"""ONNX export, verification and publishing, through real onnxruntime and real processes."""
+"""ONNX export, verification and publishing, through real onnxruntime and real processes
+(docs/contract.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The replay reader on real SQLite files: probing, schema errors, decoding, corrupt rows."""
+"""The replay reader on real SQLite files: probing, schema errors, decoding, corrupt rows
+(docs/contract.md section 1, "Reader rules")."""
 
 import sqlite3
 import time

@@ -1,3 +1,5 @@
+"""stats.json history: bounded by thinning, never dropped wholesale (docs/contract.md section 4)."""
+
 from trainer.hooks.stats import thin_history
 
 

@@ -1,4 +1,4 @@
-"""Loading a published ONNX policy-value model (contract section 3) with onnxruntime.
+"""Loading a published ONNX policy-value model (docs/contract.md section 3) with onnxruntime.
 
 Used by the actor (hot reload of `latest.onnx`) and the evaluator. It never imports torch:
 the daemon's eval hook calls the evaluator from a training thread, and a second torch import
@@ -120,20 +120,18 @@ class OnnxPolicy:
                 )
             obs_size, num_actions = spec.obs_size, spec.num_actions
         if obs_size is None:
-            try:
-                obs_size = int(self.metadata["obs_size"])
-            except (KeyError, ValueError):
-                raise ModelContractError(
-                    f"{name}: observation size is not fixed in the graph or metadata; pass the game spec"
-                ) from None
+            obs_size = self._size_from_metadata("obs_size", "observation size")
         if num_actions is None:
-            try:
-                num_actions = int(self.metadata["num_actions"])
-            except (KeyError, ValueError):
-                raise ModelContractError(
-                    f"{name}: number of actions is not fixed in the graph or metadata; pass the game spec"
-                ) from None
+            num_actions = self._size_from_metadata("num_actions", "number of actions")
         return obs_size, num_actions, obs_size_from
+
+    def _size_from_metadata(self, key: str, what: str) -> int:
+        try:
+            return int(self.metadata[key])
+        except (KeyError, ValueError):
+            raise ModelContractError(
+                f"{self.path.name}: {what} is not fixed in the graph or metadata; pass the game spec"
+            ) from None
 
     def _trial_run(self, obs: np.ndarray, obs_size_from: str | None) -> None:
         try:

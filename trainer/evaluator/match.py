@@ -70,7 +70,7 @@ class EvalResult:
         return (self.wins + 0.5 * self.draws) / self.games_played if self.games_played else 0.0
 
     def to_eval_history_entry(self, step: int) -> dict:
-        """A `stats.json` `eval_history` entry (contract section 4): ints stay ints."""
+        """A `stats.json` `eval_history` entry (docs/contract.md section 4): ints stay ints."""
         return {
             "step": int(step),
             "win_rate": float(self.win_rate),

@@ -37,7 +37,7 @@ class GameSpec:
 
     @property
     def legal_slice(self) -> slice:
-        """Where an observation holds the legal-move mask (contract: "Observation encoding")."""
+        """Where an observation holds the legal-move mask (docs/contract.md section 2)."""
         return slice(self.legal_mask_offset, self.legal_mask_offset + self.num_actions)
 
     def legal_masks(self, obs: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ class Game(ABC):
         """Contract reward: +1.0 if this move won the game, else 0.0."""
         return 1.0 if after.winner == before.to_move else 0.0
 
-    # --- encodings (contract section 2) -------------------------------------------------
+    # --- encodings (docs/contract.md section 2) -----------------------------------------
     def encode(self, state: GameState) -> np.ndarray:
         spec = self.spec
         cells = spec.cells

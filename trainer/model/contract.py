@@ -1,4 +1,4 @@
-"""The model folder's contract (docs/contract.md, "Model folder"), declared once.
+"""The model folder's contract (docs/contract.md section 3), declared once.
 
 The exporter, the loader, the publisher, the actor and the evaluator all name the same
 tensors and files; they import them from here. This module needs numpy only, because the
@@ -38,7 +38,7 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
 
 
 def sample_observations(spec: GameSpec, batch: int, seed: int = 0) -> np.ndarray:
-    """Observations laid out like real ones (docs/contract.md, "Observation encoding"):
+    """Observations laid out like real ones (docs/contract.md section 2):
     non-overlapping 0/1 stones from a random number of alternating moves, a legal mask, a
     side-to-move one-hot. Works from the shapes alone, so also for a game whose rules we
     do not have."""

@@ -1,4 +1,4 @@
-"""ONNX export and verification of a policy-value net (contract section 3).
+"""ONNX export and verification of a policy-value net (docs/contract.md section 3).
 
 `export_onnx` writes the file; `verify_onnx` proves it is one an actor can load and that it
 computes what the PyTorch module computes; `read_model_metadata` reads its provenance back.

@@ -1,4 +1,4 @@
-"""Publishing a model into the model folder (contract section 3, "Files").
+"""Publishing a model into the model folder (docs/contract.md section 3, "Files").
 
 A publish exports to a temp file beside the final names, verifies it, and only then makes it
 visible, first as `model_step_{step:06d}.onnx`, then as `latest.onnx`, each by its own atomic

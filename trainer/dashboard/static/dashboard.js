@@ -1,5 +1,5 @@
 // Trainer dashboard: polls /stats.json and draws it. No libraries, no build step.
-// Renders any stats.json of the contract (CONTRACT.md section 4); keys a trainer does not
+// Renders any stats.json of the contract (docs/contract.md section 4); keys a trainer does not
 // write show "—". Data never goes through innerHTML: every value is set as text.
 "use strict";
 
