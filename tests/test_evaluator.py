@@ -264,3 +264,11 @@ def test_cli_refuses_a_model_that_is_nan_on_real_positions(tmp_path, sims):
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("error: nan_on_boards.onnx: ") and "NaN" in lines[0], lines[0]
     assert out.stdout == ""
+
+
+def test_a_model_nan_on_real_positions_is_refused_without_a_spec_too(tmp_path):
+    """The actor's and evaluator's loader finds the game from the model's env_id metadata."""
+    path = tmp_path / "nan_on_boards.onnx"
+    _nan_on_boards_model(path)
+    with pytest.raises(ModelContractError, match="NaN or inf on 8 of 8 trial positions"):
+        OnnxPolicy(path)
