@@ -86,7 +86,7 @@ def test_actor_rows_are_read_back_by_the_trainers_reader(tmp_path, env_id, sims,
     spec = get_game(env_id).spec
     a, off = spec.num_actions, spec.legal_mask_offset
     with ReplayReader(db, env_id, chunk_rows=7) as reader:  # several chunks per game
-        assert reader.probe(min_rows=rows) == ""
+        assert reader.probe(min_rows=rows) is None
         parts = []
         while (chunk := reader.read_new()).scanned:
             parts.append(chunk)
