@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.config.network import NetworkSettings
 
+# Larger action spaces are refused rather than sized: a policy head (and a legal mask per
+# row) this wide would not fit in memory anyway.
+MAX_ACTIONS = 1 << 20
+
 ACTION_OFFSETS_HELP = (
     "Map from JSONL `action_type` to an offset in the flat action space, as inline JSON "
     "(e.g. '{\"move\": 0, \"pass\": 9}') or a .json/.toml file of the same mapping; "
@@ -32,7 +36,7 @@ class OfflineConfig(NetworkSettings):
     checkpoint_dir: Path | None = Field(None, description="Folder of training checkpoints (latest.pt, best.pt, ckpt_step_*.pt); default <model-dir>/../checkpoints.")
     stats: Path | None = Field(None, description="stats.json to write; default <model-dir>/../stats.json.")
     env_id: str | None = Field(None, description="Game of the data; default: the HDF5 `env_id` attribute / JSONL `env_id` field, else a known game whose shapes match, else a game described by the data alone.")
-    num_actions: int | None = Field(None, gt=0, description="Size of the action space when the data does not say it (no legal masks, no known game); default max(action)+1.")
+    num_actions: int | None = Field(None, gt=0, le=MAX_ACTIONS, description="Size of the action space when the data does not say it (no legal masks, no known game); default max(action)+1.")
     player_count: int | None = Field(None, ge=1, le=2, description="Players taking turns in the data: 2 = two-player zero-sum, alternating (outcomes and the IQL/CQL bootstrap flip sign every ply), 1 = a single agent. Default: the known game's, else the HDF5 `player_count` attribute, else 2.")
 
     # --- optimisation --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from trainer.sources.offline_data import HDF5Chunks, OfflineDataError, OfflineDa
 from trainer.training.batch import Batch
 
 
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> np.ndarray:
+def validation_games(num_episodes: int, val_fraction: float, seed: int) -> np.ndarray:
     """Bool [num_episodes], True = validation. Seeded, by game, never empty on either side
     when there are at least two games."""
     val = np.zeros(num_episodes, dtype=bool)
@@ -33,7 +33,7 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> np.ndar
 
 def split_rows(data: OfflineDataset, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train row indices, validation row indices) by game, on the data's device."""
-    val_games = torch.from_numpy(split_episodes(data.num_episodes, val_fraction, seed)).to(data.episode.device)
+    val_games = torch.from_numpy(validation_games(data.num_episodes, val_fraction, seed)).to(data.episode.device)
     is_val = val_games[data.episode]
     rows = torch.arange(len(data), device=data.episode.device)
     return rows[~is_val], rows[is_val]
@@ -134,7 +134,7 @@ class EvalBatches:
 # --- chunked HDF5 -------------------------------------------------------------------------------
 
 def split_chunks(num_chunks: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    val = split_episodes(num_chunks, val_fraction, seed)
+    val = validation_games(num_chunks, val_fraction, seed)
     return [i for i in range(num_chunks) if not val[i]], [i for i in range(num_chunks) if val[i]]
 
 
