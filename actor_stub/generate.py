@@ -44,7 +44,7 @@ class GenerateConfig(BaseModel):
     epsilon: float = Field(0.0, ge=0, le=1, description="Probability of a uniformly random legal move instead of the teacher's.")
     output: Path = Field(Path("data/train.h5"), description="Output file: .h5/.hdf5 (HDF5) or .jsonl (JSONL).")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
-    batch_games: int = Field(64, ge=1, description="Games played at once (an MCTS teacher searches them in one batch).")
+    batch_games: int = Field(64, ge=1, le=65536, description="Games played at once (an MCTS teacher searches them in one batch).")
     c_puct: float = Field(1.5, gt=0, description="PUCT constant of an mcts teacher.")
     progress: bool = Field(True, description="Progress line with rate and ETA on stderr.")
 

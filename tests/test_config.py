@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import BaseModel, Field
 
 from trainer.config import DaemonConfig, load_config
 
@@ -68,3 +69,46 @@ def test_help_documents_every_flag():
 def test_cli_invalid_value_exit_code_2():
     r = subprocess.run([sys.executable, "-m", "trainer", "--batch-size", "-5"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch-size" in r.stderr and "Traceback" not in r.stderr
+
+
+class NewSettings(BaseModel):
+    """A model nobody has bounded: the loader's defaults still apply."""
+
+    interval: float = 1.0
+    count: int = 1
+    big: int = Field(1, le=2**62)
+
+
+@pytest.mark.parametrize(
+    "argv, ok",
+    [
+        (["--interval", "inf"], False),
+        (["--interval", "nan"], False),
+        (["--interval=-inf"], False),
+        (["--interval", "1e10"], False),
+        (["--interval", "1e9"], True),
+        (["--count", str(2**31)], False),
+        (["--count", str(-(2**31))], False),
+        (["--count", str(2**31 - 1)], True),
+        (["--big", str(2**40)], True),  # a field's own bound replaces the default
+    ],
+)
+def test_every_number_is_bounded_by_default(argv, ok, capsys):
+    if ok:
+        load_config(NewSettings, argv, environ={})
+        return
+    with pytest.raises(SystemExit) as exc:
+        load_config(NewSettings, argv, environ={})
+    err = capsys.readouterr().err.strip()
+    flag = argv[0].split("=")[0]
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and f"invalid value for {flag}:" in err
+
+
+def test_bounds_error_names_the_env_variable_or_toml_file(tmp_path, capsys):
+    toml = tmp_path / "t.toml"
+    toml.write_text("lr = inf\n")
+    for argv, env, needle in (([], {"TRAINER_POLL_INTERVAL": "inf"}, "TRAINER_POLL_INTERVAL"),
+                              (["--config", str(toml)], {}, f"--lr in {toml}")):
+        with pytest.raises(SystemExit):
+            load_config(DaemonConfig, argv, environ=env)
+        assert needle in capsys.readouterr().err

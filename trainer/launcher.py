@@ -58,7 +58,7 @@ class LauncherConfig(BaseModel):
     # 2, not 1: on tic-tac-toe the trainer mostly waits for data beside one actor, so a
     # second actor on a 2-core machine nearly doubles the data and shortens the time to a
     # perfect greedy policy (benchmarks/time_to_strength.py).
-    actors: int = Field(2, ge=0, description="Actor processes writing self-play games.")
+    actors: int = Field(2, ge=0, le=1024, description="Actor processes writing self-play games.")
     steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default for tictactoe, 0 (until stopped) for other games.")
     # Tic-tac-toe's 5,478 positions cannot be over-fitted by re-reading a window, and the
     # actors are the bottleneck: at the daemon's 4 the trainer waits for data most of the
@@ -66,7 +66,7 @@ class LauncherConfig(BaseModel):
     max_reuse: float | None = Field(None, ge=0, description="Trainer's --max-reuse; unset = 16 for tictactoe, the trainer's default (4) otherwise.")
     # 1: the actors and the trainer already share the cores, and more threads per process
     # only make them compete (Connect Four trained further in the same time with 1).
-    threads: int = Field(1, gt=0, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
+    threads: int = Field(1, gt=0, le=1024, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
     dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
     restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
     max_restart_delay: float = Field(30.0, gt=0, description="Upper bound of the restart delay in seconds.")

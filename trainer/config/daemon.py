@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from trainer.config.network import NetworkSettings
+from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 
 
 class DaemonConfig(NetworkSettings):
@@ -22,8 +22,8 @@ class DaemonConfig(NetworkSettings):
 
     # --- length and schedule -------------------------------------------------------------
     steps: int = Field(5000, ge=0, description="Global target step across restarts; 0 runs until stopped.")
-    batch_size: int = Field(256, gt=0, description="Samples per training step.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(256, gt=0, le=MAX_BATCH, description="Samples per training step.")
+    lr: float = Field(2e-3, gt=0, le=MAX_LR, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Global-norm gradient clip; 0 disables it.")
     lr_schedule: bool = Field(True, description="Linear warmup then cosine decay; --no-lr-schedule keeps the LR constant.")
@@ -67,8 +67,8 @@ class DaemonConfig(NetworkSettings):
 
     # --- runtime -------------------------------------------------------------------------
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Torch device.")
-    threads: int = Field(1, gt=0, description="torch intra-op threads (1 is fastest beside an actor on 2 cores).")
-    seed: int | None = Field(None, description="Random seed (unset = from the OS).")
+    threads: int = Field(1, gt=0, le=MAX_THREADS, description="torch intra-op threads (1 is fastest beside an actor on 2 cores).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (unset = from the OS).")
     fresh: bool = Field(False, description="Ignore an existing checkpoint and start from scratch.")
     init_from: Path | None = Field(None, description="Initialise weights from a checkpoint (e.g. an offline BC/IQL/CQL run).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")

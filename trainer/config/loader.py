@@ -6,21 +6,33 @@ becomes `--batch-size`, a bool `augment` becomes `--augment/--no-augment`), read
 `TRAINER_BATCH_SIZE`-style environment variables and an optional TOML file (`--config`
 or `TRAINER_CONFIG`), and validates the merged values in one place. Any invalid value exits
 with code 2 and one line naming the setting, like argparse does for its own errors.
+
+Every number is bounded, also where its field says nothing more (`default_bounds_error`),
+so a setting added later is bounded without anyone remembering to.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tomllib
 import typing
 from typing import Any, Mapping, Sequence, TypeVar
 
+import annotated_types
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 ENV_PREFIX = "TRAINER_"
 M = TypeVar("M", bound=BaseModel)
+
+# Defaults for a side of a number's range that its field leaves open. A float must be
+# finite and at most a billion in size (a sleep or a lock timeout of more overflows in C);
+# an int must fit a C int (thread counts, seeds and tensor sizes end up in one).
+FLOAT_LIMIT = 1e9
+INT_LIMIT = 2**31 - 1
 
 
 class ConfigError(SystemExit):
@@ -79,6 +91,25 @@ def add_model_arguments(
             )
 
 
+def _has_bound(field: FieldInfo, kinds: tuple[type, ...]) -> bool:
+    return any(isinstance(m, kinds) for m in field.metadata)
+
+
+def default_bounds_error(field: FieldInfo, value: Any) -> str | None:
+    """Why `value` is outside the range every number gets by default, or None. A field's own
+    ge/gt (le/lt) replaces the default lower (upper) limit."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Input should be a finite number"
+    limit = FLOAT_LIMIT if isinstance(value, float) else INT_LIMIT
+    if value > limit and not _has_bound(field, (annotated_types.Le, annotated_types.Lt)):
+        return f"Input should be less than or equal to {limit:.10g}"
+    if value < -limit and not _has_bound(field, (annotated_types.Ge, annotated_types.Gt)):
+        return f"Input should be greater than or equal to {-limit:.10g}"
+    return None
+
+
 def _read_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -116,12 +147,17 @@ def merge_sources(
     for name, v in cli.items():
         values[name], origin[name] = v, flag_name(name)
     try:
-        return model.model_validate(values)
+        cfg = model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         where = origin.get(field, flag_name(field) if field else "settings")
         raise ConfigError(f"invalid value for {where}: {err['msg']}") from None
+    for name, field in model.model_fields.items():
+        problem = default_bounds_error(field, getattr(cfg, name))
+        if problem:
+            raise ConfigError(f"invalid value for {origin.get(name, flag_name(name))}: {problem}")
+    return cfg
 
 
 def load_config(

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainer.config.network import NetworkSettings
+from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 
 # Larger action spaces are refused rather than sized: a policy head (and a legal mask per
 # row) this wide would not fit in memory anyway.
@@ -40,13 +40,13 @@ class OfflineConfig(NetworkSettings):
     player_count: int | None = Field(None, ge=1, le=2, description="Players taking turns in the data: 2 = two-player zero-sum, alternating (outcomes and the IQL/CQL bootstrap flip sign every ply), 1 = a single agent. Default: the known game's, else the HDF5 `player_count` attribute, else 2.")
 
     # --- optimisation --------------------------------------------------------------------
-    batch_size: int = Field(256, gt=1, description="Samples per update.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(256, gt=1, le=MAX_BATCH, description="Samples per update.")
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description="Peak learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW); 0 for plain Adam behaviour.")
     grad_clip: float = Field(1.0, ge=0, description="Global-norm gradient clip; 0 disables it.")
     lr_warmup_steps: int = Field(0, ge=0, description="Linear LR warmup length in global steps.")
     lr_min_ratio: float = Field(0.05, ge=0, le=1, description="Cosine floor as a fraction of --lr.")
-    seed: int = Field(0, description="Seed of the train/validation split, the batch order and the initial weights.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the train/validation split, the batch order and the initial weights.")
 
     # --- data handling -------------------------------------------------------------------
     stream_threshold_mb: float = Field(1024.0, ge=0, description="HDF5 files larger than this (MB) stream in chunks instead of being loaded into memory; every chunk is checked once before training starts.")
@@ -60,7 +60,7 @@ class OfflineConfig(NetworkSettings):
 
     # --- runtime -------------------------------------------------------------------------
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Torch device.")
-    threads: int = Field(1, gt=0, description="torch intra-op threads.")
+    threads: int = Field(1, gt=0, le=MAX_THREADS, description="torch intra-op threads.")
     init_from: Path | None = Field(None, description="Initialise the policy-value network from a checkpoint of any mode (daemon, imitation, bc, iql, cql).")
     resume: bool = Field(False, description="Continue the run in --checkpoint-dir (step counter, optimiser state, data order).")
     fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are deleted only once the data, the network and --init-from have been accepted.")
@@ -146,7 +146,7 @@ class SplitConfig(BaseModel):
 
     data: Path = Field(..., description="JSONL trajectory file, one episode per line.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of episodes written to --out-val.")
-    seed: int = Field(0, description="Seed of the split.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the split.")
     out_train: Path = Field(..., description="Training episodes (written atomically).")
     out_val: Path = Field(..., description="Validation episodes (written atomically).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")

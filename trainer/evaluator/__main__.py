@@ -42,7 +42,7 @@ class EvaluatorConfig(BaseModel):
         description="Model move temperature: softmax(logits / T) for the raw policy, visits^(1/T) with --sims; 0 = greedy.",
     )
     c_puct: float = Field(1.5, gt=0, description="PUCT constant for every MCTS player.")
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+    threads: int = Field(1, ge=1, le=1024, description="onnxruntime intra-op threads.")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
     min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
     json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
