@@ -3,7 +3,7 @@
 HDF5 rows of (states, actions[, legal_masks, outcomes | rewards + dones]); a seeded 90/10
 split by game; masked cross-entropy (+ value MSE on outcomes when the data has them); Adam
 with the LR reduced on a validation plateau (or cosine); early stopping with --patience;
-best.pt kept beside the step checkpoints. See trainer/sources/offline_data.py for the format.
+best.pt kept beside the step checkpoints. See trainer/sources/offline_data/hdf5.py for the format.
 """
 
 from __future__ import annotations
