@@ -115,14 +115,13 @@ def actions_in_range(actions: np.ndarray, num_actions: int, rows: Rows) -> np.nd
 
 def legal_masks(mask: np.ndarray | None, obs: np.ndarray, spec: GameSpec, mask_in_obs: bool,
                 what: str, rows: Rows) -> np.ndarray:
-    a_n, off = spec.num_actions, spec.legal_mask_offset
     if mask is not None:
-        if mask.shape[1] != a_n:
-            raise OfflineDataError(f"{rows.where}: {what} has {mask.shape[1]} entries, the game has {a_n} actions")
+        if mask.shape[1] != spec.num_actions:
+            raise OfflineDataError(f"{rows.where}: {what} has {mask.shape[1]} entries, the game has {spec.num_actions} actions")
         return zero_one(mask, what, rows)
     if mask_in_obs:
-        return obs[:, off:off + a_n] > 0.5
-    return np.ones((len(obs), a_n), dtype=bool)
+        return spec.legal_masks(obs)
+    return np.ones((len(obs), spec.num_actions), dtype=bool)
 
 
 def actions_are_legal(actions: np.ndarray, legal: np.ndarray, rows: Rows) -> None:
