@@ -17,9 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from test_offline_inputs import GAMES, _good_line
 from test_offline_teacher import write_hdf5, write_jsonl
+
 from trainer import __main__ as trainer_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,18 @@ commands print it as one `error:` line and exit with code 2.
 """
 
 from trainer.sources.offline_data.chunks import HDF5Chunks
-from trainer.sources.offline_data.dataset import OfflineDataError, OfflineDataset, RawData
+from trainer.sources.offline_data.dataset import (
+    OfflineDataError,
+    OfflineDataset,
+    RawData,
+)
 from trainer.sources.offline_data.jsonl import parse_action_offsets
-from trainer.sources.offline_data.load import check_file, data_format, load_dataset, should_stream
+from trainer.sources.offline_data.load import (
+    check_file,
+    data_format,
+    load_dataset,
+    should_stream,
+)
 from trainer.sources.offline_data.validate import build_dataset
 
 __all__ = [

@@ -7,7 +7,12 @@ from typing import Any, Iterator
 
 from trainer.games import GameSpec
 from trainer.sources.offline_data.dataset import OfflineDataError, OfflineDataset
-from trainer.sources.offline_data.hdf5 import hdf5_keys, open_hdf5, read_hdf5_column, read_hdf5_rows
+from trainer.sources.offline_data.hdf5 import (
+    hdf5_keys,
+    open_hdf5,
+    read_hdf5_column,
+    read_hdf5_rows,
+)
 from trainer.sources.offline_data.load import check_file
 from trainer.sources.offline_data.spec import largest_action
 from trainer.sources.offline_data.validate import build_dataset

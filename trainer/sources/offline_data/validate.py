@@ -32,8 +32,16 @@ import numpy as np
 import torch
 
 from trainer.games import GameSpec
-from trainer.sources.offline_data.dataset import OfflineDataError, OfflineDataset, RawData
-from trainer.sources.offline_data.spec import check_against_spec, infer_spec, largest_action
+from trainer.sources.offline_data.dataset import (
+    OfflineDataError,
+    OfflineDataset,
+    RawData,
+)
+from trainer.sources.offline_data.spec import (
+    check_against_spec,
+    infer_spec,
+    largest_action,
+)
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
