@@ -33,8 +33,11 @@ from trainer.training.batch import Batch
 from trainer.training.state import (
     LATEST_NAME,
     CheckpointError,
+    NonFiniteState,
+    TrainState,
     checkpoint_path,
     load_checkpoint_file,
+    save_checkpoint,
     step_checkpoints,
 )
 
@@ -181,6 +184,20 @@ def test_offline_mode_stops_on_nonfinite_training_with_exit_2(mode, tmp_path):
     assert not (tmp_path / "models" / "latest.onnx").exists()
     for path in (tmp_path / "checkpoints").glob("*.pt"):
         assert all_finite(load_checkpoint_file(path).objective), path
+
+
+def test_weights_gone_nan_are_never_saved_over_good_checkpoints(tmp_path):
+    """Whatever let NaN into the weights (an update that overflowed them), the last good
+    checkpoint must survive it."""
+    state = TrainState(mode="daemon", env_id="tictactoe", spec={}, network={}, step=10,
+                       objective={"net": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}})
+    save_checkpoint(state, tmp_path, keep=5)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    state.step = 20
+    state.objective["optimizer"]["state"][0]["exp_avg"][1] = float("inf")
+    with pytest.raises(NonFiniteState, match="optimizer.state.0.exp_avg"):
+        save_checkpoint(state, tmp_path, keep=5)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
 
 # --- a full disk under the checkpoints --------------------------------------------------------

@@ -1,8 +1,9 @@
 """Save the whole TrainState every N steps and when stopping.
 
-A save that fails (disk full, quota, a read-only remount) is logged with the OS's reason
-and counted; training goes on with the previous checkpoint intact, and the next interval
-tries again. Losing a few minutes of progress beats losing the run.
+A save that fails (disk full, quota, a read-only remount) or is refused (weights gone
+NaN) is logged with the reason and counted; training goes on with the previous checkpoint
+intact, and the next interval tries again. Losing a few minutes of progress beats losing
+the run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from pathlib import Path
 
 from trainer.hooks.base import Hook
-from trainer.training.state import save_checkpoint
+from trainer.training.state import NonFiniteState, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,11 @@ class CheckpointHook(Hook):
             return
         try:
             self.last_path = save_checkpoint(loop.snapshot(), self.folder, self.keep)
-        except OSError as exc:
+        except (OSError, NonFiniteState) as exc:
             self.failures += 1
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             log.error("checkpoint for step %d NOT saved in %s: %s (the previous one is kept; retrying at the "
-                      "next interval)", step, self.folder, exc.strerror or exc)
+                      "next interval)", step, self.folder, reason)
             return
         self.last_saved_step = step
         log.debug("checkpoint saved: %s", self.last_path)

@@ -37,6 +37,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this run (other game, other net, corrupt)."""
 
 
+class NonFiniteState(ValueError):
+    """A state holding NaN/inf tensors: saving it would replace good checkpoints with garbage."""
+
+
 @dataclass
 class TrainState:
     mode: str  # daemon | imitation | bc | iql | cql
@@ -111,8 +115,12 @@ def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
     """Write `ckpt_step_N.pt` and `latest.pt` atomically, then prune old step files.
 
     On OSError the files already there are untouched (at worst the new step file exists
-    and latest.pt still holds the previous step), and nothing is pruned.
+    and latest.pt still holds the previous step), and nothing is pruned. A state whose
+    objective holds NaN/inf is refused with NonFiniteState before anything is written.
     """
+    bad = nonfinite_tensors(state.objective)
+    if bad:
+        raise NonFiniteState(f"NaN or inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     folder.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint_as(state, checkpoint_path(folder, state.step))
     # latest.pt is a second atomic copy rather than a link, so it is valid on every
@@ -121,6 +129,26 @@ def save_checkpoint(state: TrainState, folder: Path, keep: int) -> Path:
         shutil.copyfile(path, tmp)
     prune_checkpoints(folder, keep)
     return path
+
+
+def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in `tree` that hold NaN or inf."""
+    named = list(_float_tensors(tree, prefix))
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return []  # one host sync for the whole state in the usual case
+    return [name for name, t in named if not bool(torch.isfinite(t).all())]
+
+
+def _float_tensors(tree: Any, prefix: str):
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point():
+            yield prefix, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _float_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _float_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
