@@ -27,7 +27,12 @@ from trainer.replay.reader import sqlite_ro_uri
 from trainer.replay.schema import MissingMetadataError, SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
-from trainer.training.loop import DataWaitTimeout, TrainingDiverged, TrainLoop, WaitPolicy
+from trainer.training.loop import (
+    DataWaitTimeout,
+    TrainingDiverged,
+    TrainLoop,
+    WaitPolicy,
+)
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import (
     CheckpointError,
