@@ -216,9 +216,9 @@ class TrainLoop:
             self._last_nonfinite_log = now
         if self._nonfinite_streak >= self.max_nonfinite_streak:
             raise TrainingDiverged(
-                f"training diverged: {self._nonfinite_streak} steps in a row had a non-finite loss or "
-                f"gradient ({skipped}); kept the weights of step {self.state.step}, the last finite one. "
-                "Check the data for extreme values, or lower --lr"
+                f"training diverged: {self._nonfinite_streak} steps in a row after step {self.state.step} had a "
+                f"non-finite loss or gradient ({skipped}); none was applied, and no NaN weights are saved or "
+                "published. Check the data for extreme values, or lower --lr"
             )
 
     def _wait_for_data(self) -> None:
