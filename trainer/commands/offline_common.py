@@ -53,7 +53,7 @@ from trainer.sources.offline_source import (
     split_chunks,
     split_rows,
 )
-from trainer.training.loop import TrainLoop
+from trainer.training.loop import TrainingDiverged, TrainLoop
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import (
     LATEST_NAME,
@@ -62,6 +62,7 @@ from trainer.training.state import (
     check_compatible,
     find_latest_checkpoint,
     load_checkpoint_file,
+    load_latest_checkpoint,
     restore_rng,
 )
 
@@ -191,7 +192,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
     if cfg.resume:
         if ckpt is None:
             raise CheckpointError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
-        loaded = load_checkpoint_file(ckpt)
+        ckpt, loaded = load_latest_checkpoint(cfg.checkpoint_dir)
         if loaded.mode != mode:
             raise CheckpointError(f"checkpoint {ckpt} is from a {loaded.mode} run, not {mode}; pass it with --init-from")
         check_compatible(loaded, spec.env_id, state.spec, network, ckpt)
@@ -295,7 +296,7 @@ def run_offline(mode: str, config_model: type[OfflineConfig], argv: list[str] | 
     except KeyboardInterrupt:
         log.info("stopped before training started")
         return 0
-    except (OfflineDataError, CheckpointError) as exc:
+    except (OfflineDataError, CheckpointError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

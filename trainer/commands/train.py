@@ -27,14 +27,19 @@ from trainer.replay.reader import sqlite_ro_uri
 from trainer.replay.schema import MissingMetadataError, SchemaError, read_game_spec
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
-from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
+from trainer.training.loop import (
+    DataWaitTimeout,
+    TrainingDiverged,
+    TrainLoop,
+    WaitPolicy,
+)
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import (
     CheckpointError,
     TrainState,
     check_compatible,
-    find_latest_checkpoint,
     load_checkpoint_file,
+    load_latest_checkpoint,
     restore_rng,
 )
 
@@ -113,9 +118,10 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
         config_json=cfg.model_dump_json(),
     )
 
-    ckpt = None if cfg.fresh else find_latest_checkpoint(cfg.checkpoint_dir)
-    if ckpt is not None:
-        loaded = load_checkpoint_file(ckpt)
+    found = None if cfg.fresh else load_latest_checkpoint(cfg.checkpoint_dir)
+    ckpt = None
+    if found is not None:
+        ckpt, loaded = found
         if loaded.mode != "daemon":
             raise CheckpointError(f"checkpoint {ckpt} is from a {loaded.mode} run; pass it with --init-from, or use --fresh")
         check_compatible(loaded, cfg.env_id, state.spec, network, ckpt)
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopped before training started")
         return 0
-    except (DataWaitTimeout, CheckpointError, SchemaError) as exc:
+    except (DataWaitTimeout, CheckpointError, SchemaError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

@@ -1,4 +1,10 @@
-"""Save the whole TrainState every N steps and when stopping."""
+"""Save the whole TrainState every N steps and when stopping.
+
+A save that fails (disk full, quota, a read-only remount) or is refused (weights gone
+NaN) is logged with the reason and counted; training goes on with the previous checkpoint
+intact, and the next interval tries again. Losing a few minutes of progress beats losing
+the run.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import logging
 from pathlib import Path
 
 from trainer.hooks.base import Hook
-from trainer.training.state import save_checkpoint
+from trainer.training.state import NonFiniteState, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +24,23 @@ class CheckpointHook(Hook):
         self.folder, self.every, self.keep = Path(folder), every, keep
         self.last_saved_step = -1
         self.last_path: Path | None = None
+        self.failures = 0
 
     def run(self, loop, metrics) -> None:
         self.save(loop)
 
     def save(self, loop) -> None:
-        if loop.state.step == self.last_saved_step:
+        step = loop.state.step
+        if step == self.last_saved_step:
             return
-        self.last_path = save_checkpoint(loop.snapshot(), self.folder, self.keep)
-        self.last_saved_step = loop.state.step
+        try:
+            self.last_path = save_checkpoint(loop.snapshot(), self.folder, self.keep)
+        except (OSError, NonFiniteState) as exc:
+            self.failures += 1
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            log.error("checkpoint for step %d NOT saved in %s: %s (the previous one is kept)", step, self.folder, reason)
+            return
+        self.last_saved_step = step
         log.debug("checkpoint saved: %s", self.last_path)
 
     def on_start(self, loop) -> None:
@@ -36,4 +50,7 @@ class CheckpointHook(Hook):
         self.save(loop)
 
     def stats(self) -> dict:
-        return {"last_training_checkpoint": str(self.last_path) if self.last_path else ""}
+        return {
+            "last_training_checkpoint": str(self.last_path) if self.last_path else "",
+            "checkpoint_failures": self.failures,
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -24,7 +25,10 @@ class Objective(ABC):
     @abstractmethod
     def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
         """One optimisation step. Must return at least total_loss, policy_loss, value_loss
-        and grad_norm (pre-clip global norm) as Python floats."""
+        and grad_norm (pre-clip global norm) as Python floats.
+
+        A step whose loss or gradient is NaN/inf raises `NonFiniteStep` having changed
+        nothing (see `StepGuard`): one bad batch must not poison the weights."""
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, float]:
@@ -59,3 +63,40 @@ def clip_and_norm(params, max_norm: float) -> float:
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+
+class NonFiniteStep(ArithmeticError):
+    """A training step whose loss or gradient was NaN/inf; the objective applied nothing."""
+
+    def __init__(self, metrics: dict[str, float], keys: list[str]):
+        self.metrics, self.keys = metrics, keys
+        super().__init__(", ".join(f"{k}={metrics[k]}" for k in keys))
+
+
+class StepGuard:
+    """Makes a training step all-or-nothing with respect to non-finite numbers.
+
+    The optimiser is only stepped once the loss and the gradient norm are known to be
+    finite; both are already Python floats by then (the norm from clipping, the loss from
+    the metrics), so checking them costs no extra device sync. The forward pass itself has
+    a side effect before that point: in training mode it folds the batch into BatchNorm's
+    running statistics, so those buffers are copied before the forward pass and put back
+    when the step is refused.
+    """
+
+    def __init__(self, *modules: nn.Module):
+        self.live = [b for m in modules for b in m.buffers()]
+        self.saved = [b.detach().clone() for b in self.live]
+
+    def begin(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    def check(self, metrics: dict[str, float], *keys: str) -> None:
+        """Raise `NonFiniteStep` (buffers restored) unless every `metrics[key]` is finite."""
+        bad = [k for k in keys if not math.isfinite(metrics[k])]
+        if bad:
+            if self.live:
+                with torch.no_grad():
+                    torch._foreach_copy_(self.live, self.saved)
+            raise NonFiniteStep(metrics, bad)

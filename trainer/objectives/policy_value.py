@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.objectives.base import Objective, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, clip_and_norm, set_lr
 from trainer.training.batch import Batch
 
 # Large negative instead of -inf: 0 * -inf would turn the loss into NaN on illegal moves.
@@ -77,6 +77,7 @@ class PolicyValueObjective(Objective):
         self.label_smoothing = label_smoothing
         self.policy_weight = policy_weight
         self.value_weight = value_weight
+        self.guard = StepGuard(net)
 
     def losses(self, batch: Batch, smoothing: float) -> dict[str, torch.Tensor]:
         logits, value = self.net(batch.obs)
@@ -99,12 +100,15 @@ class PolicyValueObjective(Objective):
         if not self.net.training:
             self.net.train()
         set_lr(self.optimizer, lr)
+        self.guard.begin()
         out = self.losses(batch, self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
         grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
+        metrics = {**self._metrics(out, batch), "grad_norm": grad_norm}
+        self.guard.check(metrics, "total_loss", "grad_norm")
         self.optimizer.step()
-        return {**self._metrics(out, batch), "grad_norm": grad_norm}
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, float]:

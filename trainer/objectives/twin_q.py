@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trainer.objectives.policy_value import ILLEGAL_LOGIT
-from trainer.objectives.base import Objective, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, clip_and_norm, set_lr
 from trainer.training.batch import Batch
 
 
@@ -82,6 +82,7 @@ class TwinQObjective(Objective):
         self.opt_q = torch.optim.AdamW(self.q.parameters(), lr=lr, weight_decay=weight_decay)
         self.grad_clip, self.gamma, self.rate, self.value_weight = grad_clip, gamma, target_update_rate, value_weight
         self.sign = opponent_sign(player_count)
+        self.guard = StepGuard(self.net, self.q)
 
     @abstractmethod
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -95,16 +96,19 @@ class TwinQObjective(Objective):
         self.q.train()
         set_lr(self.opt_net, lr)
         set_lr(self.opt_q, lr)
+        self.guard.begin()
         out = self.losses(batch)
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_q.zero_grad(set_to_none=True)
         (out["net_loss"] + out["q_loss"]).backward()  # disjoint parameters (q targets detached): one backward
         grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
         q_grad_norm = clip_and_norm(self.q.parameters(), self.grad_clip)
+        metrics = {**self._metrics(out, batch), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+        self.guard.check(metrics, "total_loss", "grad_norm", "q_grad_norm")
         self.opt_net.step()
         self.opt_q.step()
         polyak_update(self.q_target, self.q, self.rate)
-        return {**self._metrics(out, batch), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, float]:

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from trainer.hooks.base import Hook
-from trainer.objectives.base import Objective
+from trainer.objectives.base import NonFiniteStep, Objective
 from trainer.sources import BatchSource
 from trainer.sources.wait_reason import NO_BATCH, WaitKind
 from trainer.training.lr_schedule import LRSchedule
@@ -35,6 +35,10 @@ STARTING, WAITING, TRAINING, PUBLISHING, STOPPED = (
 
 class DataWaitTimeout(RuntimeError):
     """No data within --max-wait; the command exits with code 2."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the command exits with code 2."""
 
 
 @dataclass
@@ -78,6 +82,10 @@ class Throughput:
 
 
 class TrainLoop:
+    # Steps whose loss or gradient is NaN/inf are skipped (the objective applies nothing);
+    # this many in a row means the data or the settings are broken, not one unlucky batch.
+    max_nonfinite_streak = 20
+
     def __init__(
         self,
         objective: Objective,
@@ -109,6 +117,8 @@ class TrainLoop:
         self._wait_attempt = 0
         self._last_wait_log = 0.0
         self._last_wait_kind: WaitKind | None = None
+        self._nonfinite_streak = 0
+        self._last_nonfinite_log = float("-inf")
 
     # --- persistence -----------------------------------------------------------------------
     def snapshot(self) -> TrainState:
@@ -164,7 +174,12 @@ class TrainLoop:
                 if self.phase != TRAINING:
                     self.set_phase(TRAINING)
                 lr = self.schedule(self.state.step)
-                metrics = self.objective.train_step(batch, lr)
+                try:
+                    metrics = self.objective.train_step(batch, lr)
+                except NonFiniteStep as skipped:
+                    self._skip_nonfinite(skipped)
+                    continue
+                self._nonfinite_streak = 0
                 self.state.step += 1
                 self.state.samples_trained += len(batch)
                 self.last_lr, self.last_metrics = lr, metrics
@@ -185,6 +200,26 @@ class TrainLoop:
                     log.exception("hook %s failed while stopping", type(hook).__name__)
             # Only now: `stopped` in stats.json promises the checkpoint and model are on disk.
             self.set_phase(STOPPED, self.stop_reason or "stopped")
+
+    def _skip_nonfinite(self, skipped: NonFiniteStep) -> None:
+        """Count a refused step; stop once they come `max_nonfinite_streak` in a row.
+
+        The step counter does not move, so the weights a stop checkpoints and publishes are
+        those of the last finite step.
+        """
+        self.state.nonfinite_steps += 1
+        self._nonfinite_streak += 1
+        now = time.monotonic()
+        if self._nonfinite_streak == 1 and now - self._last_nonfinite_log > 30:
+            log.warning("skipped a non-finite training step after step %d (%s); %d skipped so far",
+                        self.state.step, skipped, self.state.nonfinite_steps)
+            self._last_nonfinite_log = now
+        if self._nonfinite_streak >= self.max_nonfinite_streak:
+            raise TrainingDiverged(
+                f"training diverged: {self._nonfinite_streak} steps in a row after step {self.state.step} had a "
+                f"non-finite loss or gradient ({skipped}); none was applied, and no NaN weights are saved or "
+                "published. Check the data for extreme values, or lower --lr"
+            )
 
     def _wait_for_data(self) -> None:
         reason = self.source.waiting_reason or NO_BATCH
