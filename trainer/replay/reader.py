@@ -17,6 +17,8 @@ import logging
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -440,27 +442,46 @@ class ReplayReader:
         self._schema_version = None
 
     # --- reading ---------------------------------------------------------------------------
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One short read transaction, ended whether or not its queries failed."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            self._check_schema()
+            yield conn
+        except BaseException:
+            # A failed query (a damaged page) leaves its error on the transaction: COMMIT
+            # would raise it again, ROLLBACK ends it (a read transaction has nothing to lose).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _fetch_after(self, after: int, limit: int, before: int | None = None) -> tuple[list[tuple], int | None]:
         """Rows of env_id with after < rowid (< before), ascending, at most `limit`; plus
         MAX(rowid) of the same snapshot when the rows ran out before `limit` (and no bound)."""
-        conn = self._conn
-        assert conn is not None
         bound, args = ("", (after, self.env_id, limit)) if before is None else (
             " AND rowid < ?", (after, before, self.env_id, limit))
-        conn.execute("BEGIN")
-        try:
-            # One snapshot for the rows and MAX(rowid): when the chunk is short we have seen
-            # everything up to MAX(rowid), including other games' rows after our last one.
-            self._check_schema()
+        # One snapshot for the rows and MAX(rowid): when the chunk is short we have seen
+        # everything up to MAX(rowid), including other games' rows after our last one.
+        with self._snapshot() as conn:
             rows = conn.execute(
                 f"{self._select} WHERE rowid > ?{bound} AND env_id = ? ORDER BY rowid LIMIT ?", args,
             ).fetchall()
             end = None
             if len(rows) < limit and before is None:
                 (end,) = conn.execute("SELECT MAX(rowid) FROM transitions").fetchone()
-        finally:
-            conn.execute("COMMIT")
         return rows, end
+
+    def _fetch_upto(self, upto: int, limit: int, above: int = 0) -> list[tuple]:
+        """Rows of env_id with above < rowid <= upto, newest first, at most `limit`."""
+        with self._snapshot() as conn:
+            return conn.execute(
+                f"{self._select} WHERE rowid <= ? AND rowid > ? AND env_id = ? ORDER BY rowid DESC LIMIT ?",
+                (upto, above, self.env_id, limit),
+            ).fetchall()
 
     def read_new(self, limit: int | None = None) -> DecodedRows:
         """Usable rows of env_id after `cursor` (at most `limit` scanned rows of env_id)."""
@@ -581,26 +602,10 @@ class ReplayReader:
         assert self._conn is not None and self.spec is not None
         parts: list[DecodedRows] = []
         have, upto = 0, upto_rowid
-        while have < n_valid:
-            self._conn.execute("BEGIN")
-            try:
-                self._check_schema()
-                rows = self._conn.execute(
-                    f"{self._select} WHERE rowid <= ? AND env_id = ? ORDER BY rowid DESC LIMIT ?",
-                    (upto, self.env_id, self.chunk_rows),
-                ).fetchall()
-            except sqlite3.DatabaseError as exc:
-                if not is_corrupt(exc):
-                    raise
-                # Older rows lie beyond damage: start with the newer ones; new rows refill it.
-                log.warning("replay DB %s is damaged below rowid %d (%s): the window starts with %d rows",
-                            self.db_path, upto, exc, have)
-                break
-            finally:
-                self._conn.execute("COMMIT")
+        while have < n_valid and upto is not None:
+            rows, upto = self._newest_chunk(upto)
             if not rows:
-                break
-            upto = rows[-1][0] - 1
+                continue
             part = decode_rows(rows[::-1], self.spec, self.has_model_step)
             if len(part) > n_valid - have:
                 keep = len(part) - (n_valid - have)
@@ -615,6 +620,45 @@ class ReplayReader:
         if out.model_step is not None and self.model_step is None:
             self.model_step = out.model_step
         return out
+
+    def _newest_chunk(self, upto: int) -> tuple[list[tuple], int | None]:
+        """A chunk of rows at or below `upto`, newest first, and where the next chunk starts
+        (None: no rows below). Steps over a damaged range as read_new() does, downwards."""
+        try:
+            rows = self._fetch_upto(upto, self.chunk_rows)
+            return rows, (rows[-1][0] - 1 if rows else None)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            error = exc
+        damage = self._damage_below(upto)
+        if damage is None:
+            log.warning("replay DB %s: rows at or below rowid %d cannot be read (%s)", self.db_path, upto, error)
+            return [], None
+        top_bad, below = damage
+        rows = self._fetch_upto(upto, self.chunk_rows, above=top_bad) if top_bad < upto else []
+        if len(rows) == self.chunk_rows:
+            return rows, rows[-1][0] - 1
+        log.warning("replay DB %s: rowids below %d cannot be read (the file is damaged there); the window "
+                    "refill goes on below rowid %s", self.db_path, top_bad + 1, below)
+        return rows, below
+
+    def _damage_below(self, upto: int) -> tuple[int, int | None] | None:
+        """(the highest damaged rowid <= upto, the highest rowid below it that rows can be
+        read down from, or None), or None when no damaged rowid is found."""
+        def fails(d: int) -> bool:
+            return not self._readable(f"{self._select} WHERE rowid <= ? AND rowid > ?", (upto, upto - d))
+
+        d = _first_true(fails, 0, upto)
+        if d is None:
+            return None
+        top_bad = upto - d + 1
+
+        def reads_down_from(e: int) -> bool:
+            return self._readable(f"{self._select} WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (top_bad - e,))
+
+        e = _first_true(reads_down_from, 0, top_bad)
+        return top_bad, (None if e is None else top_bad - e)
 
     def count_rows(self, upto_rowid: int | None = None) -> int:
         """Rows of env_id (up to a rowid). A table scan: call it once at start, not per step."""
