@@ -550,7 +550,8 @@ class ReplayReader:
     def _readable(self, sql: str, args: tuple) -> bool:
         assert self._conn is not None
         try:
-            self._conn.execute(sql, args).fetchall()
+            for _ in self._conn.execute(sql, args):  # streamed: the range may be long
+                pass
             return True
         except sqlite3.DatabaseError as exc:
             if is_corrupt(exc):

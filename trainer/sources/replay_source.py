@@ -39,6 +39,7 @@ import torch
 
 from trainer.augment import Augmenter
 from trainer.config.daemon import DaemonConfig
+from trainer.games import GameSpec
 from trainer.replay.reader import BAD_REASONS, BAD_UNREADABLE, DecodedRows, ReplayReader, read_failure
 from trainer.replay.schema import SchemaError
 from trainer.replay.window import ReplayWindow, window_size
@@ -360,7 +361,7 @@ class ReplaySource:
             )
         self._ready = True
 
-    def _check_same_game(self, spec) -> None:
+    def _check_same_game(self, spec: GameSpec) -> None:
         """A re-opened DB must describe the game the window holds rows of."""
         assert self._window is not None and self._legal is not None
         held = (self._window.obs_size, self._window.num_actions, self._legal.start)
