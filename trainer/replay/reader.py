@@ -7,6 +7,11 @@ never a table scan), the rows are copied out with `fetchall()` and the read tran
 before any decoding starts. The connection is read-only (`mode=ro`): we cannot block a
 writer by taking a write lock, and we cannot create or alter the file.
 
+Reading never gives up on the file for good: a hot journal or a busy DB is a reason to wait
+(`read_failure`; the error codes are interpreted here and nowhere else), a damaged page costs
+the rows on it (counted as `unreadable`), and a file replaced under the connection is noticed
+(`replaced()`) so the caller can re-open it.
+
 Decoding is vectorised per chunk (one `b"".join` + `np.frombuffer` per column), because a
 restart may load a few hundred thousand rows before the first step.
 """

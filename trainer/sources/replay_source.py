@@ -23,6 +23,13 @@ draws of batches that were prepared but not trained on; on resume the interrupte
 drawn again and its batches already trained on are dropped.
 `load_state_dict()` refills the window with the newest W usable rows up to the cursor,
 which is what an uninterrupted run held at that point.
+
+A DB that cannot be read mid-run (a hot journal left by a killed rollback-journal writer, a
+damaged file, the file deleted) stops only the new rows: batches go on from the window while
+the reuse budget allows, `replay_status`/`replay_error` in stats say why no rows arrive, and
+once the budget is spent that is the waiting reason. A DB replaced under the open connection
+(another file at the path, or fewer rows than the cursor) is re-opened and read from its
+first row; rows_seen keeps counting, so the reuse budget grows with the new rows.
 """
 
 from __future__ import annotations
