@@ -552,26 +552,28 @@ class ReplayReader:
             )
         return rows, unreadable, resume
 
-    def _readable(self, sql: str, args: tuple) -> bool:
+    def _rows_unless_damaged(self, sql: str, args: tuple, keep: bool = True) -> list[tuple] | None:
+        """The query's rows (with `keep` False only streamed through, as a range may be long,
+        and [] returned), or None when it runs into a damaged page."""
         assert self._conn is not None
         try:
-            for _ in self._conn.execute(sql, args):  # streamed: the range may be long
+            cur = self._conn.execute(sql, args)
+            if keep:
+                return cur.fetchall()
+            for _ in cur:
                 pass
-            return True
-        except sqlite3.DatabaseError as exc:
-            if is_corrupt(exc):
-                return False
-            raise
-
-    def _fetch_one(self, rowid: int) -> list[tuple] | None:
-        """The row (if of env_id) at `rowid`, [] if none, None if it cannot be read."""
-        assert self._conn is not None
-        try:
-            return self._conn.execute(f"{self._select} WHERE rowid = ? AND env_id = ?", (rowid, self.env_id)).fetchall()
+            return []
         except sqlite3.DatabaseError as exc:
             if is_corrupt(exc):
                 return None
             raise
+
+    def _readable(self, sql: str, args: tuple) -> bool:
+        return self._rows_unless_damaged(sql, args, keep=False) is not None
+
+    def _fetch_one(self, rowid: int) -> list[tuple] | None:
+        """The row (if of env_id) at `rowid`, [] if none, None if it cannot be read."""
+        return self._rows_unless_damaged(f"{self._select} WHERE rowid = ? AND env_id = ?", (rowid, self.env_id))
 
     def _first_damaged(self, start: int) -> int | None:
         """The smallest m > start such that rows in (start, m] cannot be read, or None."""
@@ -583,12 +585,10 @@ class ReplayReader:
     def _resume_point(self, first_bad: int) -> int | None:
         """The smallest r >= first_bad such that rows after r can be read, or None when the
         end of the table cannot be read either."""
-        try:
-            top = self.max_rowid()
-        except sqlite3.DatabaseError as exc:
-            if is_corrupt(exc):
-                return None
-            raise
+        found = self._rows_unless_damaged("SELECT MAX(rowid) FROM transitions", ())
+        if found is None:
+            return None
+        top = int(found[0][0] or 0)
         if top < first_bad:
             return None
 
