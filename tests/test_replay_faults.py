@@ -7,7 +7,6 @@ never crash, and must say why in stats.json.
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_for
+from daemon_harness import read_stats, start_daemon, stop, tail_log, wait_for
 from replay_data import write_random_games
 from trainer.config.daemon import DaemonConfig
 from trainer.games import get_game
@@ -47,7 +46,7 @@ os.kill(os.getpid(), 9)
 
 
 def leave_hot_journal(db: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(db)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(db)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert Path(f"{db}-journal").exists()
 
@@ -173,7 +172,8 @@ def test_overflowing_policy_mass_and_out_of_range_values_are_bad_rows(tmp_path):
 # --- the source ------------------------------------------------------------------------------
 
 def _cfg(db, **kw) -> DaemonConfig:
-    base = dict(db=db, env_id="tictactoe", batch_size=16, min_rows=20, max_reuse=0, poll_interval=0.02, seed=0)
+    base = {"db": db, "env_id": "tictactoe", "batch_size": 16, "min_rows": 20, "max_reuse": 0, "poll_interval": 0.02,
+            "seed": 0}
     base.update(kw)
     return DaemonConfig(**base)
 
