@@ -111,6 +111,7 @@ class ReplaySource:
         # Why no new rows can be read right now (a hot journal, a damaged file, a deleted DB),
         # while batches may still come from the window; None while reading works.
         self._db_problem: WaitReason | None = None
+        self._db_problem_logged = False  # a warning went out: say when it is over
         # After a resume: re-create the interrupted burst and drop the batches already
         # trained on, so the next batches are those an uninterrupted run would train on.
         self._replay_burst = 0
@@ -315,14 +316,15 @@ class ReplaySource:
         batches go on from the window and the reason shows once the reuse budget is spent."""
         if self._caught_up and (self._db_problem is None or self._db_problem.kind != reason.kind):
             log.warning("replay: %s; training goes on from the %d rows in the window", reason, self._window_rows())
+            self._db_problem_logged = True
         self._db_problem = reason
         if not self._caught_up:
             self._set_status(reason, busy=False)
 
     def _db_readable(self) -> None:
-        if self._db_problem is not None and self._caught_up:
+        if self._db_problem is not None and self._db_problem_logged:
             log.info("replay DB %s is readable again (after: %s)", self.cfg.db, self._db_problem.kind.value)
-        self._db_problem = None
+        self._db_problem, self._db_problem_logged = None, False
 
     def _window_rows(self) -> int:
         return self._window.sample_size if self._window is not None else 0
