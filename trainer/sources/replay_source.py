@@ -23,11 +23,19 @@ draws of batches that were prepared but not trained on; on resume the interrupte
 drawn again and its batches already trained on are dropped.
 `load_state_dict()` refills the window with the newest W usable rows up to the cursor,
 which is what an uninterrupted run held at that point.
+
+A DB that cannot be read mid-run (a hot journal left by a killed rollback-journal writer, a
+damaged file, the file deleted) stops only the new rows: batches go on from the window while
+the reuse budget allows, `replay_status`/`replay_error` in stats say why no rows arrive, and
+once the budget is spent that is the waiting reason. A DB replaced under the open connection
+(another file at the path, or fewer rows than the cursor) is re-opened and read from its
+first row; rows_seen keeps counting, so the reuse budget grows with the new rows.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -38,7 +46,9 @@ import torch
 
 from trainer.augment import Augmenter
 from trainer.config.daemon import DaemonConfig
-from trainer.replay.reader import BAD_REASONS, DecodedRows, ReplayReader, is_transient
+from trainer.games import GameSpec
+from trainer.replay.reader import BAD_REASONS, BAD_UNREADABLE, DecodedRows, ReplayReader, read_failure
+from trainer.replay.schema import SchemaError
 from trainer.replay.window import ReplayWindow, window_size
 from trainer.sources.wait_reason import NO_BATCH, WaitKind, WaitReason
 from trainer.training.batch import Batch
@@ -98,6 +108,10 @@ class ReplaySource:
         self._caught_up = False
         self._ingest_events: deque = deque()  # (monotonic time, rows)
         self._busy_retries = 0
+        # Why no new rows can be read right now (a hot journal, a damaged file, a deleted DB),
+        # while batches may still come from the window; None while reading works.
+        self._db_problem: WaitReason | None = None
+        self._db_problem_logged = False  # a warning went out: say when it is over
         # After a resume: re-create the interrupted burst and drop the batches already
         # trained on, so the next batches are those an uninterrupted run would train on.
         self._replay_burst = 0
@@ -172,6 +186,8 @@ class ReplaySource:
             "actor_model_step": self._reader.model_step,
             "replay_cursor": int(self._cursor),
             "db_busy_retries": int(self._busy_retries),
+            "replay_status": problem.kind.value if (problem := self._db_problem) else "ok",
+            "replay_error": problem.detail if problem else None,
         }
         return out
 
@@ -263,38 +279,86 @@ class ReplaySource:
     def _poll(self) -> float:
         """Open the DB if needed and ingest new rows; returns seconds until the next poll."""
         try:
+            if self._ready and (why := self._reader.replaced()) is not None:
+                self._reopen(why)
             if not self._ready:
                 reason = self._reader.probe()
                 if reason is not None:
-                    self._set_status(reason, busy=False)
-                    return self.cfg.poll_interval
+                    self._db_unavailable(reason)
+                    return BUSY_RETRY_S if reason.kind == WaitKind.DB_BUSY else self.cfg.poll_interval
                 self._setup()
-            return 0.0 if self._ingest() else self.cfg.poll_interval
-        except Exception as exc:
-            if not is_transient(exc):
+            more = self._ingest()
+            self._db_readable()
+            return 0.0 if more else self.cfg.poll_interval
+        except SchemaError as exc:
+            # At start-up a file that is not SQLite is a clear error. Mid-run it is a DB being
+            # replaced (a copy still in progress): keep training from the window, say why.
+            # A file that breaks the contract (a missing column) is an error either way.
+            if not (self._caught_up and isinstance(exc.__cause__, sqlite3.DatabaseError)):
                 raise
-            # A writer is committing (rollback journal): keep preparing batches from the
-            # window and try again shortly.
-            self._busy_retries += 1
-            log.debug("replay DB busy (%s); retrying", exc)
-            return BUSY_RETRY_S
+            self._db_unavailable(WaitReason(WaitKind.DB_UNREADABLE, str(exc)))
+            return self.cfg.poll_interval
+        except sqlite3.DatabaseError as exc:
+            reason = read_failure(exc, self.cfg.db)
+            if reason is None:
+                raise
+            if reason.kind == WaitKind.DB_BUSY:
+                # A writer is committing (rollback journal): keep preparing batches from the
+                # window and try again shortly.
+                self._busy_retries += 1
+                log.debug("replay DB busy (%s); retrying", exc)
+                return BUSY_RETRY_S
+            self._db_unavailable(reason)
+            return self.cfg.poll_interval
+
+    def _db_unavailable(self, reason: WaitReason) -> None:
+        """No new rows can be read. Before the first batch that is the waiting reason; later,
+        batches go on from the window and the reason shows once the reuse budget is spent."""
+        if self._caught_up and (self._db_problem is None or self._db_problem.kind != reason.kind):
+            log.warning("replay: %s; training goes on from the %d rows in the window", reason, self._window_rows())
+            self._db_problem_logged = True
+        self._db_problem = reason
+        if not self._caught_up:
+            self._set_status(reason, busy=False)
+
+    def _db_readable(self) -> None:
+        if self._db_problem is not None and self._db_problem_logged:
+            log.info("replay DB %s is readable again (after: %s)", self.cfg.db, self._db_problem.kind.value)
+        self._db_problem, self._db_problem_logged = None, False
+
+    def _window_rows(self) -> int:
+        return self._window.sample_size if self._window is not None else 0
+
+    def _reopen(self, why: str) -> None:
+        log.warning(
+            "replay DB %s: %s; re-opening it and reading it from the start "
+            "(rows_seen keeps counting, the window keeps its rows)", self.cfg.db, why,
+        )
+        self._reader.reopen()
+        self._cursor = 0
+        self._replay_rows = 0
+        self._ready = False
 
     def _setup(self) -> None:
         reader = self._reader
         spec = reader.spec
         assert spec is not None
         t0 = time.monotonic()
-        if self._cursor > reader.max_rowid():
-            log.warning(
-                "replay DB %s ends at rowid %d, before the checkpoint's cursor %d: it was recreated; "
-                "reading it from the start (rows_seen keeps counting)", reader.db_path, reader.max_rowid(), self._cursor,
-            )
-            self._cursor = 0
         reader.cursor = self._cursor
+        if self._cursor and (why := reader.replaced()) is not None:
+            log.warning(
+                "replay DB %s: %s: it was recreated since the checkpoint; reading it from the start "
+                "(rows_seen keeps counting)", reader.db_path, why,
+            )
+            self._cursor = reader.cursor = 0
+        if self._window is not None:
+            self._check_same_game(spec)
+            self._ready = True
+            return
         self._window = ReplayWindow(spec.obs_size, spec.num_actions, self._max_window)
         self._augmenter = Augmenter.for_spec(spec) if self.cfg.augment else None
         self._legal = spec.legal_slice
-        self._replay_rows = reader.count_rows(self._cursor) if self._cursor else 0
+        self._replay_rows = self._count_rows() if self._cursor else 0
         if self._cursor:
             w = self._current_window()
             self._window.set_window(w)
@@ -305,6 +369,28 @@ class ReplaySource:
                 self._cursor, self._rows_seen, len(rows), time.monotonic() - t0,
             )
         self._ready = True
+
+    def _check_same_game(self, spec: GameSpec) -> None:
+        """A re-opened DB must describe the game the window holds rows of."""
+        assert self._window is not None and self._legal is not None
+        held = (self._window.obs_size, self._window.num_actions, self._legal.start)
+        if (spec.obs_size, spec.num_actions, spec.legal_mask_offset) != held:
+            raise SchemaError(
+                f"{self.cfg.db}: game_metadata for {self.cfg.env_id!r} now says obs_size {spec.obs_size}, "
+                f"num_actions {spec.num_actions}, legal_mask_offset {spec.legal_mask_offset}; this run trains on "
+                f"{held[0]}, {held[1]}, {held[2]}"
+            )
+
+    def _count_rows(self) -> int:
+        try:
+            return self._reader.count_rows(self._cursor)
+        except sqlite3.DatabaseError as exc:
+            reason = read_failure(exc, self.cfg.db)
+            if reason is None or reason.kind != WaitKind.DB_UNREADABLE:
+                raise
+            # Only a figure for the dashboard: a damaged page must not stop the resume.
+            log.warning("replay: cannot count the rows of %s (%s); showing the rows seen instead", self.cfg.db, exc)
+            return self._rows_seen
 
     def _current_window(self) -> int:
         c = self.cfg
@@ -318,7 +404,9 @@ class ReplaySource:
         live = self._caught_up  # the backlog at start-up is not a rate of new rows
         while True:
             chunk: DecodedRows = reader.read_new()
-            if chunk.scanned == 0:
+            # Rows skipped past a damaged part of the file: more may follow.
+            damaged = chunk.bad.get(BAD_UNREADABLE, 0) > 0
+            if chunk.scanned == 0 and not damaged:
                 self._cursor = reader.cursor
                 more = False
                 break
@@ -330,7 +418,7 @@ class ReplaySource:
             window.add(chunk.obs, chunk.policy, chunk.value)
             self._cursor = reader.cursor
             loaded += chunk.scanned
-            if chunk.scanned < reader.chunk_rows:
+            if chunk.scanned < reader.chunk_rows and not damaged:
                 more = False
                 break
             if time.monotonic() - t0 > INGEST_SLICE_S:
@@ -381,8 +469,9 @@ class ReplaySource:
             allowed = min(allowed, int(budget // b))
             if allowed <= 0:
                 if not self._queue:
+                    # Waiting for new rows: if they cannot be read, that is the reason to show.
                     self._set_status(
-                        WaitReason(
+                        self._db_problem or WaitReason(
                             WaitKind.REUSE_LIMIT,
                             f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
                             f"(--max-reuse {cfg.max_reuse:g}); waiting for actors to write new rows",
