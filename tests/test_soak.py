@@ -131,7 +131,8 @@ def test_soak_killed_writers_and_daemon(tmp_path):
                 daemon.send_signal(signal.SIGKILL)
                 daemon.wait(10)
                 daemon_kills += 1
-                check_model(tmp_path / "models" / "latest.onnx")
+                if (tmp_path / "models" / "latest.onnx").exists():  # short runs may not have published yet
+                    check_model(tmp_path / "models" / "latest.onnx")
                 daemon = start_daemon(tmp_path, *DAEMON_ARGS)
             model = tmp_path / "models" / "latest.onnx"
             if model.exists() and model.stat().st_mtime != last_model_mtime:
