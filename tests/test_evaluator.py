@@ -272,3 +272,38 @@ def test_a_model_nan_on_real_positions_is_refused_without_a_spec_too(tmp_path):
     _nan_on_boards_model(path)
     with pytest.raises(ModelContractError, match="NaN or inf on 8 of 8 trial positions"):
         OnnxPolicy(path)
+
+
+def test_cli_sprt_stops_early_with_its_decision_and_an_elo_interval(ttt_model):
+    out = _cli("--model", str(ttt_model), "--games", "400", "--opponent", "perfect", "--seed", "0",
+               "--temperature", "1", "--sprt", "0,50", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    s = d["sprt"]
+    assert s["result"] == "H0" and s["llr"] <= s["lower_bound"]  # nobody is stronger than perfect play
+    assert d["games_played"] < 400 and s["pairs"] == d["games_played"] // 2 and sum(s["pentanomial"]) == s["pairs"]
+    assert d["elo"] < 0 and (d["elo_ci"][0] is None or d["elo_ci"][0] <= d["elo"]) and d["elo_ci"][1] < 0
+    text = _cli("--model", str(ttt_model), "--games", "400", "--opponent", "perfect", "--seed", "0",
+                "--temperature", "1", "--sprt", "0,50").stdout
+    assert "Elo difference:" in text and "H0 accepted" in text
+
+
+def test_cli_sprt_against_another_model(ttt_model):
+    out = _cli("--model", str(ttt_model), "--games", "32", "--opponent", f"model:{ttt_model}", "--seed", "1",
+               "--temperature", "1", "--sprt", "0,50", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["opponent"] == "model:latest.onnx" and 2 <= d["games_played"] <= 32
+    assert d["sprt"]["result"] in ("H0", "continue")  # a model is not 50 Elo stronger than itself
+
+
+@pytest.mark.parametrize("value", ["50", "10,0", "a,b"])
+def test_cli_bad_sprt_is_one_error_line(ttt_model, value):
+    out = _cli("--model", str(ttt_model), "--games", "4", "--sprt", value)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error:") and "--sprt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_opponent_model_is_one_error_line(ttt_model, tmp_path):
+    out = _cli("--model", str(ttt_model), "--games", "4", "--opponent", f"model:{tmp_path / 'none.onnx'}")
+    assert out.returncode == 2 and out.stderr.startswith("error:") and "none.onnx" in out.stderr

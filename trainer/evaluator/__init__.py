@@ -1,5 +1,13 @@
 """Evaluating a published model against baseline players (`python -m trainer.evaluator`)."""
 
-from trainer.evaluator.match import EvalResult, GameRecord, evaluate_model, play_games, summarise, wilson_interval
+from trainer.evaluator.match import (
+    EvalResult,
+    GameRecord,
+    evaluate_model,
+    play_games,
+    play_match,
+    summarise,
+    wilson_interval,
+)
 
-__all__ = ["EvalResult", "GameRecord", "evaluate_model", "play_games", "summarise", "wilson_interval"]
+__all__ = ["EvalResult", "GameRecord", "evaluate_model", "play_games", "play_match", "summarise", "wilson_interval"]

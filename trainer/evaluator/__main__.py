@@ -3,13 +3,18 @@
 The model plays its raw policy, or searches with --sims MCTS simulations guided by the
 model; --temperature 0 plays its best move (highest logit, or most visits), T > 0 samples.
 Colours alternate game by game. The score is (wins + draws / 2) / games, reported with a 95%
-Wilson interval; --min-score X makes the exit code 1 when the score is below X (for CI gates).
+Wilson interval, and as a logistic Elo difference with its 95% interval (from the scores of
+colour-swapped game pairs). --min-score X makes the exit code 1 when the score is below X (for
+CI gates). --sprt elo0,elo1 stops as soon as a sequential probability ratio test over game pairs
+decides between "Elo <= elo0" (H0) and "Elo >= elo1" (H1) with error rates --alpha and --beta;
+with --opponent model:OTHER.onnx it decides whether the model is stronger than another one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +40,11 @@ class EvaluatorConfig(BaseModel):
     db: Path | None = Field(None, description="Replay DB whose game_metadata gives the shapes (optional).")
     env_id: str | None = Field(None, description="Game; default: the model's env_id metadata.")
     games: int = Field(100, ge=1, description="Games to play (colours alternate).")
-    opponent: str = Field("random", description="Opponent: random, perfect (tictactoe only) or mcts:SIMS (rollout MCTS).")
+    opponent: str = Field(
+        "random",
+        description="Opponent: random, perfect (tictactoe only), mcts:SIMS (rollout MCTS) or model:PATH "
+        "(another ONNX model, playing with the same --sims and --temperature).",
+    )
     sims: int = Field(0, ge=0, description="MCTS simulations for the model per move; 0 = its raw policy.")
     temperature: float = Field(
         0.0, ge=0,
@@ -45,6 +54,14 @@ class EvaluatorConfig(BaseModel):
     threads: int = Field(1, ge=1, le=1024, description="onnxruntime intra-op threads.")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
     min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
+    sprt: str | None = Field(
+        None,
+        description="ELO0,ELO1: a sequential probability ratio test of H0 'Elo <= ELO0' against H1 'Elo >= ELO1' "
+        "over colour-swapped game pairs; stops when it decides or after --games. Two greedy players repeat "
+        "the same games: give the model --temperature or --sims.",
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="SPRT: probability of accepting H1 when H0 holds.")
+    beta: float = Field(0.05, gt=0, lt=0.5, description="SPRT: probability of accepting H0 when H1 holds.")
     json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
     verbose: bool = Field(False, description="Print every game's moves and final board (to stderr with --json).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Logging level.")
@@ -57,11 +74,46 @@ class EvaluatorConfig(BaseModel):
             return v
         if kind == "mcts" and arg.isdigit() and int(arg) > 0:
             return v
-        raise ValueError("expected random, perfect or mcts:SIMS (SIMS a positive integer)")
+        if kind == "model" and arg:
+            return v
+        raise ValueError("expected random, perfect, mcts:SIMS (SIMS a positive integer) or model:PATH")
+
+    @field_validator("sprt")
+    @classmethod
+    def _sprt(cls, v: str | None) -> str | None:
+        if v is not None:
+            sprt_bounds(v)
+        return v
+
+
+def sprt_bounds(text: str) -> tuple[float, float]:
+    """The two Elo bounds of `--sprt ELO0,ELO1`, ELO0 below ELO1."""
+    parts = text.split(",")
+    try:
+        elo0, elo1 = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError("expected ELO0,ELO1 (two numbers, e.g. 0,20)") from None
+    if not elo0 < elo1:
+        raise ValueError(f"ELO0 must be below ELO1, got {elo0:g},{elo1:g}")
+    return elo0, elo1
 
 
 def _pct(k: int, n: int) -> str:
     return f"{100.0 * k / n:5.1f}%" if n else "  n/a"
+
+
+def _elo_text(elo: float) -> str:
+    return f"{elo:+.0f}" if math.isfinite(elo) else ("+inf" if elo > 0 else "-inf")
+
+
+def _sprt_lines(s) -> list[str]:
+    decided = {"H1": f"H1 accepted: Elo >= {s.elo1:g}", "H0": f"H0 accepted: Elo <= {s.elo0:g}",
+               "continue": "no decision within --games"}[s.decision]
+    return [
+        f"SPRT:              [{s.elo0:g}, {s.elo1:g}] alpha {s.alpha:g} beta {s.beta:g}: {decided}",
+        f"                   LLR {s.llr:.2f} (bounds {s.lower:.2f}, {s.upper:.2f}) after {s.pairs} pairs, "
+        f"pentanomial {s.pentanomial}",
+    ]
 
 
 def format_result(r) -> str:
@@ -88,9 +140,12 @@ def format_result(r) -> str:
         f"Draws:             {r.draws:4d} ({_pct(r.draws, n)})",
         f"Avg game length:   {r.avg_game_length:.1f} plies",
         f"Model score:       {r.score:.3f}  (95% CI {lo:.3f} - {hi:.3f}, Wilson)",
+        f"Elo difference:    {_elo_text(r.elo)}  (95% CI {_elo_text(r.elo_ci[0])} to {_elo_text(r.elo_ci[1])})",
         f"Time:              {r.elapsed_s:.1f}s ({n / max(r.elapsed_s, 1e-9):.1f} games/s)",
         f"Verdict:           {verdict}",
     ]
+    if r.sprt is not None:
+        lines += _sprt_lines(r.sprt)
     return "\n".join(lines)
 
 
@@ -106,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.model, cfg.env_id, cfg.opponent, cfg.games, cfg.seed,
             temperature=cfg.temperature, sims=cfg.sims, threads=cfg.threads, db=cfg.db,
             c_puct=cfg.c_puct, records_out=records if cfg.verbose else None,
+            sprt_elo=sprt_bounds(cfg.sprt) if cfg.sprt else None, alpha=cfg.alpha, beta=cfg.beta,
         )
     except (FileNotFoundError, ValueError) as e:  # ModelContractError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -16,10 +16,17 @@ from typing import Callable
 
 import numpy as np
 
+from trainer.atomic_files import finite_or_none
+from trainer.evaluator.sprt import PAIR_SCORES, SprtResult, elo_estimate, pentanomial, sprt
 from trainer.games import DRAW, Game, GameState, get_game
 from trainer.model.contract import read_model_metadata
 from trainer.onnx_policy import OnnxPolicy
 from trainer.search.players import Player, make_player, play_in_lockstep
+
+
+# Games between SPRT checks: even, so every batch is whole colour-swapped pairs, and large
+# enough that a model player still batches its evaluations across games.
+SPRT_BATCH_GAMES = 16
 
 
 @dataclass
@@ -49,6 +56,9 @@ class EvalResult:
     losses_as_second: int
     avg_game_length: float
     ci: tuple[float, float]  # 95% Wilson interval on the model's score
+    elo: float = 0.0  # logistic Elo of the score; +-inf after only wins or only losses
+    elo_ci: tuple[float, float] = (-math.inf, math.inf)  # 95%
+    sprt: SprtResult | None = None
     elapsed_s: float = 0.0
     timestamp: float = field(default_factory=time.time)
 
@@ -82,10 +92,13 @@ class EvalResult:
         }
 
     def to_dict(self) -> dict:
+        """JSON-ready: an infinite Elo bound is null."""
         d = asdict(self)
         d["ci"] = list(self.ci)
+        d["elo_ci"] = list(self.elo_ci)
+        d["sprt"] = self.sprt.to_dict() if self.sprt is not None else None
         d.update(win_rate=self.win_rate, draw_rate=self.draw_rate, loss_rate=self.loss_rate, score=self.score)
-        return d
+        return finite_or_none(d)
 
 
 def wilson_interval(score: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -96,6 +109,19 @@ def wilson_interval(score: float, n: int, z: float = 1.96) -> tuple[float, float
     centre = (score + z * z / (2 * n)) / denom
     half = z * math.sqrt(score * (1 - score) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pair_results(records: list[GameRecord]) -> list[tuple[int, int]]:
+    """The results of games 2k and 2k+1, which `play_games` plays with colours swapped."""
+    return [(records[i].result, records[i + 1].result) for i in range(0, len(records) - 1, 2)]
+
+
+def _elo(records: list[GameRecord]):
+    """Scored by colour-swapped pairs when the games pair up, else game by game."""
+    if len(records) % 2 == 0:
+        return elo_estimate(pentanomial(pair_results(records)), PAIR_SCORES)
+    counts = [sum(r.result == k for r in records) for k in (-1, 0, 1)]
+    return elo_estimate(counts, np.array([0.0, 0.5, 1.0]))
 
 
 def play_games(
@@ -123,8 +149,27 @@ def play_games(
     return records
 
 
+def play_match(
+    game: Game, model: Player, opponent: Player, games: int, sprt_elo: tuple[float, float] | None = None,
+    alpha: float = 0.05, beta: float = 0.05, keep_moves: bool = False, should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[GameRecord], SprtResult | None]:
+    """`games` games, or with `sprt_elo` (elo0, elo1) batches of colour-swapped pairs until the
+    SPRT accepts a hypothesis or `games` are played; the test's final state comes back too."""
+    records: list[GameRecord] = []
+    verdict: SprtResult | None = None
+    while len(records) < games:
+        batch = games - len(records) if sprt_elo is None else min(SPRT_BATCH_GAMES, games - len(records))
+        records += play_games(game, model, opponent, batch, keep_moves=keep_moves, should_stop=should_stop)
+        if sprt_elo is not None:
+            verdict = sprt(pair_results(records), sprt_elo[0], sprt_elo[1], alpha, beta)
+            if verdict.decision != "continue":
+                break
+    return records, verdict
+
+
 def summarise(
-    records: list[GameRecord], model: str, opponent: str, env_id: str, model_step: int | None, elapsed_s: float = 0.0
+    records: list[GameRecord], model: str, opponent: str, env_id: str, model_step: int | None, elapsed_s: float = 0.0,
+    sprt_result: SprtResult | None = None,
 ) -> EvalResult:
     def count(result: int, first: bool | None = None) -> int:
         return sum(r.result == result and (first is None or r.model_first == first) for r in records)
@@ -132,6 +177,7 @@ def summarise(
     n = len(records)
     wins, draws, losses = count(1), count(0), count(-1)
     score = (wins + 0.5 * draws) / n if n else 0.0
+    elo = _elo(records)
     return EvalResult(
         model=model,
         opponent=opponent,
@@ -149,6 +195,9 @@ def summarise(
         losses_as_second=count(-1, False),
         avg_game_length=sum(r.length for r in records) / n if n else 0.0,
         ci=wilson_interval(score, n),
+        elo=elo.elo,
+        elo_ci=elo.ci,
+        sprt=sprt_result,
         elapsed_s=elapsed_s,
     )
 
@@ -188,10 +237,17 @@ def evaluate_model(
     c_puct: float = 1.5,
     records_out: list[GameRecord] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    sprt_elo: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+    beta: float = 0.05,
 ) -> EvalResult:
     """Play `games` games of the model at `model_path` against `opponent` (random, perfect,
-    mcts:SIMS). The model plays its raw policy, or searches with `sims` MCTS simulations
-    guided by the model when `sims` > 0; `temperature` 0 plays its best move in both modes."""
+    mcts:SIMS, or model:PATH, another ONNX model playing exactly as the model does). The
+    model plays its raw policy, or searches with `sims` MCTS simulations guided by the model
+    when `sims` > 0; `temperature` 0 plays its best move in both modes.
+
+    With `sprt_elo` (elo0, elo1) the games are played in batches of colour-swapped pairs and
+    stop as soon as the SPRT accepts a hypothesis, or at `games`."""
     if games < 1:
         raise ValueError("games must be >= 1")
     t0 = time.monotonic()
@@ -208,9 +264,16 @@ def evaluate_model(
     model_rng, opp_rng = (np.random.default_rng(s) for s in root.bit_generator.seed_seq.spawn(2))
     model_spec = f"model-mcts:{sims}" if sims > 0 else "model"
     model_player = make_player(model_spec, game, model_rng, policy=policy, temperature=temperature, c_puct=c_puct)
-    opp_player = make_player(opponent, game, opp_rng, c_puct=c_puct)
-    records = play_games(game, model_player, opp_player, games, keep_moves=records_out is not None,
-                         should_stop=should_stop)
+    kind, _, opp_path = opponent.partition(":")
+    if kind == "model":
+        opp_policy = OnnxPolicy(opp_path, threads=threads, expected_env_id=env_id, spec=spec)
+        opp_player = make_player(model_spec, game, opp_rng, policy=opp_policy, temperature=temperature, c_puct=c_puct)
+        opp_player.name = f"model:{Path(opp_path).name}"
+    else:
+        opp_player = make_player(opponent, game, opp_rng, c_puct=c_puct)
+
+    records, verdict = play_match(game, model_player, opp_player, games, sprt_elo, alpha, beta,
+                                  keep_moves=records_out is not None, should_stop=should_stop)
     if records_out is not None:
         records_out.extend(records)
-    return summarise(records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0)
+    return summarise(records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0, verdict)
