@@ -24,8 +24,10 @@ from trainer.games import Game, GameState, get_game
 from trainer.onnx_policy import OnnxPolicy
 from trainer.replay.writer import PlyRecord, ReplayWriter
 from trainer.search.mcts import (
+    CachedEvaluator,
     LeafEvaluator,
     MCTSConfig,
+    Node,
     ObsEvaluator,
     RolloutEvaluator,
     evaluate_grouped,
@@ -43,6 +45,7 @@ class GameInFlight:
     policy: OnnxPolicy | None
     evaluator: LeafEvaluator
     plies: list[PlyRecord] = field(default_factory=list)
+    tree: Node | None = None  # the searched subtree of the position, with --reuse-tree
 
 
 def default_actor_id() -> str:
@@ -80,7 +83,10 @@ class SelfPlayWorker:
             return self.rollout
         # One adapter per model, so all games on the current model share one batched call.
         if self._current is None or self._current[0] is not policy:
-            self._current = (policy, ObsEvaluator(policy.evaluate))
+            evaluator: LeafEvaluator = ObsEvaluator(policy.evaluate)
+            if self.cfg.eval_cache > 0:
+                evaluator = CachedEvaluator(evaluator, self.cfg.eval_cache)
+            self._current = (policy, evaluator)
         return self._current[1]
 
     def _new_game(self) -> GameInFlight:
@@ -96,10 +102,12 @@ class SelfPlayWorker:
         """(action, policy target or None for uniform, root value) per game."""
         g = self.game
         if self.cfg.sims > 0:
-            results = search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng, add_noise=True)
+            results = search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng, add_noise=True,
+                             trees=[x.tree for x in games])
             out = []
             for x, r in zip(games, results):
                 a = select_action(r.visits, g.legal_mask(x.state), x.state.ply, self.mcts.temperature_plies, self.rng)
+                x.tree = r.subtree(a) if self.cfg.reuse_tree else None
                 out.append((a, r.policy, r.value))
             return out
         # No search: uniform random without a model (uniform policy_probs, per the contract),

@@ -8,7 +8,7 @@ import pytest
 from trainer.evaluator import play_games
 from trainer.games import get_game
 from trainer.games.base import GameState
-from trainer.search.mcts import MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
+from trainer.search.mcts import CachedEvaluator, MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
 from trainer.search.players import MCTSPlayer, PerfectPlayer, RandomPlayer, make_player
 
 
@@ -97,3 +97,87 @@ def test_perfect_player_values():
     assert p.choose([_ttt("XX. OO. ...", 1)]) == [2]
     with pytest.raises(ValueError):
         PerfectPlayer(get_game("connect4"), np.random.default_rng(0))
+
+
+def _linear_net(obs, masks):
+    """A fixed random linear policy-value net: deterministic and peaked enough that the
+    search depends on it."""
+    w = np.random.default_rng(123).standard_normal((obs.shape[1], masks.shape[1] + 1))
+    out = obs @ w
+    logits = np.where(masks, out[:, :-1], -np.inf)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True), np.tanh(out[:, -1])
+
+
+class CountingNet:
+    def __init__(self):
+        self.positions = 0
+
+    def __call__(self, obs, masks):
+        self.positions += len(obs)
+        return _linear_net(obs, masks)
+
+
+def _c4_roots() -> list[GameState]:
+    game = get_game("connect4")
+    s = game.initial_state()
+    roots = [s]
+    for a in (3, 3, 2):
+        s = game.apply(s, a)
+        roots.append(s)
+    return roots
+
+
+def test_search_without_reuse_or_cache_is_unchanged_on_fixed_seeds():
+    """Visit counts and values recorded from the search before subtree reuse and the
+    evaluation cache existed: with both off it must still be the same algorithm."""
+    game = get_game("connect4")
+    roots = _c4_roots()
+    res = search(game, roots, ObsEvaluator(_linear_net), MCTSConfig(sims=50), np.random.default_rng(5), add_noise=True)
+    assert [r.visits.astype(int).tolist() for r in res] == [
+        [4, 0, 38, 0, 0, 0, 8], [0, 0, 42, 4, 0, 4, 0], [0, 6, 38, 0, 0, 6, 0], [2, 0, 32, 6, 8, 0, 2]
+    ]
+    assert [round(r.value, 6) for r in res] == [0.026977, 0.000276, 0.000113, -7.2e-05]
+    res = search(game, roots[:2], RolloutEvaluator(np.random.default_rng(9)), MCTSConfig(sims=40), np.random.default_rng(9))
+    assert [r.visits.astype(int).tolist() for r in res] == [[4, 1, 1, 12, 10, 6, 6], [12, 1, 1, 1, 12, 12, 1]]
+
+
+@pytest.mark.parametrize("max_entries", [100_000, 3])
+def test_cached_evaluator_searches_the_same_with_fewer_network_positions(max_entries):
+    game = get_game("connect4")
+    roots = _c4_roots() * 2  # each position twice, as when games start together
+    plain, cached = CountingNet(), CountingNet()
+    cache = CachedEvaluator(ObsEvaluator(cached), max_entries)
+    a = search(game, roots, ObsEvaluator(plain), MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True)
+    b = search(game, roots, cache, MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True)
+    for x, y in zip(a, b):
+        assert np.array_equal(x.visits, y.visits) and x.value == pytest.approx(y.value, abs=1e-12)
+    assert len(cache.cache) <= max_entries
+    if max_entries > 3:
+        assert cached.positions <= plain.positions // 2 and cache.hits > 0
+        # A second search of the same positions is answered from memory.
+        before = cached.positions
+        search(game, roots, cache, MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True)
+        assert cached.positions == before
+
+
+def test_a_reused_subtree_keeps_its_visits_and_is_topped_up_to_sims():
+    game = get_game("connect4")
+    root = game.initial_state()
+    cfg = MCTSConfig(sims=60)
+    (first,) = search(game, [root], ObsEvaluator(_linear_net), cfg, np.random.default_rng(0), add_noise=True)
+    a = int(np.argmax(first.visits))
+    tree = first.subtree(a)
+    kept, clean_priors = tree.N.copy(), tree.priors.copy()
+    assert 0 < kept.sum() < cfg.sims
+    net = CountingNet()
+    (second,) = search(game, [game.apply(root, a)], ObsEvaluator(net), cfg, np.random.default_rng(1), add_noise=True,
+                       trees=[tree])
+    assert second.visits.sum() == cfg.sims and np.all(second.visits >= kept)
+    assert net.positions <= cfg.sims - kept.sum()  # no root evaluation, only the new leaves
+    assert abs(second.priors.sum() - 1) < 1e-9 and not np.allclose(second.priors, clean_priors)  # fresh noise
+    # A tree already at `sims` visits still gets one new simulation, so fresh noise matters.
+    (third,) = search(game, [game.apply(root, a)], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root])
+    assert third.visits.sum() == cfg.sims + 1
+    with pytest.raises(ValueError, match="rooted"):
+        search(game, [root], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root])

@@ -9,6 +9,10 @@ Value convention: a node's edge statistics `W[a] / N[a]` are from the view of th
 move at that node; an evaluator returns values from the view of the side to move at the leaf.
 Both games alternate turns, so each level of the backup flips the sign. Terminal nodes are
 scored exactly (+1 / 0 / -1), never by the evaluator.
+
+Two savings for self-play, both off unless asked for: a caller may hand back the subtree of
+the move it played as the next ply's root (`SearchResult.subtree`; its visits count toward
+`sims`), and `CachedEvaluator` answers a position it has already evaluated from memory.
 """
 
 from __future__ import annotations
@@ -40,6 +44,37 @@ class ObsEvaluator:
         obs = np.stack([game.encode(s) for s in states])
         priors, values = self.fn(obs, game.spec.legal_masks(obs))
         return np.asarray(priors, dtype=np.float64), np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+class CachedEvaluator:
+    """A model evaluator that remembers positions: transpositions and positions repeated
+    across simulations, plies and games cost no network call. The cache belongs to one model
+    (make a new one when the model changes); the oldest entries go first when it is full.
+    Only for deterministic evaluators: a cached rollout would freeze one random playout."""
+
+    def __init__(self, inner: LeafEvaluator, max_entries: int = 200_000):
+        self.inner = inner
+        self.max_entries = max_entries
+        self.cache: dict[tuple, tuple[np.ndarray, float]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def evaluate_states(self, game: Game, states: Sequence[GameState]) -> tuple[np.ndarray, np.ndarray]:
+        keys = [(s.board, s.to_move) for s in states]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if missing:
+            by_key = {(s.board, s.to_move): s for s in states}
+            priors, values = self.inner.evaluate_states(game, [by_key[k] for k in missing])
+            for k, p, v in zip(missing, priors, values):
+                self.cache[k] = (p, float(v))
+            while len(self.cache) > self.max_entries:
+                del self.cache[next(iter(self.cache))]
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        found = [self.cache.get(k) for k in keys]
+        if any(f is None for f in found):  # a tiny cache evicted part of this very batch
+            return self.inner.evaluate_states(game, states)
+        return np.stack([f[0] for f in found]), np.array([f[1] for f in found])
 
 
 class RolloutEvaluator:
@@ -116,6 +151,12 @@ class SearchResult:
     visits: np.ndarray  # [A] visit counts at the root
     value: float  # root value, side-to-move view (mean of backed-up values)
     priors: np.ndarray  # [A] root priors (after noise)
+    root: Node | None = None
+
+    def subtree(self, action: int) -> Node | None:
+        """The searched tree below `action`, to pass as the next ply's root (None if that move
+        was never expanded or ended the game)."""
+        return self.root.children.get(action) if self.root is not None else None
 
     @property
     def policy(self) -> np.ndarray:
@@ -154,11 +195,16 @@ def search(
     cfg: MCTSConfig,
     rng: np.random.Generator,
     add_noise: bool = False,
+    trees: Sequence[Node | None] | None = None,
 ) -> list[SearchResult]:
     """Run `cfg.sims` simulations from each (non-terminal) root, all trees in lockstep.
 
     `evaluators` is one evaluator for every root or one per root (the actor keeps each game on
-    the model it started with, so during a hot reload two models can be in use).
+    the model it started with, so during a hot reload two models can be in use). `trees`
+    optionally gives, per root, the subtree a previous search already built for that position
+    (`SearchResult.subtree`, searched with the same evaluator): it keeps its statistics and is
+    searched only up to `cfg.sims` visits in all (at least one new simulation); its root gets
+    fresh noise on its stored priors.
     """
     if isinstance(evaluators, (list, tuple)):
         evs = list(evaluators)
@@ -171,21 +217,38 @@ def search(
     if not roots:
         return []
 
-    root_priors, root_values = evaluate_grouped(game, list(roots), evs)
+    kept = list(trees) if trees is not None else [None] * len(roots)
+    if len(kept) != len(roots):
+        raise ValueError("need one tree (or None) per root")
+    fresh = [i for i, t in enumerate(kept) if t is None]
+    root_priors = np.zeros((len(roots), game.spec.num_actions))
+    root_values = np.zeros(len(roots))
+    if fresh:
+        p, v = evaluate_grouped(game, [roots[i] for i in fresh], [evs[i] for i in fresh])
+        root_priors[fresh], root_values[fresh] = p, v
     nodes: list[Node] = []
-    for state, p in zip(roots, root_priors):
+    for state, p, tree in zip(roots, root_priors, kept):
+        if tree is not None and tree.state != state:
+            raise ValueError("a reused tree must be rooted at its position")
         legal = game.legal_mask(state)
-        p = _normalised_priors(p, legal)
+        p = _normalised_priors(p, legal) if tree is None else tree.priors
         if add_noise and cfg.dirichlet_weight > 0:
             k = int(legal.sum())
             noise = np.zeros_like(p)
             noise[legal] = rng.dirichlet([cfg.dirichlet_alpha] * k)
             p = (1 - cfg.dirichlet_weight) * p + cfg.dirichlet_weight * noise
-        nodes.append(Node(state, legal, p))
+        if tree is None:
+            nodes.append(Node(state, legal, p))
+        else:
+            tree.priors = p
+            nodes.append(tree)
+    todo = [cfg.sims if t is None else max(cfg.sims - int(t.N.sum()), 1) for t in kept]
 
-    for _ in range(cfg.sims):
+    for sim in range(max(todo, default=0)):
         pending: list[tuple[list[tuple[Node, int]], GameState, int]] = []
         for t, root in enumerate(nodes):
+            if sim >= todo[t]:
+                continue
             path: list[tuple[Node, int]] = []
             node = root
             while True:
@@ -214,7 +277,7 @@ def search(
     for node, v0 in zip(nodes, root_values):
         n = node.N.sum()
         value = float(node.W.sum() / n) if n > 0 else float(v0)
-        results.append(SearchResult(node.N.copy(), value, node.priors))
+        results.append(SearchResult(node.N.copy(), value, node.priors, node))
     return results
 
 
