@@ -23,6 +23,7 @@ class ActorConfig(BaseModel):
     c_puct: float = Field(1.5, gt=0, description="PUCT exploration constant.")
     dirichlet_alpha: float = Field(0.3, gt=0, description="Dirichlet noise concentration at the root (about 10 / typical legal moves).")
     dirichlet_weight: float = Field(0.25, ge=0, le=1, description="Share of Dirichlet noise mixed into the root priors; 0 disables it.")
+    search: Literal["puct", "gumbel"] = Field("puct", description="Search: PUCT with Dirichlet noise and visit-count targets, or Gumbel root search (sequential halving, completed-Q targets; for 8-32 sims; ignores --temperature-plies and --reuse-tree).")
     reuse_tree: bool = Field(False, description="Keep the subtree of the move played as the next ply's search tree; its visits count toward --sims.")
     eval_cache: int = Field(100_000, ge=0, description="Positions whose model evaluation is remembered per model (transpositions cost no network call); 0 disables it.")
     temperature_plies: int = Field(4, ge=0, description="Plies at the start of a game sampled proportionally to visits; later moves take the most visited.")

@@ -23,6 +23,7 @@ from actor_stub.model_watcher import ModelWatcher
 from trainer.games import Game, GameState, get_game
 from trainer.onnx_policy import OnnxPolicy
 from trainer.replay.writer import PlyRecord, ReplayWriter
+from trainer.search.gumbel import gumbel_search
 from trainer.search.mcts import (
     CachedEvaluator,
     LeafEvaluator,
@@ -101,6 +102,9 @@ class SelfPlayWorker:
     def _choose_moves(self, games: list[GameInFlight]) -> list[tuple[int, np.ndarray | None, float]]:
         """(action, policy target or None for uniform, root value) per game."""
         g = self.game
+        if self.cfg.sims > 0 and self.cfg.search == "gumbel":
+            found = gumbel_search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng)
+            return [(r.action, r.policy, r.value) for r in found]
         if self.cfg.sims > 0:
             results = search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng, add_noise=True,
                              trees=[x.tree for x in games])

@@ -1,11 +1,16 @@
 """Actor and evaluator throughput, one process, onnxruntime with 1 intra-op thread.
 
-    python benchmarks/actor_bench.py [--seconds 4] [--sims 16] [--parallel-games 8]
+    python benchmarks/actor_bench.py [--seconds 4] [--sims 16] [--parallel-games 8] [--c4-model trained.onnx]
 
 For each game, self-play without a model (random-rollout MCTS) and with the daemon's default
 network for that game (MLP 128x3 for tictactoe, ResNet 64x4 for connect4, untrained, exported
-like the trainer publishes it), then the evaluator's raw-policy games/s against random.
-Numbers are per process: with --workers N the actor scales with the free cores.
+like the trainer publishes it, or --c4-model), then the evaluator's raw-policy games/s against
+random. Numbers are per process: with --workers N the actor scales with the free cores.
+
+With a model, each row also shows the positions the network evaluated per second and the
+share of the wall time spent in the network. The Connect Four model is then played side by
+side under the old actor settings (no evaluation cache, no subtree reuse) and the actor's
+current defaults, and with subtree reuse on, in the same run.
 
 The daemon's default periodic evaluation (100 greedy games against random) cost ~0.02 s of
 one core for tic-tac-toe and ~0.25 s for Connect Four.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import threading
@@ -28,6 +34,7 @@ from actor_stub.selfplay import SelfPlayWorker  # noqa: E402
 from trainer.evaluator import evaluate_model  # noqa: E402
 from trainer.games import get_game  # noqa: E402
 from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
+from trainer.onnx_policy import OnnxPolicy  # noqa: E402
 from trainer.replay.writer import ReplayWriter  # noqa: E402
 
 
@@ -44,8 +51,38 @@ def export_default_model(env_id: str, folder: Path) -> Path:
     return path
 
 
-def bench_actor(env_id: str, model_dir: Path, db: Path, seconds: float, sims: int, parallel: int) -> tuple[float, float, int]:
-    cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, sims=sims, parallel_games=parallel, seed=0, log_interval=1e9)
+class NetworkTimer:
+    """Counts the positions OnnxPolicy.evaluate is given and the time it takes."""
+
+    def __init__(self):
+        self.positions = 0
+        self.seconds = 0.0
+        self._original = OnnxPolicy.evaluate
+
+    def __enter__(self) -> "NetworkTimer":
+        timer, original = self, self._original
+
+        def timed(policy, obs, masks):
+            t0 = time.perf_counter()
+            try:
+                return original(policy, obs, masks)
+            finally:
+                timer.seconds += time.perf_counter() - t0
+                timer.positions += len(obs)
+
+        OnnxPolicy.evaluate = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        OnnxPolicy.evaluate = self._original
+
+
+def bench_actor(
+    env_id: str, model_dir: Path, db: Path, seconds: float, sims: int, parallel: int, **settings
+) -> tuple[float, float, int, float, float]:
+    """(games/s, plies/s, games, network positions/s, share of time in the network)."""
+    cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, sims=sims, parallel_games=parallel, seed=0,
+                      log_interval=1e9, **settings)
     stop = threading.Event()
     worker = SelfPlayWorker(cfg, 0, 0, stop)
     writer = ReplayWriter(db, get_game(env_id))
@@ -53,12 +90,18 @@ def bench_actor(env_id: str, model_dir: Path, db: Path, seconds: float, sims: in
     t0 = time.perf_counter()
     timer.start()
     try:
-        worker.run(writer)  # finishes the games in flight after `stop`
+        with NetworkTimer() as net:
+            worker.run(writer)  # finishes the games in flight after `stop`
     finally:
         timer.cancel()
         writer.close()
     dt = time.perf_counter() - t0
-    return worker.games_written / dt, worker.plies_written / dt, worker.games_written
+    return worker.games_written / dt, worker.plies_written / dt, worker.games_written, net.positions / dt, net.seconds / dt
+
+
+def _row(env_id: str, label: str, row: tuple[float, float, int, float, float]) -> str:
+    gps, pps, n, eps, share = row
+    return f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d} {eps:8.0f} {100 * share:8.0f}%"
 
 
 def main() -> int:
@@ -67,11 +110,13 @@ def main() -> int:
     ap.add_argument("--sims", type=int, default=16, help="MCTS simulations per move")
     ap.add_argument("--parallel-games", type=int, default=8)
     ap.add_argument("--eval-games", type=int, default=200)
+    ap.add_argument("--c4-model", type=Path, default=None, help="a trained Connect Four model instead of an untrained one")
     args = ap.parse_args()
     logging.getLogger("actor_stub").setLevel(logging.WARNING)
 
     print(f"actor: {args.sims} sims/move, {args.parallel_games} parallel games, 1 process, 1 onnxruntime thread")
-    print(f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6}")
+    header = f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6} {'evals/s':>8} {'net share':>9}"
+    print(header)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = {}
@@ -79,11 +124,27 @@ def main() -> int:
             empty = tmp / f"{env_id}-none"
             with_model = tmp / f"{env_id}-model"
             with_model.mkdir()
-            models[env_id] = export_default_model(env_id, with_model)
-            net = "MLP 128x3" if env_id == "tictactoe" else "ResNet 64x4"
+            if env_id == "connect4" and args.c4_model is not None:
+                models[env_id] = with_model / LATEST_MODEL_NAME
+                shutil.copyfile(args.c4_model, models[env_id])
+                net = "given model"
+            else:
+                models[env_id] = export_default_model(env_id, with_model)
+                net = "MLP 128x3" if env_id == "tictactoe" else "ResNet 64x4"
             for label, folder in (("none (rollouts)", empty), (net, with_model)):
-                gps, pps, n = bench_actor(env_id, folder, tmp / f"{env_id}.db", args.seconds, args.sims, args.parallel_games)
-                print(f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d}", flush=True)
+                row = bench_actor(env_id, folder, tmp / f"{env_id}.db", args.seconds, args.sims, args.parallel_games)
+                print(_row(env_id, label, row), flush=True)
+
+        print(f"\nconnect4 side by side, one model, {args.sims} sims/move")
+        print(header)
+        for label, settings in (
+            ("old (no cache/reuse)", dict(eval_cache=0, reuse_tree=False)),
+            ("defaults", {}),
+            ("defaults + reuse", dict(reuse_tree=True)),
+        ):
+            row = bench_actor("connect4", models["connect4"].parent, tmp / "side.db", args.seconds, args.sims,
+                              args.parallel_games, **settings)
+            print(_row("connect4", label, row), flush=True)
 
         print(f"\nevaluator: raw policy (greedy) vs opponent")
         print(f"{'game':<10} {'opponent':<10} {'games':>6} {'games/s':>8}")

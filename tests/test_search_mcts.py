@@ -181,3 +181,103 @@ def test_a_reused_subtree_keeps_its_visits_and_is_topped_up_to_sims():
     assert third.visits.sum() == cfg.sims + 1
     with pytest.raises(ValueError, match="rooted"):
         search(game, [root], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root])
+
+
+def test_uct_tries_every_move_once_before_repeating_one():
+    game = get_game("connect4")
+    cfg = MCTSConfig(sims=7, selection="uct")
+    (r,) = search(game, [game.initial_state()], RolloutEvaluator(np.random.default_rng(0)), cfg, np.random.default_rng(0))
+    assert r.visits.tolist() == [1.0] * 7
+
+
+def test_solver_proves_a_win_stops_early_and_plays_it():
+    game = get_game("tictactoe")
+    cfg = MCTSConfig(sims=200, selection="uct", solve=True)
+    win = _ttt("XX. OO. ...", 1)
+    (r,) = search(game, [win], RolloutEvaluator(np.random.default_rng(0)), cfg, np.random.default_rng(0))
+    assert r.root.proven_value() == 1.0 and r.root.proven[2] == 1.0
+    assert r.visits.sum() < 200  # a proven root stops searching
+    assert r.best_action(np.random.default_rng(0)) == 2
+
+
+def test_solver_never_plays_a_proven_loss():
+    """O must block at 2; every other move loses to X's reply, which the solver proves."""
+    game = get_game("tictactoe")
+    block = _ttt("XX. .O. ...", 2)
+    cfg = MCTSConfig(sims=300, selection="uct", solve=True)
+    for seed in range(3):
+        (r,) = search(game, [block], RolloutEvaluator(np.random.default_rng(seed)), cfg, np.random.default_rng(seed))
+        legal = game.legal_mask(block)
+        assert all(r.root.proven[a] == -1.0 for a in np.flatnonzero(legal) if a != 2), r.root.proven
+        assert r.best_action(np.random.default_rng(seed)) == 2
+
+
+def test_the_rollout_opponent_is_uct_with_a_solver_and_model_players_stay_puct():
+    game = get_game("tictactoe")
+    rollout = make_player("mcts:50", game, np.random.default_rng(0))
+    assert rollout.cfg.selection == "uct" and rollout.cfg.solve and rollout.cfg.c_uct == 2.0
+    guided = MCTSPlayer(game, 50, np.random.default_rng(0), ObsEvaluator(CountingUniform()))
+    assert guided.cfg.selection == "puct" and not guided.cfg.solve
+
+
+def _calibration(sims: int, games: int, seed: int) -> dict:
+    """benchmarks/mcts_calibration.py: our `mcts:SIMS` against OpenSpiel's MCTSBot(SIMS)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "mcts_calibration.py"), "--sims", str(sims), "--games", str(games),
+         "--seed", str(seed), "--json"],
+        capture_output=True, text=True, timeout=7200,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_rollout_opponent_is_about_as_strong_as_openspiel_mcts_bot():
+    """A small sample, so a wide band: it catches a grossly weaker or stronger opponent."""
+    r = _calibration(sims=40, games=24, seed=11)
+    assert r["games"] == 24 and 0.2 <= r["score"] <= 0.8, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sims", [200, 1000])
+def test_rollout_opponent_matches_openspiel_mcts_bot_over_200_games(sims):
+    r = _calibration(sims=sims, games=200, seed=0)
+    assert 0.45 <= r["score"] <= 0.55, r
+
+
+def _actor_games(tmp_path, name: str, **settings) -> dict:
+    import threading
+
+    from actor_stub.config import ActorConfig
+    from actor_stub.process import run_worker
+    from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
+
+    folder = tmp_path / name
+    publish(folder / "models", tiny_model_bytes("connect4", step=3))
+    cfg = ActorConfig(env_id="connect4", db=folder / "replay.db", model_dir=folder / "models", sims=12, episodes=3,
+                      parallel_games=3, seed=4, **settings)
+    run_worker(cfg, cfg.episodes, cfg.seed, 0, threading.Event())
+    games = read_games(cfg.db, "connect4")
+    assert len(games) == 3
+    assert_whole_games(games, "connect4")
+    return games
+
+
+def _moves_and_targets(games: dict) -> list:
+    return [[(r["action"], r["policy_probs"].round(5).tolist()) for r in rows] for rows in games.values()]
+
+
+def test_actor_cache_changes_nothing_but_the_cost_and_reuse_still_writes_whole_games(tmp_path):
+    uncached = _actor_games(tmp_path, "uncached", eval_cache=0)
+    cached = _actor_games(tmp_path, "cached")  # the default keeps a cache
+    assert _moves_and_targets(cached) == _moves_and_targets(uncached)
+    reused = _actor_games(tmp_path, "reused", reuse_tree=True)
+    # Visit targets of 12 simulations in all: multiples of 1/12.
+    for rows in reused.values():
+        for r in rows:
+            assert np.allclose(r["policy_probs"] * 12, np.round(r["policy_probs"] * 12), atol=1e-4)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -123,10 +123,17 @@ class MCTSConfig:
     dirichlet_alpha: float = 0.3
     dirichlet_weight: float = 0.25
     temperature_plies: int = 0  # sample proportionally to visits for plies < this, then argmax
+    # "uct": UCB1 with `c_uct`, every move tried once first in random order, priors unused:
+    # the rollout MCTS of the literature (OpenSpiel's MCTSBot), which "MCTS-N" opponents mean.
+    selection: Literal["puct", "uct"] = "puct"
+    c_uct: float = 2.0
+    # MCTS-Solver: game results proven in the tree back up exactly; a proven move is scored
+    # by its result alone, and a tree whose root is proven stops searching.
+    solve: bool = False
 
 
 class Node:
-    __slots__ = ("state", "legal", "priors", "N", "W", "children")
+    __slots__ = ("state", "legal", "priors", "N", "W", "children", "proven")
 
     def __init__(self, state: GameState, legal: np.ndarray, priors: np.ndarray):
         self.state = state
@@ -136,14 +143,35 @@ class Node:
         self.N = np.zeros(a)
         self.W = np.zeros(a)
         self.children: dict[int, Node | None] = {}
+        self.proven = np.full(a, np.nan)  # per move: its proven result for the mover, NaN unknown
 
-    def select(self, c_puct: float) -> int:
+    def select(self, cfg: MCTSConfig, rng: np.random.Generator) -> int:
         n = self.N
         q = np.divide(self.W, n, out=np.zeros_like(self.W), where=n > 0)
+        if cfg.selection == "uct":
+            unknown = np.isnan(self.proven)
+            untried = np.flatnonzero(self.legal & unknown & (n == 0))
+            if len(untried):
+                return int(untried[int(rng.integers(len(untried)))])
+            u = cfg.c_uct * np.sqrt(math.log(n.sum() + 1.0) / np.maximum(n, 1.0))
+            score = np.where(self.legal, np.where(unknown, q + u, self.proven), -np.inf)
+            # Equal scores are common with few rollouts; argmax would always favour the
+            # lowest-numbered move.
+            best = np.flatnonzero(score == score.max())
+            return int(best[0] if len(best) == 1 else best[int(rng.integers(len(best)))])
         # +1 inside the root so the first visit already follows the priors.
-        u = c_puct * self.priors * math.sqrt(n.sum() + 1.0) / (1.0 + n)
-        score = np.where(self.legal, q + u, -np.inf)
+        u = cfg.c_puct * self.priors * math.sqrt(n.sum() + 1.0) / (1.0 + n)
+        score = q + u if not cfg.solve else np.where(np.isnan(self.proven), q + u, self.proven)
+        score = np.where(self.legal, score, -np.inf)
         return int(np.argmax(score))
+
+    def proven_value(self) -> float:
+        """This position's proven result for its mover: a proven win among its moves, or the
+        best result once every move is proven; NaN while unknown."""
+        results = self.proven[self.legal]
+        if np.any(results == 1.0):
+            return 1.0
+        return float(results.max()) if not np.isnan(results).any() else math.nan
 
 
 @dataclass
@@ -152,17 +180,27 @@ class SearchResult:
     value: float  # root value, side-to-move view (mean of backed-up values)
     priors: np.ndarray  # [A] root priors (after noise)
     root: Node | None = None
+    root_estimate: float = 0.0  # the evaluator's value of a freshly evaluated root
 
-    def subtree(self, action: int) -> Node | None:
-        """The searched tree below `action`, to pass as the next ply's root (None if that move
-        was never expanded or ended the game)."""
-        return self.root.children.get(action) if self.root is not None else None
+    def best_action(self, rng: np.random.Generator) -> int:
+        """The move to play greedily: a proven win, else the most visited move that is not a
+        proven loss (MCTS-Solver's choice), ties at random."""
+        assert self.root is not None
+        proven = np.where(np.isnan(self.root.proven), 0.0, self.root.proven)
+        key = proven * (self.visits.max() + 1.0) + self.visits  # the result first, then visits
+        key = np.where(self.root.legal, key, -np.inf)
+        return int(rng.choice(np.flatnonzero(key == key.max())))
 
     @property
     def policy(self) -> np.ndarray:
         """Visit distribution: the policy target the replay DB stores."""
         total = self.visits.sum()
         return (self.visits / total).astype(np.float32) if total > 0 else self.priors.astype(np.float32)
+
+    def subtree(self, action: int) -> Node | None:
+        """The searched tree below `action`, to pass as the next ply's root (None if that move
+        was never expanded or ended the game)."""
+        return self.root.children.get(action) if self.root is not None else None
 
 
 def evaluate_grouped(
@@ -196,6 +234,7 @@ def search(
     rng: np.random.Generator,
     add_noise: bool = False,
     trees: Sequence[Node | None] | None = None,
+    root_action: Callable[[int, Node], int] | None = None,
 ) -> list[SearchResult]:
     """Run `cfg.sims` simulations from each (non-terminal) root, all trees in lockstep.
 
@@ -204,7 +243,8 @@ def search(
     optionally gives, per root, the subtree a previous search already built for that position
     (`SearchResult.subtree`, searched with the same evaluator): it keeps its statistics and is
     searched only up to `cfg.sims` visits in all (at least one new simulation); its root gets
-    fresh noise on its stored priors.
+    fresh noise on its stored priors. `root_action(t, root)`, if given, picks the first move of
+    every simulation of tree t instead of the selection rule (Gumbel root search).
     """
     if isinstance(evaluators, (list, tuple)):
         evs = list(evaluators)
@@ -247,12 +287,12 @@ def search(
     for sim in range(max(todo, default=0)):
         pending: list[tuple[list[tuple[Node, int]], GameState, int]] = []
         for t, root in enumerate(nodes):
-            if sim >= todo[t]:
+            if sim >= todo[t] or (cfg.solve and not math.isnan(root.proven_value())):
                 continue
             path: list[tuple[Node, int]] = []
             node = root
             while True:
-                a = node.select(cfg.c_puct)
+                a = root_action(t, root) if root_action is not None and node is root else node.select(cfg, rng)
                 path.append((node, a))
                 child = node.children.get(a)
                 if child is None:
@@ -262,6 +302,9 @@ def search(
             if leaf_state.is_terminal:
                 # Terminal leaves are never stored as nodes: scored exactly on every visit.
                 _backup(path, terminal_value(leaf_state))
+                if cfg.solve:
+                    node.proven[a] = -terminal_value(leaf_state)
+                    _propagate_proven(path)
             else:
                 pending.append((path, leaf_state, t))
         if not pending:
@@ -277,8 +320,18 @@ def search(
     for node, v0 in zip(nodes, root_values):
         n = node.N.sum()
         value = float(node.W.sum() / n) if n > 0 else float(v0)
-        results.append(SearchResult(node.N.copy(), value, node.priors, node))
+        results.append(SearchResult(node.N.copy(), value, node.priors, node, float(v0)))
     return results
+
+
+def _propagate_proven(path: list[tuple[Node, int]]) -> None:
+    """After the last move of `path` was proven: each node whose result that settles gives
+    its parent's move into it the negated result."""
+    for (parent, a), (child, _) in zip(reversed(path[:-1]), reversed(path[1:])):
+        value = child.proven_value()
+        if math.isnan(value):
+            return
+        parent.proven[a] = -value
 
 
 def _backup(path: list[tuple[Node, int]], leaf_value: float) -> None:

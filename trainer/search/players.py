@@ -138,10 +138,17 @@ def tictactoe_rule_move(board: Sequence[int], me: int) -> int:
     return list(board).index(0)
 
 
+# The rollout opponent is the literature's "MCTS-N" (OpenSpiel's MCTSBot as its AlphaZero
+# evaluation builds it): UCT with c = 2, one random rollout per leaf, MCTS-Solver, so that
+# results against it compare with published ones (benchmarks/mcts_calibration.py checks it).
+ROLLOUT_SEARCH = dict(selection="uct", c_uct=2.0, solve=True)
+
+
 class MCTSPlayer:
-    """MCTS with random-rollout leaves or a model's priors and values. At temperature 0 it
-    plays the most visited move; at T > 0 it samples from visits^(1/T) over legal moves, the
-    search counterpart of the raw policy's softmax(logits / T)."""
+    """MCTS with random-rollout leaves (UCT + solver, `ROLLOUT_SEARCH`) or a model's priors
+    and values (PUCT with `c_puct`). At temperature 0 it plays the most visited move (the
+    solver's choice without a model); at T > 0 it samples from visits^(1/T) over legal moves,
+    the search counterpart of the raw policy's softmax(logits / T)."""
 
     def __init__(
         self,
@@ -154,12 +161,14 @@ class MCTSPlayer:
         temperature: float = 0.0,
     ):
         self.game, self.rng, self.temperature = game, rng, temperature
-        self.cfg = MCTSConfig(sims=sims, c_puct=c_puct)
+        self.cfg = MCTSConfig(sims=sims, c_puct=c_puct, **(ROLLOUT_SEARCH if evaluator is None else {}))
         self.evaluator = evaluator if evaluator is not None else RolloutEvaluator(rng)
         self.name = name or f"mcts:{sims}"
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
         results = search(self.game, list(states), self.evaluator, self.cfg, self.rng, add_noise=False)
+        if self.cfg.solve and self.temperature <= 0:
+            return [r.best_action(self.rng) for r in results]
         sample_plies = math.inf if self.temperature > 0 else 0  # sample every move, or none
         return [
             select_action(r.visits, self.game.legal_mask(s), s.ply, sample_plies, self.rng, self.temperature or 1.0)
