@@ -307,3 +307,97 @@ def test_cli_bad_sprt_is_one_error_line(ttt_model, value):
 def test_cli_missing_opponent_model_is_one_error_line(ttt_model, tmp_path):
     out = _cli("--model", str(ttt_model), "--games", "4", "--opponent", f"model:{tmp_path / 'none.onnx'}")
     assert out.returncode == 2 and out.stderr.startswith("error:") and "none.onnx" in out.stderr
+
+
+def _preference_model(logits: list[float], step: int) -> bytes:
+    """A tic-tac-toe model with the same move preferences in every position (value 0)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    zeros_pol = numpy_helper.from_array(np.zeros((29, 9), np.float32), "w_pol")
+    bias = numpy_helper.from_array(np.array(logits, np.float32), "b_pol")
+    zeros_val = numpy_helper.from_array(np.zeros((29, 1), np.float32), "w_val")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["observation", "w_pol"], ["p0"]),
+            helper.make_node("Add", ["p0", "b_pol"], ["policy_logits"]),
+            helper.make_node("MatMul", ["observation", "w_val"], ["v"]),
+            helper.make_node("Tanh", ["v"], ["value"]),
+        ],
+        "preference",
+        [helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", 29])],
+        [
+            helper.make_tensor_value_info("policy_logits", TensorProto.FLOAT, ["batch", 9]),
+            helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        initializer=[zeros_pol, bias, zeros_val],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="env_id", value="tictactoe")
+    model.metadata_props.add(key="step", value=str(step))
+    return model.SerializeToString()
+
+
+# Centre, then corners: far stronger than edges first.
+CENTRE_FIRST = [3.0, 0.0, 3.0, 0.0, 6.0, 0.0, 3.0, 0.0, 3.0]
+EDGES_FIRST = [0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0]
+
+
+def test_gate_keeps_best_onnx_the_strongest_model_and_latest_untouched(tmp_path):
+    import threading
+    import types
+
+    from trainer.hooks.evaluate import EvalHook, Gate
+
+    models = tmp_path / "models"
+    hook = EvalHook(models, "tictactoe", every=1, games=4, seed=0, gate=Gate(games=200, elo=(0.0, 50.0)))
+    loop = types.SimpleNamespace(stop_event=threading.Event())
+
+    def evaluate(data: bytes) -> None:
+        publish(models, data)
+        hook.run(loop, {})
+        hook._thread.join(timeout=120)
+        assert (models / "latest.onnx").read_bytes() == data  # the gate never touches latest.onnx
+
+    weak, strong, weak_again = _preference_model(EDGES_FIRST, 1), _preference_model(CENTRE_FIRST, 2), _preference_model(EDGES_FIRST, 3)
+    evaluate(weak)
+    assert (models / "best.onnx").read_bytes() == weak and hook.stats()["best_model_step"] == 1  # the first best
+    evaluate(strong)
+    gate = hook.stats()["last_gate"]
+    assert gate["result"] == "H1" and gate["promoted"] and gate["step"] == 2 and gate["games_played"] < 200
+    assert (models / "best.onnx").read_bytes() == strong and hook.stats()["best_model_step"] == 2
+    evaluate(weak_again)
+    gate = hook.stats()["last_gate"]
+    assert gate["step"] == 3 and not gate["promoted"] and gate["result"] in ("H0", "continue")
+    assert (models / "best.onnx").read_bytes() == strong and hook.stats()["best_model_step"] == 2
+    assert not list(models.glob(".*.tmp"))  # the candidate copy is gone
+    json.dumps(hook.stats(), allow_nan=False)
+    # The best model's step survives a restart through the checkpoint.
+    restored = EvalHook(models, "tictactoe", every=1, games=4, gate=Gate())
+    restored.load_state_dict(hook.state_dict())
+    assert restored.stats()["best_model_step"] == 2
+
+
+def test_without_gate_no_best_model_and_no_gate_stats(tmp_path):
+    import threading
+    import types
+
+    from trainer.hooks.evaluate import EvalHook
+
+    models = tmp_path / "models"
+    publish(models, _preference_model(CENTRE_FIRST, 1))
+    hook = EvalHook(models, "tictactoe", every=1, games=4, seed=0)
+    hook.run(types.SimpleNamespace(stop_event=threading.Event()), {})
+    hook._thread.join(timeout=60)
+    assert hook.stats()["last_eval"]["games_played"] == 4
+    assert "best_model_step" not in hook.stats() and not (models / "best.onnx").exists()
+
+
+def test_gate_sprt_setting_is_validated():
+    from pydantic import ValidationError
+
+    from trainer.config.daemon import DaemonConfig
+
+    assert DaemonConfig(gate=True, gate_sprt="0,30").gate_sprt == "0,30"
+    with pytest.raises(ValidationError, match="gate_sprt"):
+        DaemonConfig(gate_sprt="30,0")

@@ -147,9 +147,11 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
                     metadata=lambda: model_metadata(cfg, loop_ref)),
     ]
     if cfg.eval_interval:
-        from trainer.hooks.evaluate import EvalHook
+        from trainer.evaluator.sprt import parse_elo_bounds
+        from trainer.hooks.evaluate import EvalHook, Gate
 
-        hooks.append(EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed))
+        gate = Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None
+        hooks.append(EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed, gate=gate))
     hooks += [
         StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size),
         ProgressLogHook(cfg.log_interval, cfg.steps),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 
@@ -60,6 +60,9 @@ class DaemonConfig(NetworkSettings):
     # worker thread; benchmarks/actor_bench.py times them).
     eval_interval: int = Field(500, ge=0, description="Steps between evaluations of latest.onnx against random (0 = off).")
     eval_games: int = Field(100, gt=0, description="Games per periodic evaluation.")
+    gate: bool = Field(False, description="With each evaluation, play the model against best.onnx (SPRT over colour-swapped pairs) and replace best.onnx when it is stronger; latest.onnx is unaffected.")
+    gate_games: int = Field(400, ge=2, description="Most games of one gate match (it stops earlier when the SPRT decides).")
+    gate_sprt: str = Field("0,50", description="ELO0,ELO1 of the gate's SPRT: promote when 'Elo >= ELO1' is accepted over 'Elo <= ELO0'.")
 
     # --- waiting -------------------------------------------------------------------------
     wait_interval: float = Field(1.0, gt=0, description="First wait (s) while data is missing; doubles up to 30 s.")
@@ -72,6 +75,14 @@ class DaemonConfig(NetworkSettings):
     fresh: bool = Field(False, description="Ignore an existing checkpoint and start from scratch.")
     init_from: Path | None = Field(None, description="Initialise weights from a checkpoint (e.g. an offline BC/IQL/CQL run).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+    @field_validator("gate_sprt")
+    @classmethod
+    def _gate_sprt(cls, v: str) -> str:
+        from trainer.evaluator.sprt import parse_elo_bounds
+
+        parse_elo_bounds(v)
+        return v
 
     @model_validator(mode="after")
     def _derived(self) -> "DaemonConfig":

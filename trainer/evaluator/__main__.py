@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.config.loader import load_config
+from trainer.evaluator.sprt import parse_elo_bounds
 from trainer.model.contract import LATEST_MODEL_NAME
 
 log = logging.getLogger("trainer.evaluator")
@@ -82,20 +83,8 @@ class EvaluatorConfig(BaseModel):
     @classmethod
     def _sprt(cls, v: str | None) -> str | None:
         if v is not None:
-            sprt_bounds(v)
+            parse_elo_bounds(v)
         return v
-
-
-def sprt_bounds(text: str) -> tuple[float, float]:
-    """The two Elo bounds of `--sprt ELO0,ELO1`, ELO0 below ELO1."""
-    parts = text.split(",")
-    try:
-        elo0, elo1 = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError("expected ELO0,ELO1 (two numbers, e.g. 0,20)") from None
-    if not elo0 < elo1:
-        raise ValueError(f"ELO0 must be below ELO1, got {elo0:g},{elo1:g}")
-    return elo0, elo1
 
 
 def _pct(k: int, n: int) -> str:
@@ -161,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.model, cfg.env_id, cfg.opponent, cfg.games, cfg.seed,
             temperature=cfg.temperature, sims=cfg.sims, threads=cfg.threads, db=cfg.db,
             c_puct=cfg.c_puct, records_out=records if cfg.verbose else None,
-            sprt_elo=sprt_bounds(cfg.sprt) if cfg.sprt else None, alpha=cfg.alpha, beta=cfg.beta,
+            sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None, alpha=cfg.alpha, beta=cfg.beta,
         )
     except (FileNotFoundError, ValueError) as e:  # ModelContractError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -84,6 +84,17 @@ def llr(counts: Sequence[float], elo0: float, elo1: float, scores: np.ndarray = 
     return float(n * np.sum(p * np.log(q1 / q0)))
 
 
+def parse_elo_bounds(text: str) -> tuple[float, float]:
+    """The text "ELO0,ELO1" (ELO0 below ELO1) as `--sprt` and `--gate-sprt` take them."""
+    try:
+        elo0, elo1 = (float(p) for p in text.split(","))
+    except ValueError:
+        raise ValueError("expected ELO0,ELO1 (two numbers, e.g. 0,20)") from None
+    if not elo0 < elo1:
+        raise ValueError(f"ELO0 must be below ELO1, got {elo0:g},{elo1:g}")
+    return elo0, elo1
+
+
 def bounds(alpha: float, beta: float) -> tuple[float, float]:
     """Wald's bounds: accept H0 at or below the first, H1 at or above the second."""
     return math.log(beta / (1.0 - alpha)), math.log((1.0 - beta) / alpha)
