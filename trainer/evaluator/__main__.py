@@ -51,7 +51,11 @@ class EvaluatorConfig(BaseModel):
         0.0, ge=0,
         description="Model move temperature: softmax(logits / T) for the raw policy, visits^(1/T) with --sims; 0 = greedy.",
     )
-    c_puct: float = Field(1.5, gt=0, description="PUCT constant for every MCTS player.")
+    c_puct: float = Field(
+        1.5, gt=0,
+        description="PUCT constant of the model's search (and a model:PATH opponent's); the mcts:SIMS opponent is "
+        "UCT with c=2 and a solver, like OpenSpiel's MCTSBot.",
+    )
     threads: int = Field(1, ge=1, le=1024, description="onnxruntime intra-op threads.")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
     min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
