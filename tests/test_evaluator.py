@@ -401,3 +401,19 @@ def test_gate_sprt_setting_is_validated():
     assert DaemonConfig(gate=True, gate_sprt="0,30").gate_sprt == "0,30"
     with pytest.raises(ValidationError, match="gate_sprt"):
         DaemonConfig(gate_sprt="30,0")
+
+
+def test_daemon_with_gate_keeps_best_onnx_and_shows_its_step(tmp_path):
+    from daemon_harness import read_stats, start_daemon, stop, wait_for
+    from replay_data import write_random_games
+
+    write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=7)
+    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", "--eval-interval", "20",
+                        "--eval-games", "10", "--gate", "--gate-games", "40", "--threads", "1", "--min-rows", "50",
+                        "--max-reuse", "0", "--stats-interval", "5")
+    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("best_model_step") is not None and s, 90,
+                     "a best model", proc, tmp_path)
+    assert stop(proc) == 0
+    best = tmp_path / "models" / "best.onnx"
+    assert best.exists() and OnnxPolicy(best).step == stats["best_model_step"]
+    assert (tmp_path / "models" / "latest.onnx").exists()
