@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtualenv in .venv with everything the project needs.
 #   bash scripts/setup.sh          # runtime dependencies
-#   bash scripts/setup.sh --test   # plus the test requirements and tools (Debian chromium, docker-compose)
+#   bash scripts/setup.sh --test   # plus the test requirements and tools (Debian chromium, docker-compose, postgresql)
 # torch is pinned exactly (requirements.txt): any looser spec can pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,8 @@ if [ "${1:-}" = "--test" ]; then
     need=()
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
     command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+    # The PostgreSQL replay tests start a throwaway server of their own (initdb + pg_ctl).
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
     if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "installing test tools: ${need[*]}"
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null) \

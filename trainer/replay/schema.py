@@ -50,11 +50,16 @@ CREATE TABLE IF NOT EXISTS game_metadata (
 # Optional column our actor adds (the contract allows nullable extras).
 MODEL_STEP_COLUMN = "model_step"
 
-INSERT_TRANSITION = """
-INSERT OR REPLACE INTO transitions (
-    id, env_id, episode_id, step_number, state, action, next_state, observation,
-    next_observation, reward, done, timestamp, policy_probs, mcts_value, game_outcome{extra}
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{extra_q})"""
+# The columns a writer sets, in the order of `writer.game_rows`' tuples.
+TRANSITION_COLUMNS = (
+    "id", "env_id", "episode_id", "step_number", "state", "action", "next_state", "observation",
+    "next_observation", "reward", "done", "timestamp", "policy_probs", "mcts_value", "game_outcome",
+)
+
+INSERT_TRANSITION = (
+    f"INSERT OR REPLACE INTO transitions ({', '.join(TRANSITION_COLUMNS)}{{extra}}) "
+    f"VALUES ({', '.join(['?'] * len(TRANSITION_COLUMNS))}{{extra_q}})"
+)
 
 GAME_METADATA_COLUMNS = (
     "env_id", "display_name", "board_width", "board_height", "num_actions",
@@ -106,6 +111,11 @@ def read_game_spec(conn: sqlite3.Connection, env_id: str) -> GameSpec:
             f"SELECT {', '.join(GAME_METADATA_COLUMNS[1:])} FROM game_metadata WHERE env_id = ?",
             (env_id,),
         ).fetchone()
+    return spec_from_metadata_row(env_id, row)
+
+
+def spec_from_metadata_row(env_id: str, row: tuple | None) -> GameSpec:
+    """A GameSpec from `game_metadata`'s columns after env_id (None: no row), checked."""
     if row is None:
         try:
             return get_game(env_id).spec

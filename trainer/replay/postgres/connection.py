@@ -1,0 +1,83 @@
+"""Connecting to a PostgreSQL replay by URL, and saying in one line why it failed.
+
+Failures split by what helps: a server that is down or restarting ends by itself, so the
+reader waits (`ConnectionLost`); a bad password, a missing database or a malformed URL do
+not, so they are errors (`ReplayConnectError`, exit 2) naming the URL without its password.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from trainer.replay.schema import SchemaError
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_S = 5  # a host that drops packets fails within this instead of hanging
+
+
+class ReplayConnectError(SchemaError):
+    """The replay URL cannot work as given (bad password, no such database, malformed URL)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The server cannot be reached now (down, restarting, connection cut); retry later."""
+
+
+def is_postgres_url(db: str | object) -> bool:
+    return isinstance(db, str) and db.startswith(URL_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`: safe for logs and stats.json."""
+    url = re.sub(r"^(postgres(?:ql)?://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
+
+
+# Server messages (libpq gives no SQLSTATE for connection failures) that waiting will not fix.
+_FATAL_PATTERNS = (
+    (r"password authentication failed|no password supplied|authentication failed", "bad user name or password"),
+    (r'database "[^"]*" does not exist', "no such database"),
+    (r'role "[^"]*" does not exist', "no such user"),
+    (r"failed to resolve host|could not translate host name", "unknown host"),
+    (r"no pg_hba.conf entry", "the server refuses this client (pg_hba.conf)"),
+)
+
+
+def describe_failure(url: str, exc: BaseException) -> ReplayConnectError | ConnectionLost:
+    """The exception to raise for a failed connect: fatal or transient, with one clear line."""
+    where = redact_url(url)
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    detail = re.sub(r"^connection failed: ", "", detail)
+    if isinstance(exc, psycopg.ProgrammingError):
+        return ReplayConnectError(f"replay URL {where} is malformed: {detail}")
+    for pattern, what in _FATAL_PATTERNS:
+        if re.search(pattern, text, re.IGNORECASE):
+            return ReplayConnectError(f"cannot use replay database {where}: {what} ({detail})")
+    return ConnectionLost(f"cannot reach the replay server {where}: {detail}")
+
+
+def connect(url: str, application_name: str = "selfplay-trainer") -> psycopg.Connection:
+    """An autocommit connection (no transaction stays open between our statements)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise describe_failure(url, exc) from None
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    params.setdefault("application_name", application_name)
+    try:
+        return psycopg.connect(autocommit=True, **params)
+    except psycopg.Error as exc:
+        raise describe_failure(url, exc) from None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A query failed because the connection is gone (server restart, network), not the query."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    if isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow, psycopg.errors.CrashShutdown)):
+        return True
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
