@@ -8,13 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.games import KNOWN_ENV_IDS
+from trainer.replay.backend import ReplayLocation
 
 
 class ActorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     env_id: str = Field("tictactoe", min_length=1, description="Game to play (one of the games in trainer/games: " + ", ".join(KNOWN_ENV_IDS) + ").")
-    db: Path = Field(Path("./data/replay.db"), description="Replay SQLite database to append whole games to.")
+    db: ReplayLocation = Field("./data/replay.db", description="Replay to append whole games to: a SQLite file, or a postgresql:// URL.")
     model_dir: Path = Field(Path("./data/models"), description="Folder watched for latest.onnx; without it the actor uses rollout MCTS.")
     sims: int = Field(50, ge=0, description="MCTS simulations per move; 0 = no search (uniform random without a model, the raw policy with one).")
     episodes: int = Field(0, ge=0, description="Games to play in total across workers; 0 = until stopped.")

@@ -27,9 +27,9 @@ def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
 def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event) -> None:
     from actor_stub.selfplay import SelfPlayWorker
     from trainer.games import get_game
-    from trainer.replay.writer import ReplayWriter
+    from trainer.replay.backend import open_replay_writer
 
-    writer = ReplayWriter(cfg.db, get_game(cfg.env_id), with_model_step=True)
+    writer = open_replay_writer(cfg.db, get_game(cfg.env_id), with_model_step=True)
     try:
         SelfPlayWorker(cfg, episodes, seed, stop, worker_index=index).run(writer)
     finally:

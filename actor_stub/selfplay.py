@@ -22,6 +22,7 @@ from actor_stub.config import ActorConfig
 from actor_stub.model_watcher import ModelWatcher
 from trainer.games import Game, GameState, get_game
 from trainer.onnx_policy import OnnxPolicy
+from trainer.replay.backend import redact_url
 from trainer.replay.writer import PlyRecord, ReplayWriter
 from trainer.search.gumbel import gumbel_search
 from trainer.search.mcts import (
@@ -141,7 +142,7 @@ class SelfPlayWorker:
         log.info(
             "%s: %s, %d sims, %d parallel games, model step %s, writing to %s",
             self.actor_id, self.cfg.env_id, self.cfg.sims, self.cfg.parallel_games,
-            self.watcher.step_label(self.watcher.policy), self.cfg.db,
+            self.watcher.step_label(self.watcher.policy), redact_url(self.cfg.db),
         )
         try:
             while True:

@@ -263,3 +263,18 @@ def test_big_table_without_seq_is_an_error_until_migrated(pg_url):
     assert done.returncode == 0, done.stderr
     reader.close()
     assert reader.probe() is None and len(np.concatenate([p.rowids for p in _read_all(reader)])) > 0
+
+
+def test_a_recreated_table_is_reported_as_replaced(pg_url):
+    game, rng = get_game("tictactoe"), np.random.default_rng(9)
+    with PgReplayWriter(pg_url, game) as writer:
+        writer.write_game("g", play_game(game, random_move, rng))
+    reader = PgReplayReader(pg_url, "tictactoe")
+    assert reader.probe() is None and _read_all(reader) and reader.replaced() is None
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE transitions CASCADE")
+    with PgReplayWriter(pg_url, game) as writer:  # a fresh table: seqs start again at 1
+        rows = writer.write_game("new", play_game(game, random_move, rng))
+    assert "before seq" in reader.replaced()
+    reader.reopen()
+    assert reader.probe() is None and sum(len(p) for p in _read_all(reader)) == rows

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 import sys
 import time
 
@@ -23,8 +22,8 @@ from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
 from trainer.model.networks import resolve_net_kind
 from trainer.objectives.policy_value import PolicyValueObjective
-from trainer.replay.reader import sqlite_ro_uri
-from trainer.replay.schema import MissingMetadataError, SchemaError, read_game_spec
+from trainer.replay.backend import read_replay_spec, redact_url
+from trainer.replay.schema import SchemaError
 from trainer.runtime import install_stop_signals, setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
 from trainer.training.loop import (
@@ -66,24 +65,15 @@ def wait_for_game_spec(cfg: DaemonConfig) -> GameSpec:
         known = None
     started, delay = time.monotonic(), cfg.wait_interval
     while True:
-        if cfg.db.exists():
-            try:
-                conn = sqlite3.connect(sqlite_ro_uri(cfg.db), uri=True, timeout=5.0)
-                try:
-                    return read_game_spec(conn, cfg.env_id)
-                finally:
-                    conn.close()
-            except MissingMetadataError:
-                pass  # unknown game, no metadata row yet: wait for the actor to write it
-            except sqlite3.DatabaseError as exc:
-                if known is None:
-                    log.info("replay DB %s not readable yet: %s", cfg.db, exc)
+        spec = read_replay_spec(cfg.db, cfg.env_id)
+        if spec is not None:
+            return spec
         if known is not None:
             return known
         waited = time.monotonic() - started
         if cfg.max_wait and waited >= cfg.max_wait:
-            raise DataWaitTimeout(f"no game_metadata row for {cfg.env_id!r} in {cfg.db} after {waited:.0f}s")
-        log.info("waiting for %s to describe env_id %r (game_metadata)", cfg.db, cfg.env_id)
+            raise DataWaitTimeout(f"no game_metadata row for {cfg.env_id!r} in {redact_url(cfg.db)} after {waited:.0f}s")
+        log.info("waiting for %s to describe env_id %r (game_metadata)", redact_url(cfg.db), cfg.env_id)
         time.sleep(delay)
         delay = min(30.0, delay * 2)
 

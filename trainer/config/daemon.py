@@ -8,13 +8,17 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
+from trainer.replay.backend import RedactedReplayLocation
 
 
 class DaemonConfig(NetworkSettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- files ---------------------------------------------------------------------------
-    db: Path = Field(Path("./data/replay.db"), description="Replay SQLite database the actors write.")
+    db: RedactedReplayLocation = Field(
+        "./data/replay.db",
+        description="Replay the actors write: a SQLite file, or a postgresql://user:password@host:port/database URL.",
+    )
     model_dir: Path = Field(Path("./data/models"), description="Folder of published ONNX models (latest.onnx, model_step_NNNNNN.onnx).")
     checkpoint_dir: Path | None = Field(None, description="Folder of training checkpoints; default <model-dir>/../checkpoints.")
     stats: Path = Field(Path("./data/stats.json"), description="stats.json the dashboard polls.")

@@ -330,6 +330,9 @@ class ReplayReader:
         self.chunk_rows = chunk_rows
         self.busy_timeout_s = busy_timeout_s
         self.cursor = 0
+        # Rows at or below the cursor still to come: none in SQLite, which commits writers one
+        # at a time in rowid order (a PostgreSQL replay has some; the source saves them).
+        self.pending: list = []
         self.newest_timestamp: int | None = None
         self.model_step: int | None = None
         self.spec: GameSpec | None = None

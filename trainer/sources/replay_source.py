@@ -47,7 +47,8 @@ import torch
 from trainer.augment import Augmenter
 from trainer.config.daemon import DaemonConfig
 from trainer.games import GameSpec
-from trainer.replay.reader import BAD_REASONS, BAD_UNREADABLE, DecodedRows, ReplayReader, read_failure
+from trainer.replay.backend import open_replay_reader
+from trainer.replay.reader import BAD_REASONS, BAD_UNREADABLE, DecodedRows, read_failure
 from trainer.replay.schema import SchemaError
 from trainer.replay.window import ReplayWindow, window_size
 from trainer.sources.wait_reason import NO_BATCH, WaitKind, WaitReason
@@ -59,6 +60,7 @@ STATE_VERSION = 1
 RATE_HORIZON_S = 60.0  # new_rows_per_sec is measured over this span
 INGEST_SLICE_S = 0.25  # at most this long ingesting before preparing batches again
 BUSY_RETRY_S = 0.05  # next poll after "database is locked"
+RECONNECT_MAX_S = 30.0  # cap of the backoff while a replay server is unreachable
 
 
 class ReplaySource:
@@ -89,12 +91,13 @@ class ReplaySource:
         self.max_block_s = max_block_s
         # Short busy timeout: the worker retries on its own schedule instead of stalling
         # batch preparation while a rollback-journal writer commits.
-        self._reader = ReplayReader(cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s)
+        self._reader = open_replay_reader(cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s)
         self._rng = np.random.default_rng(cfg.seed)
         self._max_window = cfg.window if cfg.window > 0 else cfg.window_cap
 
         # Worker state (written by the worker only, once started).
         self._cursor = 0
+        self._pending: list = []  # the reader's rows below the cursor still to come (PostgreSQL)
         self._rows_seen = 0
         self._bad: Counter = Counter()
         self._policy_onehot = 0
@@ -112,6 +115,7 @@ class ReplaySource:
         # while batches may still come from the window; None while reading works.
         self._db_problem: WaitReason | None = None
         self._db_problem_logged = False  # a warning went out: say when it is over
+        self._reconnect_delay = 0.0  # backoff while a replay server is unreachable
         # After a resume: re-create the interrupted burst and drop the batches already
         # trained on, so the next batches are those an uninterrupted run would train on.
         self._replay_burst = 0
@@ -202,6 +206,7 @@ class ReplaySource:
         if int(state.get("version", STATE_VERSION)) != STATE_VERSION:
             raise ValueError(f"replay source state version {state.get('version')} is not {STATE_VERSION}")
         self._cursor = int(state["cursor"])
+        self._pending = [tuple(int(x) for x in p) for p in state.get("pending", [])]
         self._rows_seen = int(state["rows_seen"])
         self._samples = int(state["samples"])
         self._bad = Counter({str(k): int(v) for k, v in dict(state.get("bad_rows", {})).items()})
@@ -242,6 +247,7 @@ class ReplaySource:
         return {
             "version": STATE_VERSION,
             "cursor": int(self._cursor),
+            "pending": [list(p) for p in self._pending],
             "rows_seen": int(self._rows_seen),
             "bad_rows": {k: int(v) for k, v in self._bad.items()},
             "policy_onehot_rows": int(self._policy_onehot),
@@ -289,7 +295,14 @@ class ReplaySource:
                 self._setup()
             more = self._ingest()
             self._db_readable()
+            self._reconnect_delay = 0.0
             return 0.0 if more else self.cfg.poll_interval
+        except ConnectionError as exc:
+            # A replay server went away (restart, network): train on from the window and
+            # reconnect with capped backoff; the reader continues from its cursor.
+            self._reconnect_delay = min(RECONNECT_MAX_S, max(self.cfg.poll_interval, 2 * self._reconnect_delay))
+            self._db_unavailable(WaitReason(WaitKind.CONNECTION_LOST, str(exc)))
+            return self._reconnect_delay
         except SchemaError as exc:
             # At start-up a file that is not SQLite is a clear error. Mid-run it is a DB being
             # replaced (a copy still in progress): keep training from the window, say why.
@@ -299,7 +312,7 @@ class ReplaySource:
             self._db_unavailable(WaitReason(WaitKind.DB_UNREADABLE, str(exc)))
             return self.cfg.poll_interval
         except sqlite3.DatabaseError as exc:
-            reason = read_failure(exc, self.cfg.db)
+            reason = read_failure(exc, self._reader.db_path)
             if reason is None:
                 raise
             if reason.kind == WaitKind.DB_BUSY:
@@ -323,7 +336,7 @@ class ReplaySource:
 
     def _db_readable(self) -> None:
         if self._db_problem is not None and self._db_problem_logged:
-            log.info("replay DB %s is readable again (after: %s)", self.cfg.db, self._db_problem.kind.value)
+            log.info("replay DB %s is readable again (after: %s)", self._reader.db_path, self._db_problem.kind.value)
         self._db_problem, self._db_problem_logged = None, False
 
     def _window_rows(self) -> int:
@@ -332,10 +345,10 @@ class ReplaySource:
     def _reopen(self, why: str) -> None:
         log.warning(
             "replay DB %s: %s; re-opening it and reading it from the start "
-            "(rows_seen keeps counting, the window keeps its rows)", self.cfg.db, why,
+            "(rows_seen keeps counting, the window keeps its rows)", self._reader.db_path, why,
         )
         self._reader.reopen()
-        self._cursor = 0
+        self._cursor, self._pending = 0, []
         self._replay_rows = 0
         self._ready = False
 
@@ -344,13 +357,14 @@ class ReplaySource:
         spec = reader.spec
         assert spec is not None
         t0 = time.monotonic()
-        reader.cursor = self._cursor
+        reader.cursor, reader.pending = self._cursor, list(self._pending)
         if self._cursor and (why := reader.replaced()) is not None:
             log.warning(
                 "replay DB %s: %s: it was recreated since the checkpoint; reading it from the start "
                 "(rows_seen keeps counting)", reader.db_path, why,
             )
             self._cursor = reader.cursor = 0
+            self._pending, reader.pending = [], []
         if self._window is not None:
             self._check_same_game(spec)
             self._ready = True
@@ -376,7 +390,7 @@ class ReplaySource:
         held = (self._window.obs_size, self._window.num_actions, self._legal.start)
         if (spec.obs_size, spec.num_actions, spec.legal_mask_offset) != held:
             raise SchemaError(
-                f"{self.cfg.db}: game_metadata for {self.cfg.env_id!r} now says obs_size {spec.obs_size}, "
+                f"{self._reader.db_path}: game_metadata for {self.cfg.env_id!r} now says obs_size {spec.obs_size}, "
                 f"num_actions {spec.num_actions}, legal_mask_offset {spec.legal_mask_offset}; this run trains on "
                 f"{held[0]}, {held[1]}, {held[2]}"
             )
@@ -385,11 +399,11 @@ class ReplaySource:
         try:
             return self._reader.count_rows(self._cursor)
         except sqlite3.DatabaseError as exc:
-            reason = read_failure(exc, self.cfg.db)
+            reason = read_failure(exc, self._reader.db_path)
             if reason is None or reason.kind != WaitKind.DB_UNREADABLE:
                 raise
             # Only a figure for the dashboard: a damaged page must not stop the resume.
-            log.warning("replay: cannot count the rows of %s (%s); showing the rows seen instead", self.cfg.db, exc)
+            log.warning("replay: cannot count the rows of %s (%s); showing the rows seen instead", self._reader.db_path, exc)
             return self._rows_seen
 
     def _current_window(self) -> int:
@@ -407,7 +421,7 @@ class ReplaySource:
             # Rows skipped past a damaged part of the file: more may follow.
             damaged = chunk.bad.get(BAD_UNREADABLE, 0) > 0
             if chunk.scanned == 0 and not damaged:
-                self._cursor = reader.cursor
+                self._cursor, self._pending = reader.cursor, list(reader.pending)
                 more = False
                 break
             self._rows_seen += len(chunk)
@@ -416,7 +430,7 @@ class ReplaySource:
             self._replay_rows = (self._replay_rows or 0) + chunk.scanned
             window.set_window(self._current_window())
             window.add(chunk.obs, chunk.policy, chunk.value)
-            self._cursor = reader.cursor
+            self._cursor, self._pending = reader.cursor, list(reader.pending)
             loaded += chunk.scanned
             if chunk.scanned < reader.chunk_rows and not damaged:
                 more = False
@@ -450,7 +464,7 @@ class ReplaySource:
         b = cfg.batch_size
         if self._rows_seen >= cfg.min_rows and window.sample_size == 0:
             self._set_status(
-                WaitReason(WaitKind.NO_USABLE_ROWS, f"no usable rows of env_id {cfg.env_id!r} in {cfg.db} since the resume"),
+                WaitReason(WaitKind.NO_USABLE_ROWS, f"no usable rows of env_id {cfg.env_id!r} in {self._reader.db_path} since the resume"),
                 busy=False,
             )
             return False
@@ -458,7 +472,7 @@ class ReplaySource:
             self._set_status(
                 WaitReason(
                     WaitKind.TOO_FEW_ROWS,
-                    f"{self._rows_seen} usable rows of env_id {cfg.env_id!r} in {cfg.db}, need {cfg.min_rows} (--min-rows)",
+                    f"{self._rows_seen} usable rows of env_id {cfg.env_id!r} in {self._reader.db_path}, need {cfg.min_rows} (--min-rows)",
                 ),
                 busy=False,
             )

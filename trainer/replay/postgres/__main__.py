@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from trainer.replay.postgres.connection import connect, is_postgres_url, redact_url
+from trainer.replay.backend import is_postgres_url, redact_url
+from trainer.replay.postgres.connection import connect
 from trainer.replay.postgres.schema import SEQ_COLUMN, add_seq_column, table_names
 from trainer.replay.schema import SchemaError
 

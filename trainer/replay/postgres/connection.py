@@ -12,9 +12,9 @@ import re
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from trainer.replay.backend import is_postgres_url, redact_url  # noqa: F401  (re-exported)
 from trainer.replay.schema import SchemaError
 
-URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 5  # a host that drops packets fails within this instead of hanging
 
 
@@ -24,16 +24,6 @@ class ReplayConnectError(SchemaError):
 
 class ConnectionLost(ConnectionError):
     """The server cannot be reached now (down, restarting, connection cut); retry later."""
-
-
-def is_postgres_url(db: str | object) -> bool:
-    return isinstance(db, str) and db.startswith(URL_SCHEMES)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***`: safe for logs and stats.json."""
-    url = re.sub(r"^(postgres(?:ql)?://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 # Server messages (libpq gives no SQLSTATE for connection failures) that waiting will not fix.

@@ -164,7 +164,7 @@ class PgReplayReader:
         except (psycopg.Error, ConnectionLost) as exc:
             if not is_connection_error(exc):
                 raise
-            return WaitReason(WaitKind.CONNECTION_LOST, f"{self._lost(exc)}; reconnecting")
+            return WaitReason(WaitKind.CONNECTION_LOST, str(self._lost(exc)))
 
     def open(self) -> None:
         try:
@@ -193,6 +193,21 @@ class PgReplayReader:
         self._columns = f"t.{SEQ_COLUMN}, t.observation, t.action, t.policy_probs, t.mcts_value, t.game_outcome, t.timestamp"
         self._columns += f", t.{MODEL_STEP_COLUMN}" if self.has_model_step else ""
         self._select = f"SELECT {self._columns} FROM transitions t"
+
+    def replaced(self) -> str | None:
+        """Why the rows read so far are gone, or None: the table was emptied or recreated, so
+        its seqs end before the cursor. (A lost connection is not this: it raises.)"""
+        if self._conn is None or not self.cursor:
+            return None
+        if (top := self.max_rowid()) < self.cursor:
+            return f"its rows end at seq {top}, before seq {self.cursor} already read"
+        return None
+
+    def reopen(self) -> None:
+        """Forget what was read: the next probe() looks at the tables afresh and read_new()
+        starts at the first row."""
+        self.close()
+        self.cursor, self.pending, self.spec = 0, [], None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -110,7 +110,14 @@ def column_names(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def create_schema(conn: psycopg.Connection, with_model_step: bool = True) -> None:
-    """The Rust actor's tables (if missing) plus `seq` (and `model_step`); for our actor and tests."""
+    """The Rust actor's tables (if missing) plus `seq` (and `model_step`); for our actor and tests.
+
+    Does nothing when all is there: even `... IF NOT EXISTS` on an index or a column waits
+    for a table lock that an open writer transaction holds, and queues every writer behind it.
+    """
+    wanted = {SEQ_COLUMN, MODEL_STEP_COLUMN} if with_model_step else {SEQ_COLUMN}
+    if {"transitions", "game_metadata"} <= table_names(conn) and wanted <= column_names(conn, "transitions"):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         for sql in RUST_SCHEMA:
