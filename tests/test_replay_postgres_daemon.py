@@ -146,3 +146,14 @@ def test_daemon_killed_resumes_from_its_checkpoint_cursor(pg_url, tmp_path):
         assert stats["replay_cursor"] >= total
     finally:
         assert stop(proc) == 0
+
+
+def test_launcher_hands_a_url_to_its_children_by_environment_not_argv(pg_server, pg_url, tmp_path):
+    from trainer.launcher import LauncherConfig, build_children
+
+    specs = build_children(LauncherConfig(db=pg_url, data=tmp_path, actors=2, dashboard=False), python="python")
+    assert [s.name for s in specs] == ["actor-1", "actor-2", "trainer"]
+    assert all(pg_server.password not in " ".join(s.argv) and "--db" not in s.argv for s in specs)
+    assert [s.env.get("ACTOR_DB") for s in specs[:2]] == [pg_url, pg_url] and specs[2].env["TRAINER_DB"] == pg_url
+    path_specs = build_children(LauncherConfig(data=tmp_path, actors=1, dashboard=False), python="python")
+    assert all(s.argv[s.argv.index("--db") + 1] == str(tmp_path.resolve() / "replay.db") for s in path_specs)

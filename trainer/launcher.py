@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.config.loader import ENV_PREFIX, load_config
 from trainer.model.contract import LATEST_MODEL_NAME
+from trainer.replay.backend import ReplayLocation, is_postgres_url
 
 
 class LauncherConfig(BaseModel):
@@ -53,6 +54,7 @@ class LauncherConfig(BaseModel):
 
     env_id: str = Field("tictactoe", min_length=1, description="Game the actors play and the trainer learns.")
     data: Path = Field(Path("./data"), description="Data folder: replay.db, models/, stats.json.")
+    db: ReplayLocation | None = Field(None, description="Replay: a SQLite file (unset = <data>/replay.db) or a postgresql://user:password@host:port/database URL that remote actors write too.")
     port: int = Field(8080, ge=1, le=65535, description="Dashboard port.")
     host: str = Field("127.0.0.1", min_length=1, description="Dashboard address to bind (127.0.0.1 keeps it on this machine).")
     # 2, not 1: on tic-tac-toe the trainer mostly waits for data beside one actor, so a
@@ -308,15 +310,19 @@ def child_env(threads: int) -> dict[str, str]:
 
 def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[ChildSpec]:
     data = cfg.data.expanduser().resolve()
-    db, models, stats = data / "replay.db", data / "models", data / "stats.json"
+    db, models, stats = cfg.db or str(data / "replay.db"), data / "models", data / "stats.json"
     env = child_env(cfg.threads)
+    # A URL goes by environment, not argv: its password would show in every `ps`.
+    db_arg, actor_env, trainer_env = ["--db", db], env, env
+    if is_postgres_url(db):
+        db_arg, actor_env, trainer_env = [], {**env, "ACTOR_DB": db}, {**env, f"{ENV_PREFIX}DB": db}
     specs = [
         ChildSpec(f"actor-{i + 1}", [python, "-m", "actor_stub", "--env-id", cfg.env_id,
-                                     "--db", str(db), "--model-dir", str(models),
-                                     "--threads", str(cfg.threads)], env)
+                                     *db_arg, "--model-dir", str(models),
+                                     "--threads", str(cfg.threads)], actor_env)
         for i in range(cfg.actors)
     ]
-    trainer = [python, "-m", "trainer", "train", "--db", str(db), "--model-dir", str(models),
+    trainer = [python, "-m", "trainer", "train", *db_arg, "--model-dir", str(models),
                "--stats", str(stats), "--env-id", cfg.env_id, "--threads", str(cfg.threads)]
     # A TRAINER_* variable the user set is the trainer's to read; only fill in what is unset.
     steps = cfg.steps
@@ -329,7 +335,7 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
         max_reuse = 16.0
     if max_reuse is not None:
         trainer += ["--max-reuse", f"{max_reuse:g}"]
-    specs.append(ChildSpec("trainer", trainer, env, finishes_run=True, stop_order=1))
+    specs.append(ChildSpec("trainer", trainer, trainer_env, finishes_run=True, stop_order=1))
     if cfg.dashboard:
         specs.append(ChildSpec(
             "dashboard", [python, "-m", "trainer.dashboard", "--data", str(data), "--stats", str(stats),
