@@ -63,14 +63,16 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @pytest.mark.learning_gate
-def test_one_command_run_learns_tictactoe(tmp_path):
+@pytest.mark.parametrize("replay", ["sqlite", "postgres"])
+def test_one_command_run_learns_tictactoe(tmp_path, request, replay):
     random_baseline = _random_vs_perfect_score(GAMES)
     assert random_baseline < 0.3, f"random play scored {random_baseline:.2f} against the perfect player"
 
     data, log_path = tmp_path / "data", tmp_path / "run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "run", "--data", str(data), "--no-dashboard"],
+            [sys.executable, "-m", "trainer", "run", "--data", str(data), "--no-dashboard",
+             *(["--db", request.getfixturevalue("pg_url")] if replay == "postgres" else [])],
             cwd=REPO, env=_clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     t0 = time.monotonic()
