@@ -278,3 +278,19 @@ def test_a_recreated_table_is_reported_as_replaced(pg_url):
     assert "before seq" in reader.replaced()
     reader.reopen()
     assert reader.probe() is None and sum(len(p) for p in _read_all(reader)) == rows
+
+
+def test_a_read_stuck_behind_a_table_lock_times_out_as_a_transient_failure(pg_url):
+    game, rng = get_game("tictactoe"), np.random.default_rng(8)
+    with PgReplayWriter(pg_url, game) as writer:
+        rows = writer.write_game("g", play_game(game, random_move, rng))
+    reader = PgReplayReader(pg_url, "tictactoe")
+    reader.statement_timeout_ms = 200
+    assert reader.probe() is None
+    locker = psycopg.connect(pg_url)
+    locker.execute("LOCK TABLE transitions IN ACCESS EXCLUSIVE MODE")  # e.g. an operator's migration
+    with pytest.raises(ConnectionLost):
+        reader.read_new()
+    locker.rollback()
+    locker.close()
+    assert sum(len(p) for p in _read_all(reader)) == rows  # reconnected, from the cursor

@@ -65,9 +65,6 @@ def connect(url: str, application_name: str = "selfplay-trainer") -> psycopg.Con
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """A query failed because the connection is gone (server restart, network), not the query."""
-    if isinstance(exc, ConnectionLost):
-        return True
-    if isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow, psycopg.errors.CrashShutdown)):
-        return True
-    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
+    """A query failed for a reason on the server's side that passes (restart, network, a
+    statement timeout behind a long lock), not because of the query: reconnect and retry."""
+    return isinstance(exc, (ConnectionLost, psycopg.OperationalError))

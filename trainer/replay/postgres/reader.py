@@ -57,6 +57,7 @@ from trainer.sources.wait_reason import WaitKind, WaitReason
 
 log = logging.getLogger(__name__)
 
+READ_TIMEOUT_MS = 30_000
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # The first statement of the transaction: it fixes the snapshot every later one reads.
 SNAPSHOT_BOUNDS = (
@@ -103,7 +104,9 @@ class PgReplayReader:
         self.db_path = redact_url(url)  # what messages name; never the password
         self.env_id = env_id
         self.chunk_rows = chunk_rows
-        self.statement_timeout_ms = int(max(busy_timeout_s, 1.0) * 1000) * 10
+        # busy_timeout_s is SQLite's lock wait; here no writer can block a read, so only a
+        # read stuck behind an operator's table lock (a migration) gives up, and is retried.
+        self.statement_timeout_ms = READ_TIMEOUT_MS
         self.cursor = 0
         # (lo, hi, xmax): seqs lo..hi not read yet, passed by the read whose snapshot had xmax.
         self.pending: list[tuple[int, int, int]] = []
@@ -133,7 +136,7 @@ class PgReplayReader:
         if isinstance(exc, ConnectionLost):
             return exc
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return ConnectionLost(f"lost the connection to the replay server {self.db_path}: {detail}")
+        return ConnectionLost(f"replay server {self.db_path} unavailable: {detail}")
 
     def probe(self, min_rows: int = 0) -> WaitReason | None:
         """Why the replay cannot be trained from yet, or None when it can (connects if needed).
@@ -331,7 +334,11 @@ class PgReplayReader:
         if upto_rowid is not None:
             sql += f" AND t.{SEQ_COLUMN} <= %s AND {NOT_PENDING}"
             args += [upto_rowid, *self._pending_bounds()]
-        return int(self._in_snapshot(lambda conn, *_: conn.execute(sql, args).fetchone()[0]))
+        def count(conn: psycopg.Connection, *_) -> int:
+            conn.execute("SET LOCAL statement_timeout = 0")  # a scan of a big table may take a while
+            return int(conn.execute(sql, args).fetchone()[0])
+
+        return self._in_snapshot(count)
 
     def max_rowid(self) -> int:
         (m,) = self._in_snapshot(lambda conn, *_: conn.execute(f"SELECT max({SEQ_COLUMN}) FROM transitions").fetchone())
