@@ -117,6 +117,7 @@ class PgReplayReader:
         # Tables up to this size get `seq` added by the reader itself (schema.py says why).
         self.auto_migrate_max_bytes = AUTO_MIGRATE_MAX_BYTES
         self._conn: psycopg.Connection | None = None
+        self._table_oid: int | None = None  # of the transitions table we opened
         self._select = ""
 
     # --- connection ------------------------------------------------------------------------
@@ -193,15 +194,20 @@ class PgReplayReader:
         if add_seq_column(conn, self.auto_migrate_max_bytes):
             log.info("added the %r column to transitions in %s (new rows are tailed by it)", SEQ_COLUMN, self.db_path)
         self.has_model_step = MODEL_STEP_COLUMN in cols
+        (self._table_oid,) = conn.execute("SELECT to_regclass('transitions')::oid").fetchone()
         self._columns = f"t.{SEQ_COLUMN}, t.observation, t.action, t.policy_probs, t.mcts_value, t.game_outcome, t.timestamp"
         self._columns += f", t.{MODEL_STEP_COLUMN}" if self.has_model_step else ""
         self._select = f"SELECT {self._columns} FROM transitions t"
 
     def replaced(self) -> str | None:
-        """Why the rows read so far are gone, or None: the table was emptied or recreated, so
-        its seqs end before the cursor. (A lost connection is not this: it raises.)"""
-        if self._conn is None or not self.cursor:
+        """Why the rows read so far are gone, or None: the table was dropped or recreated
+        since we opened it, or its seqs end before the cursor (a checkpoint of another
+        table). A lost connection is not this: it raises."""
+        if self._table_oid is None or not self.cursor:
             return None
+        (oid,) = self._in_snapshot(lambda conn, *_: conn.execute("SELECT to_regclass('transitions')::oid").fetchone())
+        if oid != self._table_oid:
+            return "the table was dropped" if oid is None else "the table was recreated"
         if (top := self.max_rowid()) < self.cursor:
             return f"its rows end at seq {top}, before seq {self.cursor} already read"
         return None
@@ -210,7 +216,7 @@ class PgReplayReader:
         """Forget what was read: the next probe() looks at the tables afresh and read_new()
         starts at the first row."""
         self.close()
-        self.cursor, self.pending, self.spec = 0, [], None
+        self.cursor, self.pending, self.spec, self._table_oid = 0, [], None, None
 
     def close(self) -> None:
         if self._conn is not None:
