@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from actor_stub.config import ActorConfig
@@ -36,6 +37,19 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
         writer.close()
 
 
+def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, index: int,
+                          stop: threading.Event) -> int:
+    """run_worker, with a DB that cannot be written reported as one `error:` line: exit code 2."""
+    from trainer.replay.writer import ReplayWriteError
+
+    try:
+        run_worker(cfg, episodes, seed, index, stop)
+    except ReplayWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 def child_main(cfg_json: str, episodes: int, seed: int | None, index: int) -> None:
     cfg = ActorConfig.model_validate_json(cfg_json)
     setup_logging(cfg.log_level)
@@ -44,4 +58,4 @@ def child_main(cfg_json: str, episodes: int, seed: int | None, index: int) -> No
     # so children ignore SIGINT or they would count it twice and drop their games.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     install_signals(stop, (signal.SIGTERM,))
-    run_worker(cfg, episodes, seed, index, stop)
+    sys.exit(run_worker_or_explain(cfg, episodes, seed, index, stop))
