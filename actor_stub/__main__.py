@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.episodes and n == 0:
             continue
         seed = None if cfg.seed is None else cfg.seed + i
-        p = ctx.Process(target=child_main, args=(cfg.model_dump_json(), n, seed, i), name=f"actor-{i}")
+        p = ctx.Process(target=child_main, args=(cfg.model_dump_json(), n, seed, i, os.getpid()), name=f"actor-{i}")
         p.start()
         procs.append(p)
     signals_seen = 0

@@ -11,6 +11,7 @@ import sys
 import threading
 
 from actor_stub.config import ActorConfig
+from trainer.parent_death import die_with_parent
 from trainer.runtime import install_stop_signals, setup_logging
 
 log = logging.getLogger("actor_stub")
@@ -50,7 +51,9 @@ def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, ind
     return 0
 
 
-def child_main(cfg_json: str, episodes: int, seed: int | None, index: int) -> None:
+def child_main(cfg_json: str, episodes: int, seed: int | None, index: int, parent: int) -> None:
+    # A parent killed outright cannot forward a stop: the kernel then sends SIGTERM instead.
+    die_with_parent(parent)
     cfg = ActorConfig.model_validate_json(cfg_json)
     setup_logging(cfg.log_level)
     stop = threading.Event()
