@@ -52,11 +52,14 @@ def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, ind
 
 
 def child_main(cfg_json: str, episodes: int, seed: int | None, index: int, parent: int) -> None:
-    # A parent killed outright cannot forward a stop: the kernel then sends SIGTERM instead.
-    die_with_parent(parent)
+    stop = threading.Event()
+    # A parent killed outright cannot forward a stop: the kernel's parent-death signal then
+    # asks for one. Not SIGTERM: it may come once per thread of the parent, and a second
+    # SIGTERM means "drop the games in flight".
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.set())
+    die_with_parent(parent, signal.SIGUSR1)
     cfg = ActorConfig.model_validate_json(cfg_json)
     setup_logging(cfg.log_level)
-    stop = threading.Event()
     # A terminal's Ctrl-C reaches the whole process group; the parent forwards it as SIGTERM,
     # so children ignore SIGINT or they would count it twice and drop their games.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -25,15 +25,15 @@ one data folder, and keeps them running:
   takes a second or two; at worst each stage waits its full `--stop-timeout`.
 
 Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
-launcher, which then stops them as above. A launcher killed outright (SIGKILL, the OOM
-killer) cannot stop them: on Linux each child then gets SIGTERM from the kernel and stops
-as above by itself (`trainer/parent_death.py`), so no orphan keeps writing into the data
-folder.
+launcher, which then stops them as above. Their output is shown line by line, prefixed
+with the child's name. A launcher killed outright (SIGKILL, the OOM killer) cannot stop
+them: on Linux each child runs under a small watcher (`trainer/parent_death.py`) that then
+sends it one SIGTERM, so it stops as above by itself and no orphan keeps writing into the
+data folder.
 
 The launcher's own settings come from flags, `LAUNCHER_*` variables or `--config`
 (`LAUNCHER_CONFIG`); `TRAINER_*` variables are left to the trainer child and `ACTOR_*` to
-the actors. Their output is shown line by line, prefixed
-with the child's name.
+the actors.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Supervisor:
         spec = child.spec
         try:
             child.proc = subprocess.Popen(
-                # Started through parent_death: a launcher killed outright takes its children along.
+                # Under parent_death's watcher: a launcher killed outright takes its children along.
                 parent_death.wrap(spec.argv), env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 process_group=0,  # Ctrl-C reaches the launcher only; see the module docstring

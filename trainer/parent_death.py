@@ -1,14 +1,17 @@
 """Child processes that end with their parent (Linux's parent-death signal).
 
 A supervisor killed with SIGKILL gets no chance to stop its children; without this they go
-on writing into its data folder, and the next run there finds them still at it. The kernel
-sends the signal when the parent *thread* that started the child ends, so a parent starts
-its children from the thread that lives as long as it does (the main thread).
+on writing into its data folder, and the next run there finds them still at it.
 
-`python -m trainer.parent_death PARENT_PID PROGRAM [ARGS...]` sets the signal up and then
-execs PROGRAM (the setting survives exec), so any program can be started this way without
-`preexec_fn`, which is unsafe in a parent that runs threads. Elsewhere than on Linux
-nothing is set up and the program runs as it would have.
+The kernel sends the parent-death signal when the parent *thread* ends, and again for every
+thread of the dying parent the child is handed to on the way to init: one SIGTERM per
+thread of the launcher (its numpy pulls in a BLAS thread pool). The trainer and the actor
+read a second SIGTERM as "exit at once, drop what is in flight". So a program is not given
+the signal directly: `python -m trainer.parent_death PARENT_PID PROGRAM [ARGS...]` runs
+PROGRAM under a small watcher that takes the parent-death signal itself, sends PROGRAM
+exactly one SIGTERM, forwards the SIGTERM/SIGINT it gets from its parent, and exits as
+PROGRAM did (its code, or the same signal). Elsewhere than on Linux `wrap` leaves a command
+as it is.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# The watcher's own parent-death signal: distinct from the SIGTERM its parent sends to stop it.
+PARENT_GONE = signal.SIGUSR1
 
 
 def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     """Have `sig` sent to this process when its parent ends; False where that is unsupported.
 
-    If the parent ended before the request took effect the signal will never come, so then
-    it is sent at once: `expected_parent` is the pid the caller knows its parent by.
+    The signal may come more than once (see the module docstring). If the parent ended
+    before the request took effect it would never come, so then it is sent at once:
+    `expected_parent` is the pid the caller knows its parent by.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -41,24 +48,59 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
 
 
 def wrap(argv: list[str], parent: int | None = None) -> list[str]:
-    """`argv` started through this module, where the platform supports it."""
+    """`argv` run under the watcher, where the platform supports it."""
     if not sys.platform.startswith("linux"):
         return list(argv)
     parent = os.getpid() if parent is None else parent
     return [sys.executable, "-m", "trainer.parent_death", str(parent), *argv]
 
 
+def watch(parent: int, argv: list[str]) -> int:
+    """Run `argv` until it exits; one SIGTERM to it when `parent` ends. Returns its exit code."""
+    program: subprocess.Popen | None = None
+    parent_gone = False
+
+    def send(sig: int) -> None:
+        if program is not None and program.returncode is None:
+            try:
+                os.kill(program.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def on_parent_gone(signum: int, frame: object) -> None:
+        nonlocal parent_gone
+        if not parent_gone:
+            parent_gone = True
+            send(signal.SIGTERM)
+
+    signal.signal(PARENT_GONE, on_parent_gone)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: send(signum))
+    if not die_with_parent(parent, PARENT_GONE):
+        os.execvp(argv[0], argv)  # nothing to watch for: be the program itself
+    if parent_gone:
+        return 1  # the parent ended before the program started: do not start it
+    try:
+        program = subprocess.Popen(argv)
+    except OSError as exc:
+        print(f"error: cannot start {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return 127
+    if parent_gone:  # ended while the program was starting
+        send(signal.SIGTERM)
+    code = program.wait()
+    if code < 0:  # killed by a signal: the same end here, so the parent sees it as it was
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit():
         print("usage: python -m trainer.parent_death PARENT_PID PROGRAM [ARGS...]", file=sys.stderr)
         return 2
-    die_with_parent(int(argv[0]))
-    try:
-        os.execvp(argv[1], argv[1:])
-    except OSError as exc:
-        print(f"error: cannot start {argv[1]!r}: {exc.strerror or exc}", file=sys.stderr)
-        return 127
-    return 0  # not reached: exec replaced this process
+    return watch(int(argv[0]), argv[1:])
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ class DashboardConfig(BaseModel):
 
     data: Path = Field(Path("./data"), description="Data folder of the run (stats.json is read from it).")
     stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header, where a loopback address accepts only loopback names.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header unless --allowed-hosts is given, where a loopback address accepts only loopback names.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
     allowed_hosts: str | None = Field(None, description="Comma-separated host names the page may be opened by (the Host header, any port), e.g. localhost,127.0.0.1; given, every other Host is refused whatever the bind address; unset = loopback names on a loopback bind, any name otherwise.")
     request_timeout: float = Field(10.0, gt=0, description="Seconds a connection gets to send a whole request (request line and headers), idle keep-alive time included; then it is closed.")

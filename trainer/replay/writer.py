@@ -116,7 +116,11 @@ class ReplayWriter:
         with self._errors_named():
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(db_path), timeout=busy_timeout_s, isolation_level=None)
-            self._retry(self._init_db)
+            try:
+                self._retry(self._init_db)
+            except BaseException:
+                self.conn.close()
+                raise
         extra = f", {MODEL_STEP_COLUMN}" if with_model_step else ""
         self._sql_with_step = INSERT_TRANSITION.format(extra=extra, extra_q=", ?" if extra else "")
         self._sql_plain = INSERT_TRANSITION.format(extra="", extra_q="")
