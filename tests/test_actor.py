@@ -7,6 +7,7 @@ import logging
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -356,3 +357,42 @@ def test_a_read_only_db_is_one_error_line(tmp_path):
     [line] = _error_lines(err)
     assert str(db) in line and "readonly" in line, line
     assert list(read_games(db, "tictactoe")) == list(kept)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_stop_by_themselves_when_the_parent_is_killed_outright(tmp_path):
+    import os
+
+    db = tmp_path / "replay.db"
+    proc = subprocess.Popen(
+        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(tmp_path / "models"),
+                  "--sims", "4", "--workers", "2", "--seed", "10"),
+        env=actor_env(), stderr=subprocess.PIPE, text=True,
+    )
+    workers: list[int] = []
+    try:
+        _wait_for(lambda: _workers_with_games(db) == {"-w0", "-w1"}, 60, proc, "a game from each worker")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) >= 2, workers
+        proc.kill()  # no chance to forward a stop to its workers
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert_whole_games(read_games(db, "tictactoe"), "tictactoe")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
