@@ -20,7 +20,7 @@ import sys
 import threading
 
 from actor_stub.config import ActorConfig
-from actor_stub.process import child_main, install_signals, run_worker, setup_logging
+from actor_stub.process import child_main, install_signals, run_worker_or_explain, setup_logging
 from trainer.config.loader import load_config
 
 log = logging.getLogger("actor_stub")
@@ -36,17 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ActorConfig, argv, prog="python -m actor_stub", description=__doc__.split("\n\n")[0], env_prefix="ACTOR_")
     setup_logging(cfg.log_level)
     from trainer.games import get_game
+    from trainer.replay.writer import ReplayWriter, ReplayWriteError
 
     try:
-        get_game(cfg.env_id)
+        game = get_game(cfg.env_id)
     except ValueError as e:
         log.error("%s", e)
+        return 2
+    try:
+        # Opened here once, so a DB that cannot be written is one error before any worker starts.
+        ReplayWriter(cfg.db, game).close()
+    except ReplayWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     if cfg.workers == 1:
         stop = threading.Event()
         install_signals(stop, (signal.SIGINT, signal.SIGTERM))
-        run_worker(cfg, cfg.episodes, cfg.seed, 0, stop)
-        return 0
+        return run_worker_or_explain(cfg, cfg.episodes, cfg.seed, 0, stop)
 
     ctx = mp.get_context("spawn")  # no forked onnxruntime or watchdog threads
     procs = []
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.episodes and n == 0:
             continue
         seed = None if cfg.seed is None else cfg.seed + i
-        p = ctx.Process(target=child_main, args=(cfg.model_dump_json(), n, seed, i), name=f"actor-{i}")
+        p = ctx.Process(target=child_main, args=(cfg.model_dump_json(), n, seed, i, os.getpid()), name=f"actor-{i}")
         p.start()
         procs.append(p)
     signals_seen = 0
@@ -69,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    failed = 0
+    codes = []
     for p in procs:
         p.join()
-        failed += p.exitcode not in (0, None) and signals_seen < 2
-    return 1 if failed else 0
+        codes.append(p.exitcode)
+    if 2 in codes:
+        return 2  # a worker could not write the DB and said why
+    return 1 if signals_seen < 2 and any(c not in (0, None) for c in codes) else 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from actor_stub.config import ActorConfig
+from trainer.parent_death import die_with_parent
 from trainer.runtime import install_stop_signals, setup_logging
 
 log = logging.getLogger("actor_stub")
@@ -36,12 +38,30 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
         writer.close()
 
 
-def child_main(cfg_json: str, episodes: int, seed: int | None, index: int) -> None:
+def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, index: int,
+                          stop: threading.Event) -> int:
+    """run_worker, with a DB that cannot be written reported as one `error:` line: exit code 2."""
+    from trainer.replay.writer import ReplayWriteError
+
+    try:
+        run_worker(cfg, episodes, seed, index, stop)
+    except ReplayWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def child_main(cfg_json: str, episodes: int, seed: int | None, index: int, parent: int) -> None:
+    stop = threading.Event()
+    # A parent killed outright cannot forward a stop: the kernel's parent-death signal then
+    # asks for one. Not SIGTERM: it may come once per thread of the parent, and a second
+    # SIGTERM means "drop the games in flight".
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.set())
+    die_with_parent(parent, signal.SIGUSR1)
     cfg = ActorConfig.model_validate_json(cfg_json)
     setup_logging(cfg.log_level)
-    stop = threading.Event()
     # A terminal's Ctrl-C reaches the whole process group; the parent forwards it as SIGTERM,
     # so children ignore SIGINT or they would count it twice and drop their games.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     install_signals(stop, (signal.SIGTERM,))
-    run_worker(cfg, episodes, seed, index, stop)
+    sys.exit(run_worker_or_explain(cfg, episodes, seed, index, stop))

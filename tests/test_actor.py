@@ -7,6 +7,7 @@ import logging
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -278,3 +279,120 @@ def test_workers_stop_cleanly_when_the_parent_gets_sigterm(tmp_path):
     games = read_games(db, "tictactoe")
     assert_whole_games(games, "tictactoe")
     assert {e.rsplit("-ep-", 1)[0][-3:] for e in games} == {"-w0", "-w1"}
+
+
+# --- a replay DB that cannot be written ---------------------------------------------------------
+def _run_actor_to_the_end(db: Path, *extra: str, **popen) -> tuple[int, str]:
+    proc = subprocess.run(
+        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(db.parent / "models"),
+                  "--sims", "0", "--parallel-games", "4", "--seed", "3", *extra),
+        env=actor_env(), stderr=subprocess.PIPE, text=True, timeout=120, **popen,
+    )
+    return proc.returncode, proc.stderr
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_file_that_is_not_sqlite_is_one_error_line_and_left_as_it_was(tmp_path, workers):
+    db = tmp_path / "replay.db"
+    db.write_bytes(b"these are somebody's notes, not a database\n" * 200)
+    before = db.read_bytes()
+    code, err = _run_actor_to_the_end(db, "--episodes", "4", "--workers", workers)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    [line] = _error_lines(err)
+    assert str(db) in line and "not a database" in line
+    assert db.read_bytes() == before
+
+
+def _limit_file_size(limit: int):
+    import resource
+
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_stops_the_actor_with_the_real_cause_and_keeps_the_games(tmp_path):
+    db = tmp_path / "replay.db"
+    code, err = _run_actor_to_the_end(db, "--episodes", "20")
+    assert code == 0, err
+    kept = read_games(db, "tictactoe")
+    assert len(kept) == 20
+    # Room for SQLite's shared-memory index and a few games in the WAL, then the disk is "full".
+    code, err = _run_actor_to_the_end(db, preexec_fn=_limit_file_size(db.stat().st_size + 96 * 1024))
+    assert code == 2, err
+    assert "Traceback" not in err and "no transaction is active" not in err, err
+    [line] = _error_lines(err)
+    assert str(db) in line and ("full" in line or "I/O error" in line), line
+    games = read_games(db, "tictactoe")
+    assert_whole_games(games, "tictactoe")
+    assert set(kept) <= set(games)
+
+
+def test_a_read_only_db_is_one_error_line(tmp_path):
+    import os
+    import shutil
+
+    db = tmp_path / "replay.db"
+    assert _run_actor_to_the_end(db, "--episodes", "2")[0] == 0
+    kept = read_games(db, "tictactoe")
+    # Root ignores file modes; an immutable file is read-only even to root.
+    as_root = os.geteuid() == 0
+    if as_root:
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i: no way to make a file read-only")
+    else:
+        db.chmod(0o444)
+    try:
+        code, err = _run_actor_to_the_end(db, "--episodes", "2")
+    finally:
+        if as_root:
+            subprocess.run([chattr, "-i", str(db)], check=True)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    [line] = _error_lines(err)
+    assert str(db) in line and "readonly" in line, line
+    assert list(read_games(db, "tictactoe")) == list(kept)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_stop_by_themselves_when_the_parent_is_killed_outright(tmp_path):
+    import os
+
+    db = tmp_path / "replay.db"
+    proc = subprocess.Popen(
+        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(tmp_path / "models"),
+                  "--sims", "4", "--workers", "2", "--seed", "10"),
+        env=actor_env(), stderr=subprocess.PIPE, text=True,
+    )
+    workers: list[int] = []
+    try:
+        _wait_for(lambda: _workers_with_games(db) == {"-w0", "-w1"}, 60, proc, "a game from each worker")
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) >= 2, workers
+        proc.kill()  # no chance to forward a stop to its workers
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert_whole_games(read_games(db, "tictactoe"), "tictactoe")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -123,6 +123,9 @@ def test_compose_file_is_valid_and_wires_the_three_services():
     assert env["TRAINER_STATS"] == "/data/stats.json" and env["TRAINER_ENV_ID"] == "tictactoe"
 
     assert dash["command"][:3] == ["python", "-m", "trainer.dashboard"]
+    # Bound to all of the container's interfaces, yet checking Host: see the dashboard test below.
+    assert dash["command"][dash["command"].index("--host") + 1] == "0.0.0.0"
+    assert dash["environment"]["DASHBOARD_ALLOWED_HOSTS"] == "localhost,127.0.0.1"
     assert [v.get("read_only") for v in dash["volumes"]] == [True]
     assert [(p["host_ip"], str(p["published"]), p["target"]) for p in dash["ports"]] == [("127.0.0.1", "8080", 8080)]
     for other in (actor, trainer):
@@ -142,6 +145,43 @@ def test_compose_file_takes_its_settings_from_the_environment():
     assert services["actor"]["environment"]["ACTOR_SIMS"] == "8"
     assert str(services["dashboard"]["ports"][0]["published"]) == "9999"
     assert {s["user"] for s in services.values()} == {"1234:99"}
+    r = compose_config(REPO / "docker-compose.yml", {"DASHBOARD_ALLOWED_HOSTS": "trainer.lan"})
+    assert resolved_services(r)["dashboard"]["environment"]["DASHBOARD_ALLOWED_HOSTS"] == "trainer.lan"
+
+
+@needs_compose
+def test_the_composed_dashboard_refuses_a_rebound_host_name(tmp_path):
+    """The dashboard service's command and environment, run here on a free port: published on
+    the host's 127.0.0.1, it must still refuse a page that reaches it under another name."""
+    import http.client
+    import re as regex
+
+    r = compose_config(REPO / "docker-compose.yml")
+    assert r.returncode == 0, r.stderr
+    dash = resolved_services(r)["dashboard"]
+    argv = [sys.executable if a == "python" else a for a in dash["command"]]
+    argv[argv.index("--data") + 1] = str(tmp_path)
+    argv[argv.index("--port") + 1] = "0"
+    (tmp_path / "stats.json").write_text('{"step": 1}')
+    env = {**CLEAN_ENV, **{k: str(v) for k, v in dash["environment"].items()}, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(regex.search(r"http://[^ ]+:(\d+)/", proc.stdout.readline()).group(1))
+
+        def status(host: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.putrequest("GET", "/stats.json", skip_host=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            code = conn.getresponse().status
+            conn.close()
+            return code
+
+        assert status(f"localhost:{port}") == 200 and status(f"127.0.0.1:{port}") == 200
+        assert status(f"rebound.example:{port}") == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @needs_compose

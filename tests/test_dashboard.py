@@ -6,6 +6,7 @@ import http.client
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.dashboard.server import DashboardHandler, read_stats, serve_in_thread
+from trainer.dashboard.server import read_stats, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -302,14 +303,19 @@ def test_any_host_header_when_bound_to_all_interfaces(tmp_path):
         server.server_close()
 
 
-def test_idle_connection_is_closed_after_the_timeout(served, monkeypatch):
-    server, _ = served
-    assert 0 < DashboardHandler.timeout <= 60  # idle keep-alive sockets must not live forever
-    monkeypatch.setattr(DashboardHandler, "timeout", 0.5)
-    with socket.create_connection(server.server_address[:2], timeout=10) as s:
-        t0 = time.monotonic()
-        assert s.recv(1) == b""  # the server hangs up on a client that sends nothing
-        assert time.monotonic() - t0 < 5
+def test_idle_connection_is_closed_after_the_timeout(tmp_path):
+    from trainer.dashboard.server import DashboardConfig
+
+    assert 0 < DashboardConfig().request_timeout <= 60  # idle keep-alive sockets must not live forever
+    server = serve_in_thread(tmp_path / "stats.json", request_timeout=0.5)
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as s:
+            t0 = time.monotonic()
+            assert s.recv(1) == b""  # the server hangs up on a client that sends nothing
+            assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_idle_connection_does_not_block_shutdown(tmp_path):
@@ -352,3 +358,159 @@ def test_cli_binds_loopback_by_default_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- bounded requests and connections ------------------------------------------------------------
+def _cut_off_within(sock: socket.socket, seconds: float, payload: bytes, every: float) -> float | None:
+    """Trickles `payload` a byte per `every` s; seconds until the server hangs up, None if it answered."""
+    import select
+
+    t0 = time.monotonic()
+    for byte in payload:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return time.monotonic() - t0
+        readable, _, _ = select.select([sock], [], [], every)
+        if readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return time.monotonic() - t0
+            return time.monotonic() - t0 if data == b"" else None
+        if time.monotonic() - t0 > seconds:
+            break
+    return None
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_request_deadline(tmp_path):
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    server = serve_in_thread(stats, request_timeout=1.5)
+    try:
+        port = server.server_address[1]
+        request_bytes = f"GET /stats.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 40}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            # Each byte comes far sooner than any per-read timeout; the request as a whole does not.
+            cut = _cut_off_within(s, 8.0, request_bytes, every=0.2)
+        assert cut is not None and 1.4 <= cut < 4.0, cut
+        assert request(server, "/stats.json")[0] == 200  # others are served as before
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_beyond_the_cap_are_answered_503_and_the_server_recovers(tmp_path):
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    server = serve_in_thread(stats, max_connections=3, request_timeout=30)
+    address = server.server_address[:2]
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # each is accepted and waits in its own thread
+        with socket.create_connection(address, timeout=5) as extra:
+            t0 = time.monotonic()
+            data = b""
+            while chunk := extra.recv(65536):
+                data += chunk
+            assert time.monotonic() - t0 < 2
+        assert data.startswith(b"HTTP/1.1 503 "), data
+        assert threading.active_count() <= threads_before + 3
+    finally:
+        for s in idle:
+            s.close()
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # the idle connections' threads notice the close and give their slots back
+            status = request(server, "/stats.json")[0]
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- allowed hosts, paths, the URL ---------------------------------------------------------------
+def test_allowed_hosts_keep_the_host_check_on_a_wildcard_bind(tmp_path):
+    # A container binds 0.0.0.0 while its port is published on the host's loopback only.
+    from trainer.dashboard.server import parse_allowed_hosts
+
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats())
+    server = serve_in_thread(stats, host="0.0.0.0", allowed_hosts=parse_allowed_hosts("localhost,127.0.0.1"))
+    try:
+        port = server.server_address[1]
+        for host in ("localhost:8080", f"127.0.0.1:{port}", "LOCALHOST"):
+            assert request(server, "/stats.json", host_headers=[host])[0] == 200, host
+        for hosts in (["evil.example:8080"], ["dashboard.internal"], []):
+            assert request(server, "/stats.json", host_headers=hosts)[0] == 403, hosts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_allowed_hosts_from_the_environment_and_a_bad_name_is_one_error_line(tmp_path):
+    write_json(tmp_path / "stats.json", sample_stats())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bad = subprocess.run([sys.executable, "-m", "trainer.dashboard", "--data", str(tmp_path), "--port", "0",
+                          "--allowed-hosts", "localhost,evil host"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    [line] = [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")]
+    assert "--allowed-hosts" in line and "evil host" in line
+
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.dashboard", "--data", str(tmp_path),
+                             "--host", "0.0.0.0", "--port", "0"], cwd=REPO,
+                            env={**env, "DASHBOARD_ALLOWED_HOSTS": "dash.example"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"http://[^ ]+:(\d+)/", line).group(1))
+
+        class Bound:
+            server_address = ("127.0.0.1", port)
+
+        assert request(Bound, "/stats.json", host_headers=[f"dash.example:{port}"])[0] == 200
+        assert request(Bound, "/stats.json", host_headers=[f"127.0.0.1:{port}"])[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_stats_reach_the_page_without_absolute_paths(served):
+    server, stats = served
+    data = stats.parent.resolve()
+    obj = sample_stats()
+    obj["last_checkpoint"] = str(data / "models" / "model_step_001200.onnx")
+    obj["last_training_checkpoint"] = str(data / "checkpoints" / "latest.pt")
+    obj["state_reason"] = f"replay DB {data / 'replay.db'} has no transitions table yet"
+    write_json(stats, obj)
+    status, _, body = request(server, "/stats.json")
+    assert status == 200 and str(data).encode() not in body
+    served_stats = json.loads(body)
+    assert served_stats["last_checkpoint"] == "model_step_001200.onnx"
+    assert served_stats["last_training_checkpoint"] == "latest.pt"
+    assert served_stats["state_reason"] == "replay DB replay.db has no transitions table yet"
+    assert served_stats["history"] == json.loads(json.dumps(obj["history"]))  # the rest as written
+
+
+def test_the_dashboard_url_is_one_function_for_server_and_launcher(tmp_path):
+    import trainer.launcher
+    from trainer.dashboard.server import dashboard_url
+
+    assert trainer.launcher.dashboard_url is dashboard_url
+    assert dashboard_url("0.0.0.0", 80) == "http://127.0.0.1:80/"
+    assert dashboard_url("::", 80) == "http://[::1]:80/"
+    assert dashboard_url("::1", 80) == "http://[::1]:80/"
+    try:
+        server = serve_in_thread(tmp_path / "stats.json", host="::")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 here: {exc}")
+    try:
+        assert server.url == f"http://[::1]:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

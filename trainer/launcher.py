@@ -26,7 +26,14 @@ one data folder, and keeps them running:
 
 Children run in their own process groups, so a Ctrl-C in the terminal reaches only the
 launcher, which then stops them as above. Their output is shown line by line, prefixed
-with the child's name.
+with the child's name. A launcher killed outright (SIGKILL, the OOM killer) cannot stop
+them: on Linux each child runs under a small watcher (`trainer/parent_death.py`) that then
+sends it one SIGTERM, so it stops as above by itself and no orphan keeps writing into the
+data folder.
+
+The launcher's own settings come from flags, `LAUNCHER_*` variables or `--config`
+(`LAUNCHER_CONFIG`); `TRAINER_*` variables are left to the trainer child and `ACTOR_*` to
+the actors.
 """
 
 from __future__ import annotations
@@ -44,9 +51,13 @@ from typing import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.config.loader import ENV_PREFIX, load_config
+from trainer import parent_death
+from trainer.config.loader import load_config
+from trainer.dashboard.server import dashboard_url
 from trainer.model.contract import LATEST_MODEL_NAME
 from trainer.replay.backend import ReplayLocation, is_postgres_url
+
+ENV_PREFIX = "LAUNCHER_"
 
 
 class LauncherConfig(BaseModel):
@@ -166,7 +177,8 @@ class Supervisor:
         spec = child.spec
         try:
             child.proc = subprocess.Popen(
-                spec.argv, env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
+                # Under parent_death's watcher: a launcher killed outright takes its children along.
+                parent_death.wrap(spec.argv), env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 process_group=0,  # Ctrl-C reaches the launcher only; see the module docstring
             )
@@ -345,11 +357,6 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     return specs
 
 
-def dashboard_url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
-
-
 def _port_in_use(host: str, port: int) -> str | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -382,10 +389,9 @@ def supervise(supervisor: Supervisor) -> int:
 
 def main(argv: Sequence[str] | None = None,
          build: Callable[[LauncherConfig], list[ChildSpec]] = build_children) -> int:
-    # TRAINER_CONFIG names the daemon's TOML, which the trainer child reads itself; the
-    # launcher's own settings come from flags, TRAINER_* variables or --config.
-    environ = {k: v for k, v in os.environ.items() if k != ENV_PREFIX + "CONFIG"}
-    cfg = load_config(LauncherConfig, argv, prog="python -m trainer run", environ=environ,
+    # LAUNCHER_*, not TRAINER_*: the daemon's variables (TRAINER_THREADS, TRAINER_CONFIG, ...)
+    # are the trainer child's to read, and must not change what the actors get.
+    cfg = load_config(LauncherConfig, argv, prog="python -m trainer run", env_prefix=ENV_PREFIX,
                       description="Run actors, the training daemon and the dashboard together, supervised.")
     console = Console()
     data = cfg.data.expanduser().resolve()

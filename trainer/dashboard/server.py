@@ -21,8 +21,16 @@ Bound to a loopback address (the default), the server answers only requests whos
 header names a loopback host (localhost, 127.0.0.1, [::1] or the bound address, any port, so
 an SSH tunnel on another local port still works); anything else gets a 403. That stops a web
 page whose DNS name was rebound to 127.0.0.1 from reading the stats through the user's
-browser. Bound to any other address (`--host 0.0.0.0` in a container, a LAN address) every
-Host is accepted: the user has chosen to expose the dashboard, under names we cannot know.
+browser. `--allowed-hosts` names the hosts to answer to besides those, and keeps the check on
+whatever the bind address: a container binds 0.0.0.0 while its port is published on the
+host's 127.0.0.1, the same rebinding case, so docker-compose.yml passes the names the user
+opens it by. Bound to any other address without `--allowed-hosts` every Host is accepted: the
+user has chosen to expose the dashboard, under names we cannot know.
+
+Each connection is a thread, so both are bounded: a connection gets `--request-timeout`
+seconds for a whole request (idle keep-alive time before it included, across all its reads:
+a client that sends a byte now and then is cut off all the same), and beyond
+`--max-connections` at once a new one is answered 503 and closed on the spot.
 
 A missing or unreadable stats.json (a writer that does not rename atomically, a disk
 full, a hand edit) is answered with **503** and a small JSON body naming the problem
@@ -33,15 +41,19 @@ person can tell fresh numbers from old ones and the server stays stateless.
 
 A stats file that parses is re-serialised before it is sent: NaN and infinities (which
 Python writers may emit but a browser's JSON.parse rejects) become null, so one bad
-float costs one "—" on the page instead of the whole page.
+float costs one "—" on the page instead of the whole page; and absolute paths in its
+strings (`last_checkpoint`, a wait reason naming the DB) are cut to their last part, so
+the page learns which file, never where the run lives.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -58,7 +70,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.atomic_files import finite_or_none
 from trainer.config.loader import load_config
@@ -95,9 +107,19 @@ class DashboardConfig(BaseModel):
 
     data: Path = Field(Path("./data"), description="Data folder of the run (stats.json is read from it).")
     stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header, where a loopback address accepts only loopback names.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header unless --allowed-hosts is given, where a loopback address accepts only loopback names.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
+    allowed_hosts: str | None = Field(None, description="Comma-separated host names the page may be opened by (the Host header, any port), e.g. localhost,127.0.0.1; given, every other Host is refused whatever the bind address; unset = loopback names on a loopback bind, any name otherwise.")
+    request_timeout: float = Field(10.0, gt=0, description="Seconds a connection gets to send a whole request (request line and headers), idle keep-alive time included; then it is closed.")
+    max_connections: int = Field(32, ge=1, description="Connections served at once; one more is answered 503 and closed at once.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level (requests are logged at DEBUG).")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_allowed_hosts(value)
+        return value
 
     @property
     def stats_path(self) -> Path:
@@ -111,6 +133,22 @@ class StatsRead:
     status: str  # ok | missing | unreadable | too_large
     detail: str = ""
     body: bytes | None = None
+
+
+# An absolute path of two parts or more ("/srv/run/data/models/model_step_000100.onnx"), not a
+# relative one, a URL's path or a ratio: it is shown by its last part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\~-])(?:/[^\s/'\"]+)+/([^\s/'\"]+)")
+
+
+def _without_absolute_paths(obj: Any) -> Any:
+    """Absolute paths in strings cut to their last part: the page learns which file, not where."""
+    if isinstance(obj, str):
+        return _ABSOLUTE_PATH.sub(r"\1", obj)
+    if isinstance(obj, dict):
+        return {k: _without_absolute_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_without_absolute_paths(v) for v in obj]
+    return obj
 
 
 def _os_reason(exc: OSError) -> str:
@@ -154,7 +192,8 @@ def read_stats(path: Path) -> StatsRead:
         return StatsRead("unreadable", f"{path.name} is nested too deeply")
     if not isinstance(obj, dict):
         return StatsRead("unreadable", f"{path.name} is not a JSON object")
-    body = json.dumps(finite_or_none(obj), allow_nan=False, separators=(",", ":")).encode()
+    page = finite_or_none(_without_absolute_paths(obj))
+    body = json.dumps(page, allow_nan=False, separators=(",", ":")).encode()
     return StatsRead("ok", body=body)
 
 
@@ -169,18 +208,60 @@ def host_header_name(value: str) -> str | None:
     return (m.group("v6") or m.group("name")) if m else None
 
 
+def parse_allowed_hosts(value: str) -> frozenset[str]:
+    """"localhost, [::1]" -> {"localhost", "::1"}; a name that no Host header could carry is an error."""
+    names = set()
+    for item in value.split(","):
+        name = host_header_name(item) if item.strip() else None
+        if name is None:
+            raise ValueError(f"{item.strip()!r} is not a host name or address")
+        names.add(name)
+    return frozenset(names)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one deadline. A timeout per read would let a client that sends
+    a byte now and then hold its connection (and its thread) forever."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class DashboardHandler(BaseHTTPRequestHandler):
     server_version = "trainer-dashboard"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    # Keep-alive connections left idle (a closed laptop lid, a stuck client) would otherwise
-    # hold a thread each forever; a polling page sends a request every few seconds.
-    timeout = 30
+    timeout = None  # reads run against the request deadline instead (see handle_one_request)
     server: "DashboardServer"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The whole request, idle keep-alive time before it included, within one deadline:
+        # a polling page sends its next request within seconds, a stuck client is let go.
+        self._reader.deadline = time.monotonic() + self.server.request_timeout
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
+        # Writing the answer gets a fresh allowance: a client that reads slowly is cut off too.
+        self.connection.settimeout(self.server.request_timeout)
         reason = self.server.host_problem(self.headers.get_all("Host") or [])
         if reason:
             self.send_error(HTTPStatus.FORBIDDEN, reason)
@@ -272,20 +353,34 @@ class DashboardHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+_BUSY_BODY = b"too many connections; retry shortly\n"
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nRetry-After: 2\r\n"
+    b"Connection: close\r\n\r\n" + _BUSY_BODY
+)
+
+
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], stats_path: Path):
+    def __init__(self, address: tuple[str, int], stats_path: Path, *,
+                 allowed_hosts: frozenset[str] | None = None, request_timeout: float = 10.0,
+                 max_connections: int = 32):
         self.stats_path = stats_path
         self.started = time.monotonic()
+        self.request_timeout = request_timeout
+        # One thread per connection: the cap bounds the threads as well as the sockets.
+        self._slots = threading.BoundedSemaphore(max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, DashboardHandler)
         bound = str(self.server_address[0])
+        loopback = LOOPBACK_NAMES | {bound, address[0].lower()} if _is_loopback(bound) else frozenset()
         # None: any Host is accepted (see the module docstring).
         self.allowed_hosts: frozenset[str] | None = (
-            LOOPBACK_NAMES | {bound, address[0].lower()} if _is_loopback(bound) else None)
+            allowed_hosts | loopback if allowed_hosts is not None else loopback or None)
 
     def host_problem(self, hosts: list[str]) -> str:
         """Why a request with these Host headers is refused; "" when it is not."""
@@ -294,9 +389,34 @@ class DashboardServer(ThreadingHTTPServer):
         if len(hosts) != 1:
             return "Host header missing" if not hosts else "more than one Host header"
         if host_header_name(hosts[0]) not in self.allowed_hosts:
-            return (f"Host header is not a loopback name; open the dashboard as "
-                    f"http://127.0.0.1:{self.server_address[1]}/")
+            return "Host header names none of the hosts this dashboard answers to (--allowed-hosts)"
         return ""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        # On the accepting thread: a non-blocking send, so a client that never reads cannot
+        # stall the server for everyone.
+        try:
+            request.setblocking(False)
+            request.send(BUSY_RESPONSE)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup of the host, which can hang for
@@ -307,10 +427,13 @@ class DashboardServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        if ":" in str(shown):
-            shown = f"[{shown}]"
-        return f"http://{shown}:{port}/"
+        return dashboard_url(str(host), int(port))
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """The URL to open for a dashboard bound to host:port (a wildcard bind: its loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
 
 
 def _is_loopback(addr: str) -> bool:
@@ -320,13 +443,14 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:
-    return DashboardServer((host, port), Path(stats_path))
+def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any) -> DashboardServer:
+    """`options`: DashboardServer's allowed_hosts, request_timeout, max_connections."""
+    return DashboardServer((host, port), Path(stats_path), **options)
 
 
-def serve_in_thread(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0) -> DashboardServer:
+def serve_in_thread(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any) -> DashboardServer:
     """Start a server on a background thread (tests, embedding); stop it with .shutdown()."""
-    server = make_server(stats_path, host, port)
+    server = make_server(stats_path, host, port, **options)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      name="dashboard", daemon=True).start()
     return server
@@ -344,7 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        server = make_server(cfg.stats_path, cfg.host, cfg.port)
+        server = make_server(
+            cfg.stats_path, cfg.host, cfg.port, request_timeout=cfg.request_timeout,
+            max_connections=cfg.max_connections,
+            allowed_hosts=None if cfg.allowed_hosts is None else parse_allowed_hosts(cfg.allowed_hosts),
+        )
     except OSError as exc:
         print(f"error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -10,8 +10,10 @@ import logging
 import random
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -26,6 +28,11 @@ from trainer.replay.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class ReplayWriteError(Exception):
+    """The replay DB cannot be written: not a SQLite file, read-only, disk full. The message
+    names the DB and SQLite's own reason; retrying will not help."""
 
 
 @dataclass
@@ -105,23 +112,53 @@ class ReplayWriter:
         self.game = game
         self.with_model_step = with_model_step
         self.max_retries = max_retries
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(db_path), timeout=busy_timeout_s, isolation_level=None)
-        self._retry(self._init_db)
+        self.db_path = Path(db_path)
+        with self._errors_named():
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(db_path), timeout=busy_timeout_s, isolation_level=None)
+            try:
+                self._retry(self._init_db)
+            except BaseException:
+                self.conn.close()
+                raise
         extra = f", {MODEL_STEP_COLUMN}" if with_model_step else ""
         self._sql_with_step = INSERT_TRANSITION.format(extra=extra, extra_q=", ?" if extra else "")
         self._sql_plain = INSERT_TRANSITION.format(extra="", extra_q="")
 
-    def _init_db(self) -> None:
-        self.conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
+    @contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """Turns a lasting SQLite or OS failure into one ReplayWriteError naming the DB."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise ReplayWriteError(f"cannot write the replay DB {self.db_path}: {exc}") from exc
+        except OSError as exc:
+            raise ReplayWriteError(
+                f"cannot write the replay DB {self.db_path}: {exc.strerror or exc}") from exc
+
+    def _in_transaction(self, work: Callable[[], None]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            create_schema(self.conn, with_model_step=self.with_model_step)
-            upsert_game_metadata(self.conn, self.game.spec)
+            work()
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # On a full disk or an I/O error SQLite has already rolled back by itself; a
+            # second ROLLBACK would fail and its error would replace the real cause.
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
+
+    def _init_db(self) -> None:
+        self.conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
+
+        def schema() -> None:
+            create_schema(self.conn, with_model_step=self.with_model_step)
+            upsert_game_metadata(self.conn, self.game.spec)
+
+        self._in_transaction(schema)
 
     def _retry(self, fn):
         # The busy timeout covers most contention; this covers the rest (e.g. a WAL
@@ -145,16 +182,8 @@ class ReplayWriter:
         )
         sql = self._sql_with_step if (self.with_model_step and model_step is not None) else self._sql_plain
 
-        def insert() -> None:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany(sql, rows)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-
-        self._retry(insert)
+        with self._errors_named():
+            self._retry(lambda: self._in_transaction(lambda: self.conn.executemany(sql, rows)))
         return len(rows)
 
     def close(self) -> None:
