@@ -27,6 +27,10 @@ def setup_logging(level: str) -> None:
     )
 
 
+class DeviceUnavailable(RuntimeError):
+    """The --device asked for does not exist on this machine (a usage error: exit 2)."""
+
+
 def setup_torch(threads: int, device: str, seed: int | None):
     import torch
 
@@ -36,9 +40,9 @@ def setup_torch(threads: int, device: str, seed: int | None):
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+        raise DeviceUnavailable("--device cuda was asked for but torch.cuda.is_available() is False")
     if device == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("--device mps was asked for but MPS is not available")
+        raise DeviceUnavailable("--device mps was asked for but MPS is not available")
     return torch.device(device)
 
 

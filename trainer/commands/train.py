@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 
 from trainer import __version__
-from trainer.config import ConfigError, DaemonConfig, load_config
+from trainer.config import DaemonConfig, load_config
 from trainer.games import GameSpec, get_game
 from trainer.hooks.checkpoint import CheckpointHook
 from trainer.hooks.progress_log import ProgressLogHook
@@ -24,23 +23,12 @@ from trainer.model.networks import resolve_net_kind
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.replay.backend import read_replay_spec, redact_url
 from trainer.replay.schema import SchemaError
-from trainer.runtime import install_stop_signals, setup_logging, setup_torch
+from trainer.runtime import setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
-from trainer.training.loop import (
-    DataWaitTimeout,
-    TrainingDiverged,
-    TrainLoop,
-    WaitPolicy,
-)
+from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
 from trainer.training.lr_schedule import LRSchedule
-from trainer.training.state import (
-    CheckpointError,
-    TrainState,
-    check_compatible,
-    load_checkpoint_file,
-    load_latest_checkpoint,
-    restore_rng,
-)
+from trainer.training.run import StartPolicy, claim_checkpoint_dir, execute, start_state
+from trainer.training.state import TrainState
 
 log = logging.getLogger("trainer")
 
@@ -78,22 +66,12 @@ def wait_for_game_spec(cfg: DaemonConfig) -> GameSpec:
         delay = min(30.0, delay * 2)
 
 
-def model_metadata(cfg: DaemonConfig, loop_ref: list) -> dict[str, str]:
-    loop = loop_ref[0]
-    src = loop.source.stats()
-    return {
-        "env_id": cfg.env_id,
-        "step": str(loop.state.step),
-        "samples_trained": str(loop.state.samples_trained),
-        "rows_seen": str(src.get("rows_seen", 0)),
-        "trainer_version": __version__,
-        "mode": "daemon",
-        "network": str(loop.state.network),
-    }
-
-
 def build_daemon(cfg: DaemonConfig) -> TrainLoop:
     """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
+    policy = StartPolicy(mode="daemon", checkpoint_dir=cfg.checkpoint_dir, fresh=cfg.fresh,
+                         init_from=cfg.init_from, resume_by_default=True)
+    # Claimed before waiting for the DB: a second daemon on these folders is refused at once.
+    claim_checkpoint_dir(cfg.checkpoint_dir)
     device = setup_torch(cfg.threads, cfg.device, cfg.seed)
     spec = wait_for_game_spec(cfg)
     kind = resolve_net_kind(cfg.net, spec)
@@ -107,34 +85,16 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
         mode="daemon", env_id=cfg.env_id, spec=dataclasses.asdict(spec), network=network,
         config_json=cfg.model_dump_json(),
     )
-
-    found = None if cfg.fresh else load_latest_checkpoint(cfg.checkpoint_dir)
-    ckpt = None
-    if found is not None:
-        ckpt, loaded = found
-        if loaded.mode != "daemon":
-            raise CheckpointError(f"checkpoint {ckpt} is from a {loaded.mode} run; pass it with --init-from, or use --fresh")
-        check_compatible(loaded, cfg.env_id, state.spec, network, ckpt)
-        objective.load_state_dict(loaded.objective)
-        restore_rng(loaded.rng)
-        loaded.config_json = state.config_json
-        state = loaded
-        log.info("resumed from %s at step %d (%d samples trained)", ckpt, state.step, state.samples_trained)
-    elif cfg.init_from is not None:
-        init = load_checkpoint_file(cfg.init_from)
-        check_compatible(init, cfg.env_id, state.spec, network, cfg.init_from)
-        objective.load_policy_weights(init.objective["net"])
-        log.info("initialised weights from %s (%s run, step %d)", cfg.init_from, init.mode, init.step)
+    state = start_state(policy, state, objective)
 
     source = ReplaySource(cfg, device=device)
-    if ckpt is not None and state.source:
+    if state.source:
         source.load_state_dict(state.source)
 
-    loop_ref: list[TrainLoop] = []
+    provenance = {"env_id": cfg.env_id, "mode": "daemon", "network": str(network), "trainer_version": __version__}
     hooks = [
         CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
-        PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints,
-                    metadata=lambda: model_metadata(cfg, loop_ref)),
+        PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
     ]
     if cfg.eval_interval:
         from trainer.evaluator.sprt import parse_elo_bounds
@@ -150,21 +110,8 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
         objective, source, state, schedule_from(cfg), cfg.steps, hooks,
         WaitPolicy(first=cfg.wait_interval, max_wait=cfg.max_wait),
     )
-    loop_ref.append(loop)
     loop.restore_hooks()
     return loop
-
-
-class _StopOnSignal:
-    """Before the loop exists there is nothing to save, so a signal just interrupts set-up."""
-
-    def __init__(self) -> None:
-        self.loop: TrainLoop | None = None
-
-    def __call__(self, name: str) -> None:
-        if self.loop is None:
-            raise KeyboardInterrupt
-        self.loop.request_stop(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,23 +119,4 @@ def main(argv: list[str] | None = None) -> int:
         DaemonConfig, argv, prog="python -m trainer [train]", description=__doc__.split("\n\n")[0]
     )
     setup_logging(cfg.log_level)
-    stopper = _StopOnSignal()
-    install_stop_signals(stopper)
-    try:
-        loop = build_daemon(cfg)
-        stopper.loop = loop
-        try:
-            loop.run()
-        finally:
-            loop.source.close()
-    except KeyboardInterrupt:
-        log.info("stopped before training started")
-        return 0
-    except (DataWaitTimeout, CheckpointError, SchemaError, TrainingDiverged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        if "--device" in str(exc):
-            raise ConfigError(str(exc)) from None
-        raise
-    return 0
+    return execute(lambda: build_daemon(cfg), cfg.checkpoint_dir, input_errors=(SchemaError,))

@@ -1,6 +1,7 @@
 """Publish the policy-value net as ONNX every N steps, off the training thread.
 
-The training thread only takes a CPU snapshot of the weights (milliseconds); export,
+The training thread only takes a CPU copy of the weights (milliseconds), the one copy the
+export and its check then share; export,
 onnxruntime verification and the atomic renames run on a worker thread, so publishing
 does not stall training. If a publish is still running when the next is due, the new one
 is skipped rather than queued (the next interval catches up). A failed check is logged and
@@ -9,17 +10,16 @@ counted, never fatal: actors keep the previous model.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 from trainer.games import GameSpec
 from trainer.hooks.base import Hook
-from trainer.model.onnx_export import PublishError
+from trainer.model.onnx_export import PublishError, inference_copy
 from trainer.model.publish import publish_model, step_file_name
+from trainer.training.loop import PUBLISHING
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,13 @@ class PublishHook(Hook):
         spec: GameSpec,
         every: int,
         keep: int,
-        metadata: Callable[[], dict[str, str]],
+        provenance: dict[str, str],
         background: bool = True,
     ):
+        """`provenance`: the run's fixed model metadata (env_id, mode, network, ...); the
+        counters (step, samples trained, rows seen) are added at each publish."""
         self.model_dir, self.spec, self.every, self.keep = Path(model_dir), spec, every, keep
-        self.metadata = metadata
+        self.provenance = dict(provenance)
         self.background = background
         self.last_checkpoint = ""
         self.last_publish_seconds = 0.0
@@ -61,8 +63,14 @@ class PublishHook(Hook):
             self._publish(module, step, meta)
 
     def _snapshot(self, loop):
-        module = copy.deepcopy(loop.objective.export_module()).to("cpu").eval()
-        return module, loop.state.step, self.metadata()
+        module = inference_copy(loop.objective.export_module())
+        meta = {
+            **self.provenance,
+            "step": str(loop.state.step),
+            "samples_trained": str(loop.state.samples_trained),
+            "rows_seen": str(loop.source.stats().get("rows_seen", 0)),
+        }
+        return module, loop.state.step, meta
 
     def _publish(self, module, step: int, meta: dict[str, str]) -> None:
         t0 = time.monotonic()
@@ -100,7 +108,7 @@ class PublishHook(Hook):
         self.wait()
         if loop.state.step > 0 and loop.state.step != self.last_published_step:
             # The loop moves on to `stopped` once every hook is done; no phase to restore.
-            loop.set_phase("publishing", f"final model at step {loop.state.step}")
+            loop.set_phase(PUBLISHING, f"final model at step {loop.state.step}")
             self._publish(*self._snapshot(loop))
 
     def state_dict(self) -> dict:

@@ -109,12 +109,18 @@ def export_onnx(
 
 def inference_copy(module: nn.Module) -> nn.Module:
     """A CPU float32 eval-mode deep copy, so the training module (maybe on a GPU, in train
-    mode, channels-last, compiled) is never touched by an export or a check."""
+    mode, channels-last, compiled) is never touched by an export or a check.
+
+    A copy made here is returned as it is: a publish copies the weights once and its
+    export and check share that copy."""
+    if getattr(module, "_is_inference_copy", False):
+        return module
     module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
     net = copy.deepcopy(module)
     net = net.to(device="cpu", dtype=torch.float32).to(memory_format=torch.contiguous_format)
     net.eval()
     net.requires_grad_(False)
+    net._is_inference_copy = True
     return net
 
 

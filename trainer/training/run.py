@@ -1,0 +1,241 @@
+"""The life of one training run, the same for the daemon and every offline mode.
+
+    claim the checkpoint folder         # one trainer per folder (a lock the OS drops on kill -9)
+    resume | --init-from | --fresh      # decide where the weights and counters come from
+    build the loop (the command's part: its source, objective and hooks)
+    run until done or signalled         # first SIGINT/SIGTERM: finish the step, save, exit 0
+    close the source, release the folder
+    bad input -> one `error:` line, exit code 2
+
+A command only turns its config into a source, an objective and hooks; everything here is
+what a run is, whichever data it trains on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from trainer.hooks.validation import BEST_NAME
+from trainer.objectives.base import Objective
+from trainer.runtime import DeviceUnavailable, install_stop_signals
+from trainer.training.loop import DataWaitTimeout, TrainingDiverged, TrainLoop
+from trainer.training.state import (
+    LATEST_NAME,
+    CheckpointError,
+    TrainState,
+    check_compatible,
+    find_latest_checkpoint,
+    load_checkpoint_file,
+    load_latest_checkpoint,
+    restore_rng,
+    step_checkpoints,
+)
+
+log = logging.getLogger("trainer")
+
+LOCK_NAME = "trainer.lock"
+PREVIOUS_RUN_PREFIX = "previous-"
+
+# Checkpoint folders this process holds, with the open lock file of each. The claim is the
+# process's, not a run's: building a second loop on the same folder in one process (a
+# resume in the same test, say) shares it instead of locking itself out.
+_claimed: dict[Path, int] = {}
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process trains into the same checkpoint folder."""
+
+
+@dataclass(frozen=True)
+class StartPolicy:
+    """Where a run's weights and counters come from."""
+
+    mode: str  # daemon | imitation | bc | iql | cql; a resumed checkpoint must be of this mode
+    checkpoint_dir: Path
+    fresh: bool = False  # start over; the folder's previous run is moved aside, never mixed in
+    init_from: Path | None = None  # a checkpoint of any mode whose policy-value net seeds a new run
+    resume: bool = False  # a checkpoint must be there to continue (offline --resume)
+    # The daemon continues whatever the folder holds; an offline mode refuses to, unless told
+    # --resume, so a second `bc` command never silently extends the first one's run.
+    resume_by_default: bool = False
+
+
+# --- the checkpoint folder ------------------------------------------------------------------
+
+def claim_checkpoint_dir(folder: Path) -> None:
+    """Lock `folder` for this process, or raise `RunFolderBusy` naming the holder's pid.
+
+    Taken before anything in the folder is read or swept: a second trainer would otherwise
+    delete the first one's in-flight temp files and interleave its checkpoints with them.
+    """
+    key = folder.resolve()
+    if key in _claimed:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusy(
+            f"{folder} is in use by another trainer (pid {holder}); stop it first or use another --checkpoint-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _claimed[key] = fd
+
+
+def release_checkpoint_dir(folder: Path) -> None:
+    fd = _claimed.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the file drops the lock; the file stays for the next holder
+
+
+def set_aside_previous_run(folder: Path) -> Path | None:
+    """Move the folder's checkpoints into `previous-<UTC time>/` (--fresh), keeping them whole.
+
+    Left in place they would mix with the new run: its first step file pruned as the oldest
+    of both, and a fallback past a damaged latest.pt landing on the old run's file.
+    """
+    steps = [p for _, p in step_checkpoints(folder)]
+    # latest.pt first: whatever a crash part-way leaves, no latest.pt names the old run.
+    files = [p for p in (folder / LATEST_NAME, folder / BEST_NAME) if p.is_file()] + steps
+    if not files:
+        return None
+    base = folder / (PREVIOUS_RUN_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    dest, suffix = base, 1
+    while dest.exists():  # two --fresh starts within a second
+        dest, suffix = base.with_name(f"{base.name}.{suffix}"), suffix + 1
+    dest.mkdir()
+    for p in files:
+        os.replace(p, dest / p.name)
+    log.info("--fresh: moved the previous run's %d checkpoint files to %s", len(files), dest)
+    return dest
+
+
+# --- resume / --init-from / --fresh ----------------------------------------------------------
+
+def start_state(policy: StartPolicy, state: TrainState, objective: Objective) -> TrainState:
+    """The state this run starts from: `state` itself (new run) or the resumed checkpoint's.
+
+    Loads the objective's weights as it goes; the caller hands a non-empty `state.source`
+    to its source. With --fresh the previous run is moved aside last, once every check
+    (the network, --init-from) has passed, so a rejected command leaves it untouched.
+    """
+    folder = policy.checkpoint_dir
+    claim_checkpoint_dir(folder)
+    found = find_latest_checkpoint(folder)
+    if policy.resume and found is None:
+        raise CheckpointError(f"--resume: no checkpoint in {folder}")
+    if found is not None and not (policy.fresh or policy.resume or policy.resume_by_default):
+        raise CheckpointError(
+            f"{folder} already holds a checkpoint ({found.name}); pass --resume to continue "
+            "that run or --fresh to start over"
+        )
+    if found is not None and not policy.fresh:
+        return _resume(policy.mode, folder, state, objective)
+    if policy.init_from is not None:
+        _init_weights(policy.init_from, state, objective)
+    if policy.fresh:
+        set_aside_previous_run(folder)
+    return state
+
+
+def _resume(mode: str, folder: Path, state: TrainState, objective: Objective) -> TrainState:
+    path, loaded = load_latest_checkpoint(folder)  # not None: the caller found a checkpoint there
+    if loaded.mode != mode:
+        raise CheckpointError(
+            f"checkpoint {path} is from a {loaded.mode} run, not {mode}; pass it with --init-from, or use --fresh"
+        )
+    check_compatible(loaded, state.env_id, state.spec, state.network, path)
+    objective.load_state_dict(loaded.objective)
+    restore_rng(loaded.rng)
+    loaded.config_json = state.config_json  # the settings of this command, not the old one
+    log.info("resumed %s from %s at step %d (%d samples trained)", mode, path, loaded.step, loaded.samples_trained)
+    return loaded
+
+
+def _init_weights(path: Path, state: TrainState, objective: Objective) -> None:
+    if not path.exists():
+        raise CheckpointError(f"--init-from: {path} not found")
+    init = load_checkpoint_file(path)
+    check_compatible(init, state.env_id, state.spec, state.network, path)
+    if "net" not in init.objective:
+        raise CheckpointError(f"--init-from: {path} has no policy-value network ('net')")
+    objective.load_policy_weights(init.objective["net"])
+    log.info("initialised the policy-value network from %s (%s run, step %d)", path, init.mode, init.step)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+def run_to_end(loop: TrainLoop) -> None:
+    """Train until done or stopped; the source is closed whatever happens."""
+    try:
+        loop.run()
+    finally:
+        loop.source.close()
+    log.info("%s finished at step %d: %s", loop.state.mode, loop.state.step, loop.stop_reason)
+
+
+class _StopOnSignal:
+    """Before the loop exists there is nothing to save, so a signal just interrupts set-up."""
+
+    def __init__(self) -> None:
+        self.loop: TrainLoop | None = None
+
+    def __call__(self, name: str) -> None:
+        if self.loop is None:
+            raise KeyboardInterrupt
+        self.loop.request_stop(name)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopOnSignal]:
+    # The old handlers come back afterwards: commands also run inside other programs (tests).
+    stopper = _StopOnSignal()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install_stop_signals(stopper)
+    try:
+        yield stopper
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def execute(
+    build: Callable[[], TrainLoop],
+    checkpoint_dir: Path,
+    input_errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Build and run one training run; the exit code of the command.
+
+    `input_errors` are the command's own kinds of bad input (a malformed data file, a
+    replay DB of another schema); like a checkpoint that does not fit, a busy folder, a
+    missing device, data that never came or a diverged run, they end the command with one
+    `error:` line and exit code 2. Anything else is a bug and keeps its traceback.
+    """
+    usage_errors = (RunFolderBusy, CheckpointError, DataWaitTimeout, TrainingDiverged, DeviceUnavailable,
+                    *input_errors)
+    with _stop_signals() as stopper:
+        try:
+            loop = build()
+            stopper.loop = loop
+            run_to_end(loop)
+        except KeyboardInterrupt:
+            log.info("stopped before training started")
+        except usage_errors as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            release_checkpoint_dir(checkpoint_dir)
+    return 0
