@@ -7,7 +7,7 @@ import io
 import math
 from types import SimpleNamespace
 
-from trainer.commands.offline_common import ProgressBarHook
+from trainer.hooks.progress_bar import ProgressBarHook
 from trainer.hooks.validation import BEST_NAME, PlateauSchedule, ValidationHook
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import TrainState, load_checkpoint_file
@@ -25,9 +25,13 @@ class FakeLoop:
     def __init__(self, hook, losses):
         self.hook = hook
         self.objective = ScriptedObjective(losses)
-        self.source = SimpleNamespace(epochs_completed=0)
+        self.epochs_completed = 0
         self.state = TrainState(mode="bc", env_id="tictactoe", spec={}, network={})
         self.stopped = ""
+
+    @property
+    def step(self):
+        return self.state.step
 
     def snapshot(self):
         self.state.hooks = {self.hook.name: self.hook.state_dict()}
@@ -37,7 +41,7 @@ class FakeLoop:
         self.stopped = reason
 
     def epoch(self):
-        self.source.epochs_completed += 1
+        self.epochs_completed += 1
         self.state.step += 10
         metrics = {}
         self.hook.after_step(self, metrics)
@@ -47,7 +51,7 @@ class FakeLoop:
 
 def test_best_plateau_and_early_stopping(tmp_path):
     plateau = PlateauSchedule(LRSchedule(peak=1.0), factor=0.5, patience=1)
-    hook = ValidationHook([[0, 0]], patience=3, best_dir=tmp_path, plateau=plateau)
+    hook = ValidationHook([[0, 0]], per_epoch=True, patience=3, best_dir=tmp_path, plateau=plateau)
     loop = FakeLoop(hook, [1.0, 0.8, 0.9, 0.85, 0.95])
     m = loop.epoch()
     assert m["val_total_loss"] == 1.0 and m["val_policy_accuracy"] == 0.5
@@ -64,7 +68,7 @@ def test_best_plateau_and_early_stopping(tmp_path):
 
     # a restart restores the bookkeeping and the LR multiplier
     plateau2 = PlateauSchedule(LRSchedule(peak=1.0), factor=0.5, patience=1)
-    hook2 = ValidationHook([[0, 0]], patience=3, plateau=plateau2)
+    hook2 = ValidationHook([[0, 0]], per_epoch=True, patience=3, plateau=plateau2)
     hook2.load_state_dict(hook.state_dict())
     assert hook2.best_loss == 0.8 and hook2.bad_epochs == 3 and plateau2(0) == plateau(0)
     assert hook2.stats()["best_epoch"] == 2 and not math.isnan(hook2.stats()["validation"]["val_total_loss"])
@@ -73,10 +77,10 @@ def test_best_plateau_and_early_stopping(tmp_path):
 def test_progress_line_has_eta():
     out = io.StringIO()
     bar = ProgressBarHook("bc", 100, stream=out)
-    loop = SimpleNamespace(state=SimpleNamespace(step=0))
+    loop = SimpleNamespace(step=0)
     bar.on_start(loop)
     for step in range(1, 101):
-        loop.state.step = step
+        loop.step = step
         bar.after_step(loop, {"total_loss": 1.0})
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and "100% 100/100" in lines[-1] and "ETA" in lines[0] and "it/s" in lines[0]

@@ -164,7 +164,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
     hooks: list[Hook] = []
     if val_batches is not None:
         hooks.append(ValidationHook(
-            val_batches, every=0 if epoch_based else interval,
+            val_batches, every=0 if epoch_based else interval, per_epoch=epoch_based,
             patience=cfg.patience if epoch_based else 0,
             best_dir=cfg.checkpoint_dir if epoch_based else None, plateau=plateau,
         ))

@@ -14,8 +14,10 @@ import time
 
 from trainer import __version__
 from trainer.config import DaemonConfig, load_config
+from trainer.evaluator.sprt import parse_elo_bounds
 from trainer.games import GameSpec, get_game
 from trainer.hooks.checkpoint import CheckpointHook
+from trainer.hooks.evaluate import EvalHook, Gate
 from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
@@ -95,14 +97,9 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
     hooks = [
         CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
         PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
-    ]
-    if cfg.eval_interval:
-        from trainer.evaluator.sprt import parse_elo_bounds
-        from trainer.hooks.evaluate import EvalHook, Gate
-
-        gate = Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None
-        hooks.append(EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed, gate=gate))
-    hooks += [
+        # Also with --eval-interval 0: it keeps the run's eval_history in the checkpoint.
+        EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed,
+                 gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None),
         StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size),
         ProgressLogHook(cfg.log_interval, cfg.steps),
     ]

@@ -1,19 +1,71 @@
-"""The hook interface: the loop calls these; each hook decides if it is its turn."""
+"""The hook interface: the loop calls these; each hook decides if it is its turn.
+
+A hook sees the loop through `LoopView`: the step and counters, the latest metrics and LR,
+the phase, the source's declared figures, and the few actions a hook may take (ask for a
+stop, snapshot the state to save it, announce a phase). It never reaches into the loop's
+source, schedule or other hooks directly.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from trainer.training.loop import TrainLoop
+    from trainer.objectives.base import Objective
+    from trainer.sources.wait_reason import WaitKind
+    from trainer.training.state import TrainState
+
+
+class LoopView(Protocol):
+    """What a hook may read and do (`TrainLoop` is the one implementation)."""
+
+    phase: str  # stats.json `state`: starting | waiting_for_data | training | publishing | stopped
+    phase_reason: str
+    wait_kind: "WaitKind | None"  # kind of the current wait, None while training
+    stop_reason: str
+    last_lr: float
+    last_metrics: dict[str, float]
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def samples_trained(self) -> int: ...
+
+    @property
+    def epochs_completed(self) -> int: ...
+
+    @property
+    def stopping(self) -> bool:
+        """True from the moment a stop is asked for; safe to read from any thread."""
+
+    @property
+    def objective(self) -> "Objective":
+        """For the hooks whose work is the model itself: publishing it, validating it."""
+
+    def source_stats(self) -> dict[str, Any]: ...
+
+    def rates(self) -> dict[str, float]:
+        """samples_per_sec, steps_per_sec, wait_fraction over the recent past."""
+
+    def hook_stats(self) -> dict[str, Any]:
+        """Every hook's `stats()`, merged."""
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def snapshot(self) -> "TrainState":
+        """The state filled with everything a resume needs, right now (training thread only)."""
+
+    def set_phase(self, phase: str, reason: str = "") -> None: ...
 
 
 class Hook:
-    """Override what you need. `every` = 0 means only on start/stop events.
+    """Override what you need.
 
-    A hook with bookkeeping that must survive a restart returns it from `state_dict`
-    (plain types); the loop stores it in `TrainState.hooks[hook.name]`. Figures a hook
-    wants in stats.json come from `stats`.
+    `every` is the step period of `run`; 0 means no periodic work, only the start, phase,
+    wait and stop events. A hook with bookkeeping that must survive a restart returns it
+    from `state_dict` (plain types); the loop stores it in `TrainState.hooks[hook.name]`.
+    Figures a hook wants in stats.json come from `stats`.
     """
 
     every: int = 0
@@ -27,19 +79,19 @@ class Hook:
     def stats(self) -> dict[str, Any]:
         return {}
 
-    def on_start(self, loop: "TrainLoop") -> None: ...
+    def on_start(self, loop: LoopView) -> None: ...
 
-    def after_step(self, loop: "TrainLoop", metrics: dict[str, float]) -> None:
-        if self.every and loop.state.step % self.every == 0:
+    def after_step(self, loop: LoopView, metrics: dict[str, float]) -> None:
+        if self.every and loop.step % self.every == 0:
             self.run(loop, metrics)
 
-    def on_phase(self, loop: "TrainLoop") -> None:
+    def on_phase(self, loop: LoopView) -> None:
         """Called when the loop's phase (stats.json `state`) changes, on the training thread."""
 
-    def on_wait(self, loop: "TrainLoop") -> None:
+    def on_wait(self, loop: LoopView) -> None:
         """Called while the loop waits for data (state `waiting_for_data`)."""
 
-    def on_stop(self, loop: "TrainLoop") -> None: ...
+    def on_stop(self, loop: LoopView) -> None: ...
 
-    def run(self, loop: "TrainLoop", metrics: dict[str, float]) -> None:
+    def run(self, loop: LoopView, metrics: dict[str, float]) -> None:
         """The periodic work, when `every` divides the step."""

@@ -30,7 +30,7 @@ class CheckpointHook(Hook):
         self.save(loop)
 
     def save(self, loop) -> None:
-        step = loop.state.step
+        step = loop.step
         if step == self.last_saved_step:
             return
         try:
@@ -44,7 +44,7 @@ class CheckpointHook(Hook):
         log.debug("checkpoint saved: %s", self.last_path)
 
     def on_start(self, loop) -> None:
-        self.last_saved_step = loop.state.step  # what we resumed from is already on disk
+        self.last_saved_step = loop.step  # what we resumed from is already on disk
 
     def on_stop(self, loop) -> None:
         self.save(loop)

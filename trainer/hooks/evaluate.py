@@ -74,8 +74,7 @@ class EvalHook(Hook):
             return
         # The loop's stop event is set by the signal itself, before any hook's on_stop (the
         # checkpoint's included), so an evaluation gives up as soon as stopping begins.
-        stop_event = loop.stop_event
-        stopping = lambda: self._stopping.is_set() or stop_event.is_set()  # noqa: E731
+        stopping = lambda: self._stopping.is_set() or loop.stopping  # noqa: E731
         self._thread = threading.Thread(target=self._evaluate, args=(stopping,), name="evaluate", daemon=True)
         self._thread.start()
 

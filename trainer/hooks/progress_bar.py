@@ -26,8 +26,8 @@ class ProgressBarHook(Hook):
         self._next_decile = 1
 
     def on_start(self, loop) -> None:
-        self._t0, self._step0 = time.monotonic(), loop.state.step
-        self._next_decile = loop.state.step * 10 // self.total + 1
+        self._t0, self._step0 = time.monotonic(), loop.step
+        self._next_decile = loop.step * 10 // self.total + 1
 
     def line(self, step: int, now: float, loss: float) -> str:
         frac = min(1.0, step / self.total)
@@ -39,7 +39,7 @@ class ProgressBarHook(Hook):
         return f"{self.label} [{bar}] {100 * frac:3.0f}% {step}/{self.total} {rate:.1f} it/s ETA {eta_s} loss {loss:.4f}"
 
     def after_step(self, loop, metrics) -> None:
-        now, step = time.monotonic(), loop.state.step
+        now, step = time.monotonic(), loop.step
         loss = float(metrics.get("total_loss", 0.0))
         if self.tty:
             if now - self._last >= 0.2 or step >= self.total:

@@ -16,8 +16,8 @@ class ProgressLogHook(Hook):
         self.every, self.total_steps = every, total_steps
 
     def run(self, loop, metrics) -> None:
-        rates = loop.throughput.rates()
-        src = loop.source.stats()
+        rates = loop.rates()
+        src = loop.source_stats()
         total = f"/{self.total_steps}" if self.total_steps else ""
         extra = " ".join(
             f"{k}={metrics[k]:.4g}" for k in sorted(metrics)
@@ -26,10 +26,10 @@ class ProgressLogHook(Hook):
         log.info(
             "step %d%s loss %.4f (policy %.4f value %.4f) lr %.2e | %.0f samples/s %.1f steps/s "
             "wait %.0f%% | window %s rows %s | %s",
-            loop.state.step, total, metrics.get("total_loss", 0.0), metrics.get("policy_loss", 0.0),
+            loop.step, total, metrics.get("total_loss", 0.0), metrics.get("policy_loss", 0.0),
             metrics.get("value_loss", 0.0), loop.last_lr, rates["samples_per_sec"], rates["steps_per_sec"],
             100 * rates["wait_fraction"], src.get("window_size", "-"), src.get("rows_seen", "-"), extra,
         )
 
     def on_stop(self, loop) -> None:
-        log.info("stopped at step %d: %s", loop.state.step, loop.stop_reason or "stopped")
+        log.info("stopped at step %d: %s", loop.step, loop.stop_reason or "stopped")

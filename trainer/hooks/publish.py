@@ -23,6 +23,9 @@ from trainer.training.loop import PUBLISHING
 
 log = logging.getLogger(__name__)
 
+# stats.json key of the newest published step file (the contract calls it `last_checkpoint`).
+LAST_PUBLISHED_MODEL = "last_published_model"
+
 
 class PublishHook(Hook):
     name = "publish"
@@ -41,7 +44,7 @@ class PublishHook(Hook):
         self.model_dir, self.spec, self.every, self.keep = Path(model_dir), spec, every, keep
         self.provenance = dict(provenance)
         self.background = background
-        self.last_checkpoint = ""
+        self.last_model = ""
         self.last_publish_seconds = 0.0
         self.last_published_step = -1
         self.failures = 0
@@ -51,7 +54,7 @@ class PublishHook(Hook):
 
     def run(self, loop, metrics) -> None:
         if self._thread is not None and self._thread.is_alive():
-            log.debug("previous publish still running; skipping step %d", loop.state.step)
+            log.debug("previous publish still running; skipping step %d", loop.step)
             return
         module, step, meta = self._snapshot(loop)
         if self.background:
@@ -66,11 +69,11 @@ class PublishHook(Hook):
         module = inference_copy(loop.objective.export_module())
         meta = {
             **self.provenance,
-            "step": str(loop.state.step),
-            "samples_trained": str(loop.state.samples_trained),
-            "rows_seen": str(loop.source.stats().get("rows_seen", 0)),
+            "step": str(loop.step),
+            "samples_trained": str(loop.samples_trained),
+            "rows_seen": str(loop.source_stats().get("rows_seen", 0)),
         }
-        return module, loop.state.step, meta
+        return module, loop.step, meta
 
     def _publish(self, module, step: int, meta: dict[str, str]) -> None:
         t0 = time.monotonic()
@@ -87,7 +90,7 @@ class PublishHook(Hook):
             log.exception("model for step %d NOT published", step)
             return
         with self._lock:
-            self.last_checkpoint = str(result.path)
+            self.last_model = str(result.path)
             self.last_publish_seconds = time.monotonic() - t0
             self.last_published_step = step
             self.published += 1
@@ -99,30 +102,30 @@ class PublishHook(Hook):
 
     def on_start(self, loop) -> None:
         # A clean stop publishes the final step after its checkpoint is saved, so a resumed
-        # state's `last_checkpoint` can lag one publish behind: the folder knows better.
-        final = self.model_dir / step_file_name(loop.state.step)
-        if loop.state.step > 0 and final.is_file():
-            self.last_checkpoint, self.last_published_step = str(final), loop.state.step
+        # state's `last_model` can lag one publish behind: the folder knows better.
+        final = self.model_dir / step_file_name(loop.step)
+        if loop.step > 0 and final.is_file():
+            self.last_model, self.last_published_step = str(final), loop.step
 
     def on_stop(self, loop) -> None:
         self.wait()
-        if loop.state.step > 0 and loop.state.step != self.last_published_step:
+        if loop.step > 0 and loop.step != self.last_published_step:
             # The loop moves on to `stopped` once every hook is done; no phase to restore.
-            loop.set_phase(PUBLISHING, f"final model at step {loop.state.step}")
+            loop.set_phase(PUBLISHING, f"final model at step {loop.step}")
             self._publish(*self._snapshot(loop))
 
     def state_dict(self) -> dict:
-        return {"last_checkpoint": self.last_checkpoint, "failures": self.failures}
+        return {"last_model": self.last_model, "failures": self.failures}
 
     def load_state_dict(self, state: dict) -> None:
-        self.last_checkpoint = state.get("last_checkpoint", "")
+        self.last_model = state.get("last_model", state.get("last_checkpoint", ""))  # older checkpoints
         self.failures = int(state.get("failures", 0))
 
     def stats(self) -> dict:
         with self._lock:
             return {
                 "publishing": self._thread is not None and self._thread.is_alive(),
-                "last_checkpoint": self.last_checkpoint,
+                LAST_PUBLISHED_MODEL: self.last_model,
                 "last_publish_seconds": round(self.last_publish_seconds, 4),
                 "publish_failures": self.failures,
                 "models_published": self.published,

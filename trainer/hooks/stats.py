@@ -1,9 +1,9 @@
 """stats.json for the dashboard (contract section 4), rewritten atomically.
 
-Contract integer fields are cast with int() at the last moment: a float such as 100.0
-makes the existing Rust reader show zeros. History is bounded by thinning (every other
-old entry dropped when full), so the chart always spans the whole run. History and
-eval_history survive restarts by being read back from the previous stats.json.
+The contract's keys are declared with their types in one place (`_contract`). History is
+bounded by thinning, so the chart always spans the whole run, and survives restarts by
+being read back from the previous stats.json; eval_history is the evaluation hook's, kept
+in the checkpoint like any hook's bookkeeping.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import numpy as np
 
 from trainer import __version__
 from trainer.atomic_files import atomic_write_json, finite_or_none
-from trainer.hooks.base import Hook
+from trainer.hooks.base import Hook, LoopView
+from trainer.hooks.publish import LAST_PUBLISHED_MODEL
 
 log = logging.getLogger(__name__)
-
-HISTORY_KEYS = ("total_loss", "policy_loss", "value_loss", "learning_rate")
 
 
 def thin_history(history: list[dict], limit: int) -> list[dict]:
@@ -68,17 +67,16 @@ class StatsHook(Hook):
         self.history: list[dict] = []
         self._last_write = 0.0
         self._written_kind = None
-        self.previous_eval: list[dict] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     def on_start(self, loop) -> None:
-        self._load_previous(loop.state.step)
+        self._load_previous(loop.step)
         self.write(loop)
 
     def run(self, loop, metrics) -> None:
         m = loop.last_metrics
         self.history.append({
-            "step": int(loop.state.step),
+            "step": int(loop.step),
             "total_loss": float(m.get("total_loss", 0.0)),
             "policy_loss": float(m.get("policy_loss", 0.0)),
             "value_loss": float(m.get("value_loss", 0.0)),
@@ -111,35 +109,45 @@ class StatsHook(Hook):
         hist = old.get("history")
         if isinstance(hist, list):
             self.history = [h for h in hist if isinstance(h, dict) and isinstance(h.get("step"), int) and h["step"] <= resumed_step]
-        self.previous_eval = [
-            e for e in old.get("eval_history") or [] if isinstance(e, dict) and isinstance(e.get("step"), int) and e["step"] <= resumed_step
-        ]
 
     # --- the file -------------------------------------------------------------------------
-    def build(self, loop) -> dict[str, Any]:
+    def build(self, loop: LoopView) -> dict[str, Any]:
+        """The file's three parts, each declared in one place: the figures the source and the
+        other hooks report, this hook's extras, and the contract's keys with the contract's
+        types. The contract's keys come last, so no figure can shadow one."""
+        source, hooks = loop.source_stats(), loop.hook_stats()
+        return finite_or_none({**source, **hooks, **self._extras(loop), **self._contract(loop, source, hooks)})
+
+    def _contract(self, loop: LoopView, source: dict[str, Any], hooks: dict[str, Any]) -> dict[str, Any]:
+        """Contract section 4. Integers are Python ints: a float such as 100.0 makes the
+        existing Rust reader show zeros."""
         m = loop.last_metrics
-        source = loop.source.stats()
-        stats: dict[str, Any] = {
-            # contract keys
-            "step": int(loop.state.step),
+        evals = hooks.get("eval_history") or []
+        return {
+            "step": int(loop.step),
             "total_steps": int(self.total_steps),
             "total_loss": float(m.get("total_loss", 0.0)),
             "policy_loss": float(m.get("policy_loss", 0.0)),
             "value_loss": float(m.get("value_loss", 0.0)),
             "learning_rate": float(loop.last_lr),
-            "samples_seen": int(loop.state.samples_trained),
+            "samples_seen": int(loop.samples_trained),
             "replay_buffer_size": int(source.get("replay_buffer_size", 0) or 0),
-            "last_checkpoint": "",
+            # The contract's name for the newest published model (not a training checkpoint).
+            "last_checkpoint": str(hooks.get(LAST_PUBLISHED_MODEL, "")),
             "timestamp": time.time(),
             "env_id": self.env_id,
             "history": self.history,
-            "last_eval": None,
-            "eval_history": [],
-            # additions
+            "last_eval": evals[-1] if evals else None,
+            "eval_history": evals,
+        }
+
+    def _extras(self, loop: LoopView) -> dict[str, Any]:
+        m = loop.last_metrics
+        return {
             "state": loop.phase,
             "state_reason": loop.phase_reason,
             "mode": self.mode,
-            **loop.throughput.rates(),
+            **loop.rates(),
             "policy_entropy": float(m.get("policy_entropy", 0.0)),
             "grad_norm": float(m.get("grad_norm", 0.0)),
             "nonfinite_steps": int(loop.state.nonfinite_steps),
@@ -147,19 +155,8 @@ class StatsHook(Hook):
             "trainer_version": __version__,
             "metrics": {k: float(v) for k, v in m.items()},
         }
-        for k, v in source.items():
-            stats.setdefault(k, v)
-        for hook in loop.hooks:
-            if hook is not self:
-                stats.update(hook.stats())
-        if not stats["eval_history"] and self.previous_eval:
-            stats["eval_history"] = self.previous_eval
-        for key in ("window_size", "rows_seen", "bad_rows", "publish_failures"):
-            if isinstance(stats.get(key), float):
-                stats[key] = int(stats[key])
-        return finite_or_none(stats)
 
-    def write(self, loop) -> None:
+    def write(self, loop: LoopView) -> None:
         self._last_write, self._written_kind = time.monotonic(), loop.wait_kind
         try:
             atomic_write_json(self.path, self.build(loop), durable=False)

@@ -46,12 +46,13 @@ class ValidationHook(Hook):
         self,
         batches: Iterable[Batch],
         *,
-        every: int = 0,  # 0: after each epoch of the source; N: every N steps
-        patience: int = 0,  # 0: never stop early
+        every: int = 0,  # every N steps (0: no step schedule)
+        per_epoch: bool = False,  # after each epoch of the source (the epoch modes)
+        patience: int = 0,  # epochs without improvement before stopping (per_epoch only; 0: never)
         best_dir: Path | None = None,
         plateau: PlateauSchedule | None = None,
     ):
-        self.batches, self.every, self.patience = batches, every, patience
+        self.batches, self.every, self.per_epoch, self.patience = batches, every, per_epoch, patience
         self.best_dir, self.plateau = (Path(best_dir) if best_dir else None), plateau
         self.epochs_validated = 0
         self.best_loss = math.inf
@@ -72,12 +73,12 @@ class ValidationHook(Hook):
         return {f"val_{k}": v / max(1, count) for k, v in sums.items()}
 
     def after_step(self, loop, metrics) -> None:
-        if self.every:
-            due, label = loop.state.step % self.every == 0, f"step {loop.state.step}"
-        else:
-            done_epochs = getattr(loop.source, "epochs_completed", 0)
+        if self.per_epoch:
+            done_epochs = loop.epochs_completed
             due, label = done_epochs > self.epochs_validated, f"epoch {done_epochs}"
             self.epochs_validated = max(self.epochs_validated, done_epochs)
+        else:
+            due, label = bool(self.every) and loop.step % self.every == 0, f"step {loop.step}"
         if due:
             self.validate(loop, label)
         metrics.update(self.latest)
@@ -95,7 +96,7 @@ class ValidationHook(Hook):
             self.plateau.scale = max(self.plateau.min_scale, old * self.plateau.factor)
             if self.plateau.scale < old:
                 log.info("validation loss plateaued: LR scale %.3g -> %.3g", old, self.plateau.scale)
-        self.history.append({"step": int(loop.state.step), "label": label,
+        self.history.append({"step": int(loop.step), "label": label,
                              **{k: round(v, 6) for k, v in self.latest.items()}})
         self.history = self.history[-200:]
         acc = self.latest.get("val_policy_accuracy", math.nan)
@@ -106,7 +107,7 @@ class ValidationHook(Hook):
         )
         if improved and self.best_dir is not None:
             save_checkpoint_as(loop.snapshot(), self.best_dir / BEST_NAME)
-        if self.patience and not self.every and self.bad_epochs >= self.patience:
+        if self.patience and self.per_epoch and self.bad_epochs >= self.patience:
             loop.request_stop(
                 f"early stopping: no better validation loss for {self.bad_epochs} epochs "
                 f"(best {self.best_loss:.4f} after epoch {self.best_epoch})"

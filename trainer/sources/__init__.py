@@ -24,6 +24,11 @@ class BatchSource(Protocol):
     def exhausted(self) -> bool:
         """True when the source will never give another batch (end of an offline dataset)."""
 
+    @property
+    def epochs_completed(self) -> int:
+        """Whole passes over the data so far (per-epoch validation); 0 for a stream without
+        epochs, such as the replay DB."""
+
     def stats(self) -> dict[str, Any]:
         """Extra figures for stats.json and logs (window size, rows seen, epoch, ...)."""
 

@@ -66,6 +66,8 @@ RECONNECT_MAX_S = 30.0  # cap of the backoff while a replay server is unreachabl
 class ReplaySource:
     """BatchSource over the replay DB for `cfg.env_id` (see the module docstring)."""
 
+    epochs_completed = 0  # a moving window has no epochs
+
     def __init__(
         self,
         cfg: DaemonConfig,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.hooks.base import Hook
 from trainer.objectives.base import NonFiniteStep, Objective
@@ -49,6 +50,15 @@ class WaitPolicy:
     # Brief waits (reuse budget, loading a backlog) end as soon as actors write a few rows
     # or the load finishes: poll often for those instead of backing off.
     brief_cap: float = 0.5
+
+    def delay(self, attempt: int, brief: bool, waited: float) -> float:
+        """Seconds to sleep before asking the source again, on the `attempt`th try of a wait
+        that has lasted `waited` seconds: doubling up to the cap, and never past --max-wait."""
+        cap = self.brief_cap if brief else self.cap
+        delay = min(cap, self.first * 2**attempt)
+        if self.max_wait and not brief:
+            delay = min(delay, max(0.01, self.max_wait - waited))
+        return delay
 
 
 class Throughput:
@@ -132,6 +142,37 @@ class TrainLoop:
         for hook in self.hooks:
             if hook.name in self.state.hooks:
                 hook.load_state_dict(self.state.hooks[hook.name])
+
+    # --- what hooks see (hooks.base.LoopView) ------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def samples_trained(self) -> int:
+        return self.state.samples_trained
+
+    @property
+    def epochs_completed(self) -> int:
+        return self.source.epochs_completed
+
+    @property
+    def stopping(self) -> bool:
+        """Thread-safe: true from the moment a stop is asked for."""
+        return self.stop_event.is_set()
+
+    def source_stats(self) -> dict[str, Any]:
+        return self.source.stats()
+
+    def rates(self) -> dict[str, float]:
+        return self.throughput.rates()
+
+    def hook_stats(self) -> dict[str, Any]:
+        """Every hook's figures for stats.json, merged in hook order."""
+        merged: dict[str, Any] = {}
+        for hook in self.hooks:
+            merged.update(hook.stats())
+        return merged
 
     # --- control -------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -242,10 +283,7 @@ class TrainLoop:
             raise DataWaitTimeout(self.stop_reason)
         for hook in self.hooks:
             hook.on_wait(self)
-        cap = self.wait.brief_cap if brief else self.wait.cap
-        delay = min(cap, self.wait.first * 2**self._wait_attempt)
-        if self.wait.max_wait and not brief:
-            delay = min(delay, max(0.01, self.wait.max_wait - waited))
+        delay = self.wait.delay(self._wait_attempt, brief, waited)
         self._wait_attempt += 1
         t0 = time.monotonic()
         self.stop_event.wait(delay)
