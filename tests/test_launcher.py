@@ -450,6 +450,10 @@ def test_the_eval_hook_does_not_hold_up_the_daemons_stop(tmp_path, monkeypatch):
         def __init__(self):
             self.stop_event = threading.Event()
 
+        @property
+        def stopping(self):
+            return self.stop_event.is_set()
+
     # Stopped from the outside (on_stop): gives up at the next move, nothing recorded.
     hook, loop = EvalHook(tmp_path, "tictactoe", every=1, games=10, opponent="slow"), Loop()
     hook.run(loop, {})
