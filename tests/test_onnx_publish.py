@@ -329,3 +329,21 @@ def test_publishing_on_a_worker_thread_does_not_disturb_training(tmp_path):
     assert not errors, errors
     assert all(torch.equal(alone[k], concurrent[k]) for k in alone)
     assert read_model_metadata(tmp_path / LATEST_MODEL_NAME)["step"] in {"15", "10", "5", "0"}
+
+
+def test_a_publish_copies_the_weights_once(tmp_path):
+    """The copy taken on the training thread is the one export and check use: training on
+    after the copy changes neither the copy nor the published model."""
+    from trainer.model.onnx_export import inference_copy
+
+    net = TinyMLP(TTT.obs_size, TTT.num_actions)
+    snapshot = inference_copy(net)
+    assert snapshot is not net and inference_copy(snapshot) is snapshot
+    obs = torch.from_numpy(sample_observations(TTT, 4, seed=1))
+    with torch.no_grad():
+        want = snapshot(obs)[0].numpy()
+        for p in net.parameters():  # the training module moves on
+            p.add_(1.0)
+    publish_model(snapshot, TTT, tmp_path, 1, META, max_keep=2)
+    sess = ort.InferenceSession(str(tmp_path / LATEST_MODEL_NAME), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"observation": obs.numpy()})[0], want, atol=1e-5)
