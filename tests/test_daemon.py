@@ -18,6 +18,7 @@ from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_
 from replay_data import write_random_games
 from trainer.config import DaemonConfig
 from trainer.commands.train import schedule_from
+from trainer.training.run import run_to_end
 from trainer.training.state import load_checkpoint_file
 
 FAST = ["--threads", "1", "--min-rows", "50", "--max-reuse", "0", "--stats-interval", "5", "--log-interval", "50"]
@@ -301,10 +302,7 @@ def test_every_state_change_reaches_stats_json_at_once(tmp_path):
     loop = build_daemon(cfg)
     witness = DiskWitness()
     loop.hooks.append(witness)
-    try:
-        loop.run()
-    finally:
-        loop.source.close()
+    run_to_end(loop)
     phases = [p for p, _ in witness.seen]
     assert all(p == on_disk for p, on_disk in witness.seen), witness.seen
     assert phases[-2:] == ["publishing", "stopped"], phases
@@ -315,9 +313,6 @@ def test_every_state_change_reaches_stats_json_at_once(tmp_path):
     # Resumed at step 25 (whose model the stop published after the checkpoint was saved):
     # nothing to publish again, and stats.json names the step file that exists.
     loop = build_daemon(cfg.model_copy(update={"fresh": False, "steps": 25}))
-    try:
-        loop.run()
-    finally:
-        loop.source.close()
+    run_to_end(loop)
     final = read_stats(tmp_path)
     assert final["step"] == 25 and final["last_checkpoint"].endswith("model_step_000025.onnx")

@@ -8,6 +8,7 @@ import torch
 
 from replay_data import write_games_by_player
 from trainer.commands.train import build_daemon
+from trainer.training.run import run_to_end
 from trainer.config import DaemonConfig
 from trainer.games import get_game
 from trainer.search.players import PerfectPlayer
@@ -59,8 +60,7 @@ def test_policy_accuracy_and_value_loss_improve(tmp_path):
     loop = build_daemon(cfg)
     held_out = held_out_batch(game, player, 150, seed=99)
     before = loop.objective.evaluate(held_out)
-    loop.run()
-    loop.source.close()
+    run_to_end(loop)
     after = loop.objective.evaluate(held_out)
     print("before", before, "after", after)
     assert after["policy_accuracy"] >= 0.9 and after["policy_accuracy"] > before["policy_accuracy"] + 0.2

@@ -6,6 +6,7 @@ import pytest
 
 from replay_data import write_random_games
 from trainer.commands.train import build_daemon
+from trainer.training.run import run_to_end
 from trainer.config import DaemonConfig
 from trainer.hooks.base import Hook
 from trainer.training.lr_schedule import LRSchedule
@@ -54,10 +55,7 @@ def _run(folder, recorder, fresh):
                        max_reuse=0, eval_interval=0, fresh=fresh, hidden=16, layers=1, batch_size=16)
     loop = build_daemon(cfg)
     loop.hooks.append(recorder)
-    try:
-        loop.run()
-    finally:
-        loop.source.close()
+    run_to_end(loop)
 
 
 def test_a_resumed_daemon_applies_the_lr_of_an_uninterrupted_run(tmp_path):

@@ -76,7 +76,7 @@ class DaemonConfig(NetworkSettings):
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Torch device.")
     threads: int = Field(1, gt=0, le=MAX_THREADS, description="torch intra-op threads (1 is fastest beside an actor on 2 cores).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (unset = from the OS).")
-    fresh: bool = Field(False, description="Ignore an existing checkpoint and start from scratch.")
+    fresh: bool = Field(False, description="Start from scratch; the checkpoint folder's previous run is moved to previous-<time>/ there.")
     init_from: Path | None = Field(None, description="Initialise weights from a checkpoint (e.g. an offline BC/IQL/CQL run).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 

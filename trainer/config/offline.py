@@ -63,7 +63,7 @@ class OfflineConfig(NetworkSettings):
     threads: int = Field(1, gt=0, le=MAX_THREADS, description="torch intra-op threads.")
     init_from: Path | None = Field(None, description="Initialise the policy-value network from a checkpoint of any mode (daemon, imitation, bc, iql, cql).")
     resume: bool = Field(False, description="Continue the run in --checkpoint-dir (step counter, optimiser state, data order).")
-    fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are deleted only once the data, the network and --init-from have been accepted.")
+    fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are moved to previous-<time>/ there, only once the data, the network and --init-from have been accepted.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 
     @model_validator(mode="after")

@@ -1,11 +1,10 @@
 """Publish the policy-value net as ONNX every N steps, off the training thread.
 
-The training thread only takes a CPU copy of the weights (milliseconds), the one copy the
-export and its check then share; export,
-onnxruntime verification and the atomic renames run on a worker thread, so publishing
-does not stall training. If a publish is still running when the next is due, the new one
-is skipped rather than queued (the next interval catches up). A failed check is logged and
-counted, never fatal: actors keep the previous model.
+The training thread only takes a CPU copy of the weights (milliseconds), the one copy a
+publish makes; export, onnxruntime verification and the atomic renames run on a worker
+thread and share it, so publishing does not stall training. If a publish is still running
+when the next is due, the new one is skipped rather than queued (the next interval catches
+up). A failed check is logged and counted, never fatal: actors keep the previous model.
 """
 
 from __future__ import annotations

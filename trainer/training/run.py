@@ -161,7 +161,7 @@ def _resume(mode: str, folder: Path, state: TrainState, objective: Objective) ->
     objective.load_state_dict(loaded.objective)
     restore_rng(loaded.rng)
     loaded.config_json = state.config_json  # the settings of this command, not the old one
-    log.info("resumed %s from %s at step %d (%d samples trained)", mode, path, loaded.step, loaded.samples_trained)
+    log.info("resumed from %s at step %d (%d samples trained)", path, loaded.step, loaded.samples_trained)
     return loaded
 
 
