@@ -44,8 +44,8 @@ class _LRRecorder(Hook):
         self.stop_at = stop_at
 
     def after_step(self, loop, metrics):
-        self.applied[loop.state.step] = loop.last_lr
-        if loop.state.step == self.stop_at:
+        self.applied[loop.step] = loop.last_lr
+        if loop.step == self.stop_at:
             loop.request_stop("test")
 
 

@@ -59,7 +59,7 @@ class StopAt(Hook):
         self.at = step
 
     def after_step(self, loop, metrics) -> None:
-        if loop.state.step == self.at:
+        if loop.step == self.at:
             loop.request_stop("test interrupt")
 
 

@@ -18,7 +18,14 @@ from trainer.model.networks import build_network
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.sources.wait_reason import WaitKind, WaitReason
 from trainer.training.batch import Batch
-from trainer.training.loop import STOPPED, TRAINING, WAITING, DataWaitTimeout, TrainLoop, WaitPolicy
+from trainer.training.loop import (
+    STOPPED,
+    TRAINING,
+    WAITING,
+    DataWaitTimeout,
+    TrainLoop,
+    WaitPolicy,
+)
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import TrainState
 

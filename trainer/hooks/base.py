@@ -21,7 +21,7 @@ class LoopView(Protocol):
 
     phase: str  # stats.json `state`: starting | waiting_for_data | training | publishing | stopped
     phase_reason: str
-    wait_kind: "WaitKind | None"  # kind of the current wait, None while training
+    wait_kind: WaitKind | None  # kind of the current wait, None while training
     stop_reason: str
     last_lr: float
     last_metrics: dict[str, float]
@@ -40,7 +40,7 @@ class LoopView(Protocol):
         """True from the moment a stop is asked for; safe to read from any thread."""
 
     @property
-    def objective(self) -> "Objective":
+    def objective(self) -> Objective:
         """For the hooks whose work is the model itself: publishing it, validating it."""
 
     def source_stats(self) -> dict[str, Any]: ...
@@ -53,7 +53,7 @@ class LoopView(Protocol):
 
     def request_stop(self, reason: str) -> None: ...
 
-    def snapshot(self) -> "TrainState":
+    def snapshot(self) -> TrainState:
         """The state filled with everything a resume needs, right now (training thread only)."""
 
     def set_phase(self, phase: str, reason: str = "") -> None: ...

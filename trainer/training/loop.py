@@ -7,7 +7,9 @@
         state.step += 1
         hooks.after_step(...)                # checkpoint, publish, stats, log, eval
 
-Everything periodic lives in hooks; everything a resume needs lives in `state`.
+Everything periodic lives in hooks, which see the loop as `hooks.base.LoopView`;
+everything a resume needs lives in `state`. Setting a run up and tearing it down (folder
+lock, resume, signals, exit codes) is `training/run.py`.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from trainer.hooks.validation import BEST_NAME
 from trainer.objectives.base import Objective
