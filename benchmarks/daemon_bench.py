@@ -92,8 +92,8 @@ class _Clock(Hook):
     def after_step(self, loop, metrics):
         now = time.perf_counter()
         if self.t_first is None:
-            self.t_first, self.step_first = now, loop.state.step
-        self.t_last, self.step_last = now, loop.state.step
+            self.t_first, self.step_first = now, loop.step
+        self.t_last, self.step_last = now, loop.step
 
 
 def daemon(env_id: str, net: str, batch: int, steps: int, db: Path) -> tuple[float, float]:

@@ -142,7 +142,7 @@ def test_trains_through_waits_and_stops_at_the_step_limit():
     rec = Recorder()
     loop = make_loop(source, total_steps=5, hooks=[rec])
     loop.run()
-    assert loop.step == 5 and loop.samples_trained == 5 * BATCH
+    assert loop.state.step == 5 and loop.state.samples_trained == 5 * BATCH
     assert rec.steps == [1, 2, 3, 4, 5]
     assert rec.waits == [WaitKind.NO_DB, WaitKind.NO_DB, WaitKind.LOADING, WaitKind.NO_DB]
     assert rec.phases == [WAITING, TRAINING, WAITING, TRAINING, STOPPED]
@@ -155,7 +155,7 @@ def test_max_wait_gives_up_on_missing_data_but_not_on_brief_waits():
     source = ScriptedSource([LOADING] * 30 + [batch()])
     loop = make_loop(source, total_steps=1, wait=WaitPolicy(first=0.001, cap=0.004, brief_cap=0.002, max_wait=0.02))
     loop.run()
-    assert loop.step == 1
+    assert loop.state.step == 1
 
     source = ScriptedSource([NO_DB] * 1000)
     rec = Recorder()
@@ -165,7 +165,7 @@ def test_max_wait_gives_up_on_missing_data_but_not_on_brief_waits():
         loop.run()
     assert 0.05 <= time.monotonic() - t0 < 5
     assert loop.stop_reason.startswith("no usable data after waiting") and rec.stopped_with == loop.stop_reason
-    assert rec.phases[-1] == STOPPED and loop.step == 0
+    assert rec.phases[-1] == STOPPED and loop.state.step == 0
 
 
 def test_a_batch_ends_the_wait_and_restarts_the_backoff():
@@ -181,11 +181,11 @@ def test_stop_reasons_request_and_exhaustion():
     rec = Recorder(stop_at=3)
     loop = make_loop(ScriptedSource([]), hooks=[rec])
     loop.run()
-    assert loop.step == 3 and loop.stop_reason == "asked"
+    assert loop.state.step == 3 and loop.stop_reason == "asked"
 
     loop = make_loop(ScriptedSource([batch(), NO_DB, batch()], ends=True))
     loop.run()
-    assert loop.step == 2 and loop.stop_reason == "data source exhausted"
+    assert loop.state.step == 2 and loop.stop_reason == "data source exhausted"
 
 
 def test_throughput_counts_samples_steps_and_waiting():
@@ -194,13 +194,13 @@ def test_throughput_counts_samples_steps_and_waiting():
     t0 = time.monotonic()
     loop.run()
     span = time.monotonic() - t0
-    rates = loop.rates()
+    rates = loop.view.rates()
     assert rates["samples_per_sec"] == pytest.approx(rates["steps_per_sec"] * BATCH)
     assert rates["steps_per_sec"] >= 20 / span
     assert 0.05 / span * 0.5 < rates["wait_fraction"] <= 1
 
 
-def test_hooks_see_the_declared_view_and_a_failing_hook_does_not_stop_the_save():
+def test_hooks_see_the_view_only_and_a_failing_hook_does_not_stop_the_save():
     class Broken(Hook):
         name = "broken"
 
@@ -216,6 +216,7 @@ def test_hooks_see_the_declared_view_and_a_failing_hook_does_not_stop_the_save()
 
         def after_step(self, loop, metrics):
             self.epochs.append(loop.epochs_completed)
+            assert not hasattr(loop, "source") and not hasattr(loop, "hooks") and not hasattr(loop, "state")
 
         def on_stop(self, loop):
             self.saved_step = loop.snapshot().step
@@ -225,4 +226,4 @@ def test_hooks_see_the_declared_view_and_a_failing_hook_does_not_stop_the_save()
     loop.run()
     assert saver.saved_step == 4 and loop.state.source == {"given": 4}
     assert saver.epochs == [0, 1, 1, 2]
-    assert loop.source_stats() == {"rows_seen": 4 * BATCH}
+    assert loop.view.source_stats() == {"rows_seen": 4 * BATCH}

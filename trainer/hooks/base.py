@@ -17,14 +17,27 @@ if TYPE_CHECKING:
 
 
 class LoopView(Protocol):
-    """What a hook may read and do (`TrainLoop` is the one implementation)."""
+    """What a hook may read and do (`training.loop.HookView` is the one implementation)."""
 
-    phase: str  # stats.json `state`: starting | waiting_for_data | training | publishing | stopped
-    phase_reason: str
-    wait_kind: WaitKind | None  # kind of the current wait, None while training
-    stop_reason: str
-    last_lr: float
-    last_metrics: dict[str, float]
+    @property
+    def phase(self) -> str:
+        """stats.json `state`: starting | waiting_for_data | training | publishing | stopped."""
+
+    @property
+    def phase_reason(self) -> str: ...
+
+    @property
+    def wait_kind(self) -> WaitKind | None:
+        """Kind of the current wait; None while training."""
+
+    @property
+    def stop_reason(self) -> str: ...
+
+    @property
+    def last_lr(self) -> float: ...
+
+    @property
+    def last_metrics(self) -> dict[str, float]: ...
 
     @property
     def step(self) -> int: ...
@@ -34,6 +47,10 @@ class LoopView(Protocol):
 
     @property
     def epochs_completed(self) -> int: ...
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps skipped so far because their loss or gradient was not finite."""
 
     @property
     def stopping(self) -> bool:

@@ -150,7 +150,7 @@ class StatsHook(Hook):
             **loop.rates(),
             "policy_entropy": float(m.get("policy_entropy", 0.0)),
             "grad_norm": float(m.get("grad_norm", 0.0)),
-            "nonfinite_steps": int(loop.state.nonfinite_steps),
+            "nonfinite_steps": int(loop.nonfinite_steps),
             "rss_mb": round(resident_memory_mb(), 1),
             "trainer_version": __version__,
             "metrics": {k: float(v) for k, v in m.items()},

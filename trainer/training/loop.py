@@ -7,7 +7,7 @@
         state.step += 1
         hooks.after_step(...)                # checkpoint, publish, stats, log, eval
 
-Everything periodic lives in hooks, which see the loop as `hooks.base.LoopView`;
+Everything periodic lives in hooks, which see the loop through `HookView`;
 everything a resume needs lives in `state`. Setting a run up and tearing it down (folder
 lock, resume, signals, exit codes) is `training/run.py`.
 """
@@ -93,6 +93,83 @@ class Throughput:
         }
 
 
+class HookView:
+    """The loop as its hooks see it (`hooks.base.LoopView`): counters, figures, the phase, and
+    the few actions a hook may take. Not the source, the schedule or the other hooks."""
+
+    def __init__(self, loop: "TrainLoop"):
+        self._loop = loop
+
+    @property
+    def step(self) -> int:
+        return self._loop.state.step
+
+    @property
+    def samples_trained(self) -> int:
+        return self._loop.state.samples_trained
+
+    @property
+    def epochs_completed(self) -> int:
+        return self._loop.source.epochs_completed
+
+    @property
+    def nonfinite_steps(self) -> int:
+        return self._loop.state.nonfinite_steps
+
+    @property
+    def phase(self) -> str:
+        return self._loop.phase
+
+    @property
+    def phase_reason(self) -> str:
+        return self._loop.phase_reason
+
+    @property
+    def wait_kind(self) -> WaitKind | None:
+        return self._loop.wait_kind
+
+    @property
+    def stop_reason(self) -> str:
+        return self._loop.stop_reason
+
+    @property
+    def last_lr(self) -> float:
+        return self._loop.last_lr
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        return self._loop.last_metrics
+
+    @property
+    def stopping(self) -> bool:
+        return self._loop.stop_event.is_set()
+
+    @property
+    def objective(self) -> Objective:
+        return self._loop.objective
+
+    def source_stats(self) -> dict[str, Any]:
+        return self._loop.source.stats()
+
+    def rates(self) -> dict[str, float]:
+        return self._loop.throughput.rates()
+
+    def hook_stats(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for hook in self._loop.hooks:
+            merged.update(hook.stats())
+        return merged
+
+    def request_stop(self, reason: str) -> None:
+        self._loop.request_stop(reason)
+
+    def snapshot(self) -> TrainState:
+        return self._loop.snapshot()
+
+    def set_phase(self, phase: str, reason: str = "") -> None:
+        self._loop.set_phase(phase, reason)
+
+
 class TrainLoop:
     # Steps whose loss or gradient is NaN/inf are skipped (the objective applies nothing);
     # this many in a row means the data or the settings are broken, not one unlucky batch.
@@ -131,6 +208,7 @@ class TrainLoop:
         self._last_wait_kind: WaitKind | None = None
         self._nonfinite_streak = 0
         self._last_nonfinite_log = float("-inf")
+        self.view = HookView(self)  # what the hooks are handed
 
     # --- persistence -----------------------------------------------------------------------
     def snapshot(self) -> TrainState:
@@ -145,37 +223,6 @@ class TrainLoop:
             if hook.name in self.state.hooks:
                 hook.load_state_dict(self.state.hooks[hook.name])
 
-    # --- what hooks see (hooks.base.LoopView) ------------------------------------------------
-    @property
-    def step(self) -> int:
-        return self.state.step
-
-    @property
-    def samples_trained(self) -> int:
-        return self.state.samples_trained
-
-    @property
-    def epochs_completed(self) -> int:
-        return self.source.epochs_completed
-
-    @property
-    def stopping(self) -> bool:
-        """Thread-safe: true from the moment a stop is asked for."""
-        return self.stop_event.is_set()
-
-    def source_stats(self) -> dict[str, Any]:
-        return self.source.stats()
-
-    def rates(self) -> dict[str, float]:
-        return self.throughput.rates()
-
-    def hook_stats(self) -> dict[str, Any]:
-        """Every hook's figures for stats.json, merged in hook order."""
-        merged: dict[str, Any] = {}
-        for hook in self.hooks:
-            merged.update(hook.stats())
-        return merged
-
     # --- control -------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
         """Thread- and signal-safe: the loop finishes its current step, then stops."""
@@ -188,7 +235,7 @@ class TrainLoop:
         self.phase, self.phase_reason = phase, reason
         if changed:
             for hook in self.hooks:
-                hook.on_phase(self)
+                hook.on_phase(self.view)
 
     def done(self) -> bool:
         if self.stop_event.is_set():
@@ -204,7 +251,7 @@ class TrainLoop:
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         for hook in self.hooks:
-            hook.on_start(self)
+            hook.on_start(self.view)
         try:
             while not self.done():
                 batch = self.source.next_batch()
@@ -230,7 +277,7 @@ class TrainLoop:
                 self.throughput.add(now, len(batch), self._waited_since_step)
                 self._waited_since_step = 0.0
                 for hook in self.hooks:
-                    hook.after_step(self, metrics)
+                    hook.after_step(self.view, metrics)
         except BaseException as exc:
             # The dashboard's last word on a crashed run names the error.
             self.stop_reason = self.stop_reason or f"{type(exc).__name__}: {exc}"
@@ -238,7 +285,7 @@ class TrainLoop:
         finally:
             for hook in self.hooks:
                 try:
-                    hook.on_stop(self)  # save, publish the final model, ...
+                    hook.on_stop(self.view)  # save, publish the final model, ...
                 except Exception:  # one failing hook must not keep the others from saving
                     log.exception("hook %s failed while stopping", type(hook).__name__)
             # Only now: `stopped` in stats.json promises the checkpoint and model are on disk.
@@ -284,7 +331,7 @@ class TrainLoop:
             self.stop_reason = f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}"
             raise DataWaitTimeout(self.stop_reason)
         for hook in self.hooks:
-            hook.on_wait(self)
+            hook.on_wait(self.view)
         delay = self.wait.delay(self._wait_attempt, brief, waited)
         self._wait_attempt += 1
         t0 = time.monotonic()
