@@ -97,7 +97,7 @@ class HookView:
     """The loop as its hooks see it (`hooks.base.LoopView`): counters, figures, the phase, and
     the few actions a hook may take. Not the source, the schedule or the other hooks."""
 
-    def __init__(self, loop: "TrainLoop"):
+    def __init__(self, loop: TrainLoop):
         self._loop = loop
 
     @property
