@@ -52,7 +52,8 @@ _claimed: dict[Path, int] = {}
 
 
 class RunFolderBusy(RuntimeError):
-    """Another live process trains into the same checkpoint folder."""
+    """The checkpoint folder cannot be had: another live process trains into it, or it cannot
+    be created or written."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,11 @@ def claim_checkpoint_dir(folder: Path) -> None:
     key = folder.resolve()
     if key in _claimed:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunFolderBusy(f"cannot use the checkpoint folder {folder}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -90,8 +94,9 @@ def claim_checkpoint_dir(folder: Path) -> None:
         raise RunFolderBusy(
             f"{folder} is in use by another trainer (pid {holder}); stop it first or use another --checkpoint-dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # the pid is only for that message; a full disk must not stop a run
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _claimed[key] = fd
 
 
