@@ -344,14 +344,13 @@ EDGES_FIRST = [0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0]
 
 
 def test_gate_keeps_best_onnx_the_strongest_model_and_latest_untouched(tmp_path):
-    import threading
     import types
 
     from trainer.hooks.evaluate import EvalHook, Gate
 
     models = tmp_path / "models"
     hook = EvalHook(models, "tictactoe", every=1, games=4, seed=0, gate=Gate(games=200, elo=(0.0, 50.0)))
-    loop = types.SimpleNamespace(stop_event=threading.Event())
+    loop = types.SimpleNamespace(stopping=False)
 
     def evaluate(data: bytes) -> None:
         publish(models, data)
@@ -379,7 +378,6 @@ def test_gate_keeps_best_onnx_the_strongest_model_and_latest_untouched(tmp_path)
 
 
 def test_without_gate_no_best_model_and_no_gate_stats(tmp_path):
-    import threading
     import types
 
     from trainer.hooks.evaluate import EvalHook
@@ -387,7 +385,7 @@ def test_without_gate_no_best_model_and_no_gate_stats(tmp_path):
     models = tmp_path / "models"
     publish(models, _preference_model(CENTRE_FIRST, 1))
     hook = EvalHook(models, "tictactoe", every=1, games=4, seed=0)
-    hook.run(types.SimpleNamespace(stop_event=threading.Event()), {})
+    hook.run(types.SimpleNamespace(stopping=False), {})
     hook._thread.join(timeout=60)
     assert hook.stats()["last_eval"]["games_played"] == 4
     assert "best_model_step" not in hook.stats() and not (models / "best.onnx").exists()
