@@ -34,7 +34,7 @@ def split_episodes(total: int, workers: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ActorConfig, argv, prog="python -m actor_stub", description=__doc__.split("\n\n")[0], env_prefix="ACTOR_")
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     from trainer.games import get_game
     from trainer.replay.writer import ReplayWriter, ReplayWriteError
 

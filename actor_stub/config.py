@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.games import KNOWN_ENV_IDS
+from trainer.logging_setup import LogFormat
 from trainer.replay.backend import ReplayLocation
 
 
@@ -34,3 +35,6 @@ class ActorConfig(BaseModel):
     log_interval: float = Field(10.0, gt=0, description="Seconds between throughput log lines.")
     actor_id: str | None = Field(None, description="Prefix of episode ids; default py-<host>-<pid>.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    log_format: LogFormat = "text"
+    metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus metrics on this port at /metrics (worker i uses port + i); 0 = off.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Address the metrics endpoint binds (0.0.0.0 inside a container for a Prometheus there).")

@@ -33,7 +33,12 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
 
     writer = open_replay_writer(cfg.db, get_game(cfg.env_id), with_model_step=True)
     try:
-        SelfPlayWorker(cfg, episodes, seed, stop, worker_index=index).run(writer)
+        worker = SelfPlayWorker(cfg, episodes, seed, stop, worker_index=index)
+        if cfg.metrics_port:
+            from trainer.metrics.exporter import serve_metrics
+
+            serve_metrics(worker.metrics.registry, cfg.metrics_host, cfg.metrics_port + index)
+        worker.run(writer)
     finally:
         writer.close()
 
@@ -59,7 +64,7 @@ def child_main(cfg_json: str, episodes: int, seed: int | None, index: int, paren
     signal.signal(signal.SIGUSR1, lambda signum, frame: stop.set())
     die_with_parent(parent, signal.SIGUSR1)
     cfg = ActorConfig.model_validate_json(cfg_json)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     # A terminal's Ctrl-C reaches the whole process group; the parent forwards it as SIGTERM,
     # so children ignore SIGINT or they would count it twice and drop their games.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

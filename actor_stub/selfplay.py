@@ -21,6 +21,7 @@ import numpy as np
 from actor_stub.config import ActorConfig
 from actor_stub.model_watcher import ModelWatcher
 from trainer.games import Game, GameState, get_game
+from trainer.metrics.actor_metrics import ActorMetrics
 from trainer.onnx_policy import OnnxPolicy
 from trainer.replay.backend import redact_url
 from trainer.replay.writer import PlyRecord, ReplayWriter
@@ -48,6 +49,7 @@ class GameInFlight:
     evaluator: LeafEvaluator
     plies: list[PlyRecord] = field(default_factory=list)
     tree: Node | None = None  # the searched subtree of the position, with --reuse-tree
+    started: float = field(default_factory=time.monotonic)
 
 
 def default_actor_id() -> str:
@@ -78,6 +80,7 @@ class SelfPlayWorker:
         self.started = 0
         self.games_written = 0
         self.plies_written = 0
+        self.metrics = ActorMetrics(cfg.env_id, self.actor_id, lambda: self.watcher.policy is not None)
 
     # --- games -------------------------------------------------------------------------------
     def _evaluator_for(self, policy: OnnxPolicy | None) -> LeafEvaluator:
@@ -85,7 +88,7 @@ class SelfPlayWorker:
             return self.rollout
         # One adapter per model, so all games on the current model share one batched call.
         if self._current is None or self._current[0] is not policy:
-            evaluator: LeafEvaluator = ObsEvaluator(policy.evaluate)
+            evaluator: LeafEvaluator = ObsEvaluator(self.metrics.timed_inference(policy.evaluate))
             if self.cfg.eval_cache > 0:
                 evaluator = CachedEvaluator(evaluator, self.cfg.eval_cache)
             self._current = (policy, evaluator)
@@ -104,11 +107,15 @@ class SelfPlayWorker:
         """(action, policy target or None for uniform, root value) per game."""
         g = self.game
         if self.cfg.sims > 0 and self.cfg.search == "gumbel":
+            t0 = time.monotonic()
             found = gumbel_search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng)
+            self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
             return [(r.action, r.policy, r.value) for r in found]
         if self.cfg.sims > 0:
+            t0 = time.monotonic()
             results = search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng, add_noise=True,
                              trees=[x.tree for x in games])
+            self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
             out = []
             for x, r in zip(games, results):
                 a = select_action(r.visits, g.legal_mask(x.state), x.state.ply, self.mcts.temperature_plies, self.rng)
@@ -133,12 +140,17 @@ class SelfPlayWorker:
                 out.append((int(self.rng.choice(np.flatnonzero(legal))), None, 0.0))
         return out
 
+    def _reload_model(self) -> None:
+        t0 = time.monotonic()
+        if self.watcher.maybe_reload():
+            self.metrics.model_reloaded(time.monotonic() - t0)
+
     # --- loop --------------------------------------------------------------------------------
     def run(self, writer: ReplayWriter) -> None:
         slots: list[GameInFlight] = []
         t0 = last_log = time.monotonic()
         games_at_log = plies_at_log = 0
-        self.watcher.maybe_reload()
+        self._reload_model()
         log.info(
             "%s: %s, %d sims, %d parallel games, model step %s, writing to %s",
             self.actor_id, self.cfg.env_id, self.cfg.sims, self.cfg.parallel_games,
@@ -147,7 +159,7 @@ class SelfPlayWorker:
         try:
             while True:
                 if len(slots) < self.cfg.parallel_games and self._may_start():
-                    self.watcher.maybe_reload()  # between games only: new games get the new model
+                    self._reload_model()  # between games only: new games get the new model
                     while len(slots) < self.cfg.parallel_games and self._may_start():
                         slots.append(self._new_game())
                 if not slots:
@@ -158,7 +170,10 @@ class SelfPlayWorker:
                     x.plies.append(PlyRecord(x.state, a, probs, value))
                     x.state = self.game.apply(x.state, a)
                     if x.state.is_terminal:
+                        t_write = time.monotonic()
                         writer.write_game(x.episode_id, x.plies, model_step=x.policy.step if x.policy else None)
+                        self.metrics.stored(time.monotonic() - t_write, len(x.plies))
+                        self.metrics.game_finished(x.state.winner, len(x.plies), time.monotonic() - x.started)
                         self.games_written += 1
                         self.plies_written += len(x.plies)
                     else:
@@ -171,6 +186,12 @@ class SelfPlayWorker:
                         "%s: %d games (%.2f games/s, %.1f plies/s), model step %s",
                         self.actor_id, self.games_written, (self.games_written - games_at_log) / dt,
                         (self.plies_written - plies_at_log) / dt, self.watcher.step_label(self.watcher.policy),
+                        extra={"fields": {
+                            "actor_id": self.actor_id, "games": self.games_written,
+                            "games_per_sec": (self.games_written - games_at_log) / dt,
+                            "plies_per_sec": (self.plies_written - plies_at_log) / dt,
+                            "model_step": self.watcher.policy.step if self.watcher.policy else None,
+                        }},
                     )
                     last_log, games_at_log, plies_at_log = now, self.games_written, self.plies_written
         finally:

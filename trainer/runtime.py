@@ -10,21 +10,17 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 from typing import Callable
 
 import numpy as np
 
+from trainer.logging_setup import configure_logging
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """`fmt` is the program's --log-format: "text" or "json" (trainer/logging_setup.py)."""
+    configure_logging(level, fmt)
 
 
 class DeviceUnavailable(RuntimeError):

@@ -187,6 +187,6 @@ def run_offline(mode: str, config_model: type[OfflineConfig], argv: list[str] | 
                 make_objective: ObjectiveFactory) -> int:
     """Parse the command line, train, and map bad input to `error: ...` and exit code 2."""
     cfg = load_config(config_model, argv, prog=f"python -m trainer {mode}", description=doc)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     return execute(lambda: build_offline(mode, cfg, make_objective), cfg.checkpoint_dir,
                    input_errors=(OfflineDataError,))

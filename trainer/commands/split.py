@@ -61,7 +61,7 @@ def check_outputs(cfg: SplitConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(SplitConfig, argv, prog="python -m trainer split", description=__doc__.split("\n\n")[0])
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     try:
         check_outputs(cfg)
         lines = read_episode_lines(cfg.data)

@@ -18,6 +18,7 @@ from trainer.evaluator.sprt import parse_elo_bounds
 from trainer.games import GameSpec, get_game
 from trainer.hooks.checkpoint import CheckpointHook
 from trainer.hooks.evaluate import EvalHook, Gate
+from trainer.hooks.metrics import StatsExporter, serve_trainer_metrics
 from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
 from trainer.hooks.stats import StatsHook
@@ -68,7 +69,20 @@ def wait_for_game_spec(cfg: DaemonConfig) -> GameSpec:
         delay = min(30.0, delay * 2)
 
 
-def build_daemon(cfg: DaemonConfig) -> TrainLoop:
+def exporter_hooks(cfg: DaemonConfig) -> list[StatsExporter]:
+    """Prometheus and TensorBoard, when asked for: set up first, so a busy port or a missing
+    package is an error at once, not after waiting for data."""
+    hooks: list[StatsExporter] = []
+    if (metrics := serve_trainer_metrics(cfg)) is not None:
+        hooks.append(metrics)
+    if cfg.tensorboard is not None:
+        from trainer.hooks.tensorboard import TensorBoardHook
+
+        hooks.append(TensorBoardHook(cfg.tensorboard))
+    return hooks
+
+
+def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None) -> TrainLoop:
     """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
     policy = StartPolicy(mode="daemon", checkpoint_dir=cfg.checkpoint_dir, fresh=cfg.fresh,
                          init_from=cfg.init_from, resume_by_default=True)
@@ -94,13 +108,16 @@ def build_daemon(cfg: DaemonConfig) -> TrainLoop:
         source.load_state_dict(state.source)
 
     provenance = {"env_id": cfg.env_id, "mode": "daemon", "network": str(network), "trainer_version": __version__}
+    exporters = exporters or []
     hooks = [
         CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
         PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
         # Also with --eval-interval 0: it keeps the run's eval_history in the checkpoint.
         EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed,
                  gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None),
-        StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size),
+        *exporters,
+        StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size,
+                  listeners=[e.on_stats for e in exporters]),
         ProgressLogHook(cfg.log_interval, cfg.steps),
     ]
     loop = TrainLoop(
@@ -115,5 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
         DaemonConfig, argv, prog="python -m trainer [train]", description=__doc__.split("\n\n")[0]
     )
-    setup_logging(cfg.log_level)
-    return execute(lambda: build_daemon(cfg), cfg.checkpoint_dir, input_errors=(SchemaError,))
+    setup_logging(cfg.log_level, cfg.log_format)
+    exporters = exporter_hooks(cfg)
+    return execute(lambda: build_daemon(cfg, exporters), cfg.checkpoint_dir, input_errors=(SchemaError,))

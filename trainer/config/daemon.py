@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
+from trainer.logging_setup import LogFormat
 from trainer.replay.backend import RedactedReplayLocation
 
 
@@ -67,6 +68,9 @@ class DaemonConfig(NetworkSettings):
     gate: bool = Field(False, description="With each evaluation, play the model against best.onnx (SPRT over colour-swapped pairs) and replace best.onnx when it is stronger; latest.onnx is unaffected.")
     gate_games: int = Field(400, ge=2, description="Most games of one gate match (it stops earlier when the SPRT decides).")
     gate_sprt: str = Field("0,50", description="ELO0,ELO1 of the gate's SPRT: promote when 'Elo >= ELO1' is accepted over 'Elo <= ELO0'.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus metrics on this port at /metrics; 0 = off.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Address the metrics endpoint binds (0.0.0.0 inside a container for a Prometheus there).")
+    tensorboard: Path | None = Field(None, description="Write TensorBoard scalars (losses, LR, throughput, wait fraction, evaluations) to this folder; needs the tensorboard package (pip install 'selfplay-trainer[tensorboard]').")
 
     # --- waiting -------------------------------------------------------------------------
     wait_interval: float = Field(1.0, gt=0, description="First wait (s) while data is missing; doubles up to 30 s.")
@@ -79,6 +83,7 @@ class DaemonConfig(NetworkSettings):
     fresh: bool = Field(False, description="Start from scratch; the checkpoint folder's previous run is moved to previous-<time>/ there.")
     init_from: Path | None = Field(None, description="Initialise weights from a checkpoint (e.g. an offline BC/IQL/CQL run).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    log_format: LogFormat = "text"
 
     @field_validator("gate_sprt")
     @classmethod

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
+from trainer.logging_setup import LogFormat
 
 # Larger action spaces are refused rather than sized: a policy head (and a legal mask per
 # row) this wide would not fit in memory anyway.
@@ -65,6 +66,7 @@ class OfflineConfig(NetworkSettings):
     resume: bool = Field(False, description="Continue the run in --checkpoint-dir (step counter, optimiser state, data order).")
     fresh: bool = Field(False, description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are moved to previous-<time>/ there, only once the data, the network and --init-from have been accepted.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    log_format: LogFormat = "text"
 
     @model_validator(mode="after")
     def _derived(self) -> "OfflineConfig":
@@ -150,3 +152,4 @@ class SplitConfig(BaseModel):
     out_train: Path = Field(..., description="Training episodes (written atomically).")
     out_val: Path = Field(..., description="Validation episodes (written atomically).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    log_format: LogFormat = "text"

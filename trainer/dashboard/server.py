@@ -74,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.atomic_files import finite_or_none
 from trainer.config.loader import load_config
+from trainer.logging_setup import LogFormat, configure_logging
 
 log = logging.getLogger("trainer.dashboard")
 
@@ -113,6 +114,7 @@ class DashboardConfig(BaseModel):
     request_timeout: float = Field(10.0, gt=0, description="Seconds a connection gets to send a whole request (request line and headers), idle keep-alive time included; then it is closed.")
     max_connections: int = Field(32, ge=1, description="Connections served at once; one more is answered 503 and closed at once.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level (requests are logged at DEBUG).")
+    log_format: LogFormat = "text"
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -466,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         DashboardConfig, argv, prog="python -m trainer.dashboard", env_prefix=ENV_PREFIX,
         description="Serve the training dashboard: one page that polls the run's stats.json.",
     )
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(cfg.log_level, cfg.log_format)
     try:
         server = make_server(
             cfg.stats_path, cfg.host, cfg.port, request_timeout=cfg.request_timeout,

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.config.loader import load_config
 from trainer.evaluator.sprt import parse_elo_bounds
+from trainer.logging_setup import LogFormat, configure_logging
 from trainer.model.contract import LATEST_MODEL_NAME
 
 log = logging.getLogger("trainer.evaluator")
@@ -70,6 +71,7 @@ class EvaluatorConfig(BaseModel):
     json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
     verbose: bool = Field(False, description="Print every game's moves and final board (to stderr with --json).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Logging level.")
+    log_format: LogFormat = "text"
 
     @field_validator("opponent")
     @classmethod
@@ -144,7 +146,7 @@ def format_result(r) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(EvaluatorConfig, argv, prog="python -m trainer.evaluator", description=__doc__.split("\n\n")[0], env_prefix="EVALUATOR_")
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(cfg.log_level, cfg.log_format)
     from trainer.evaluator.match import evaluate_model
     from trainer.games import get_game
 

@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,7 @@ class EvalHook(Hook):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._last_evaluated_step = -1
+        self.last_eval_seconds = 0.0
 
     def run(self, loop, metrics) -> None:
         if (self._thread is not None and self._thread.is_alive()) or not self.model.exists():
@@ -83,6 +85,7 @@ class EvalHook(Hook):
             step = int(read_model_metadata(self.model).get("step", -1))
             if step == self._last_evaluated_step:
                 return
+            t0 = time.monotonic()
             result = evaluate_model(self.model, self.env_id, self.opponent, self.games, self.seed,
                                     should_stop=stopping)
         except PlayStopped:
@@ -99,6 +102,7 @@ class EvalHook(Hook):
             if stopping():
                 return  # the final checkpoint may be written already: keep stats.json in step with it
             self._last_evaluated_step = step
+            self.last_eval_seconds = time.monotonic() - t0
             self.history.append(entry)
             del self.history[:-MAX_EVAL_HISTORY]
         log.info("eval step %d vs %s: win %.2f draw %.2f loss %.2f (%d games)", step, self.opponent,
@@ -171,7 +175,8 @@ class EvalHook(Hook):
 
     def stats(self) -> dict:
         with self._lock:
-            out = {"last_eval": self.history[-1] if self.history else None, "eval_history": list(self.history)}
+            out = {"last_eval": self.history[-1] if self.history else None, "eval_history": list(self.history),
+                   "last_eval_seconds": round(self.last_eval_seconds, 3)}
             if self.gate is not None:
                 out.update(best_model_step=self.best_step, last_gate=finite_or_none(self.last_gate))
             return out

@@ -29,6 +29,10 @@ class ProgressLogHook(Hook):
             loop.step, total, metrics.get("total_loss", 0.0), metrics.get("policy_loss", 0.0),
             metrics.get("value_loss", 0.0), loop.last_lr, rates["samples_per_sec"], rates["steps_per_sec"],
             100 * rates["wait_fraction"], src.get("window_size", "-"), src.get("rows_seen", "-"), extra,
+            extra={"fields": {
+                "step": loop.step, "learning_rate": loop.last_lr, **metrics, **rates,
+                "window_size": src.get("window_size"), "rows_seen": src.get("rows_seen"),
+            }},
         )
 
     def on_stop(self, loop) -> None:

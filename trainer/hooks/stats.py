@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -60,8 +60,11 @@ class StatsHook(Hook):
     # costs the training thread time, noticeably so for a tiny MLP's fast steps.
     MIN_WRITE_SECONDS = 0.5
 
-    def __init__(self, path: Path, every: int, env_id: str, mode: str, total_steps: int, history_size: int = 400):
+    def __init__(self, path: Path, every: int, env_id: str, mode: str, total_steps: int, history_size: int = 400,
+                 listeners: Sequence[Callable[[dict[str, Any]], None]] = ()):
+        """`listeners` (the Prometheus and TensorBoard exporters) get each dict written."""
         self.path, self.every = Path(path), every
+        self.listeners = list(listeners)
         self.env_id, self.mode, self.total_steps = env_id, mode, total_steps
         self.history_size = history_size
         self.history: list[dict] = []
@@ -158,7 +161,10 @@ class StatsHook(Hook):
 
     def write(self, loop: LoopView) -> None:
         self._last_write, self._written_kind = time.monotonic(), loop.wait_kind
+        stats = self.build(loop)
         try:
-            atomic_write_json(self.path, self.build(loop), durable=False)
+            atomic_write_json(self.path, stats, durable=False)
         except OSError as exc:  # a full disk must not kill training; say so and go on
             log.warning("could not write %s: %s", self.path, exc)
+        for listener in self.listeners:
+            listener(stats)
