@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ActorConfig, argv, prog="python -m actor_stub", description=__doc__.split("\n\n")[0], env_prefix="ACTOR_")
     setup_logging(cfg.log_level, cfg.log_format)
     from trainer.games import get_game
-    from trainer.replay.writer import ReplayWriter, ReplayWriteError
+    from trainer.replay.backend import open_replay_writer
+    from trainer.replay.schema import SchemaError
+    from trainer.replay.writer import ReplayWriteError
 
     try:
         game = get_game(cfg.env_id)
@@ -45,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         # Opened here once, so a DB that cannot be written is one error before any worker starts.
-        ReplayWriter(cfg.db, game).close()
-    except ReplayWriteError as exc:
+        open_replay_writer(cfg.db, game).close()
+    except (ReplayWriteError, SchemaError) as exc:  # SchemaError: also a refused server login
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     if cfg.workers == 1:

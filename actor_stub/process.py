@@ -46,11 +46,12 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
 def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, index: int,
                           stop: threading.Event) -> int:
     """run_worker, with a DB that cannot be written reported as one `error:` line: exit code 2."""
+    from trainer.replay.schema import SchemaError
     from trainer.replay.writer import ReplayWriteError
 
     try:
         run_worker(cfg, episodes, seed, index, stop)
-    except ReplayWriteError as exc:
+    except (ReplayWriteError, SchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

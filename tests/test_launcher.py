@@ -424,6 +424,21 @@ def test_actors_stop_before_the_trainer(tmp_path):
     assert specs["actor-1"].stop_order < specs["trainer"].stop_order == specs["dashboard"].stop_order
 
 
+def test_actors_get_their_own_metrics_ports(tmp_path, monkeypatch):
+    def ports(**env):
+        for key in ("ACTOR_METRICS_PORT", "ACTOR_WORKERS"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        specs = build_children(LauncherConfig(data=tmp_path, actors=3, dashboard=False), python="PY")
+        return [s.argv[s.argv.index("--metrics-port") + 1] if "--metrics-port" in s.argv else None
+                for s in specs if s.name.startswith("actor")]
+
+    assert ports() == [None, None, None]
+    assert ports(ACTOR_METRICS_PORT="9101") == ["9101", "9102", "9103"]
+    assert ports(ACTOR_METRICS_PORT="9101", ACTOR_WORKERS="2") == ["9101", "9103", "9105"]
+
+
 def test_the_eval_hook_does_not_hold_up_the_daemons_stop(tmp_path, monkeypatch):
     """The launcher SIGKILLs a daemon that takes over --stop-timeout to stop; an evaluation
     in progress must not keep it from writing its final stats.json."""

@@ -29,10 +29,12 @@ def test_daemon_trains_from_actor_games_in_postgres_and_survives_a_restart(pg_se
     actor = subprocess.run(
         actor_cmd("--env-id", "tictactoe", "--db", pg_url, "--episodes", "20", "--sims", "0",
                   "--model-dir", str(tmp_path / "models"), "--seed", "1"),
-        cwd=REPO, env=actor_env(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=actor_env(), capture_output=True, text=True, timeout=120,
     )
     assert actor.returncode == 0, actor.stderr[-2000:]
     assert _episodes(pg_url) == 20
+    assert not (tmp_path / "postgresql:").exists(), "a URL was opened as a SQLite path"
+
     assert pg_server.password not in actor.stderr + actor.stdout
 
     proc = start_daemon(tmp_path, "--db", pg_url, "--steps", "0", "--checkpoint-interval", "20", *FAST)

@@ -320,6 +320,16 @@ def child_env(threads: int) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+def actor_metrics_port(index: int) -> list[str]:
+    """Each actor its own metrics ports: one ACTOR_METRICS_PORT shared by all would make every
+    actor after the first fail to bind. An actor's worker w serves on its port + w."""
+    base, workers = os.environ.get("ACTOR_METRICS_PORT", ""), os.environ.get("ACTOR_WORKERS", "1")
+    if not base.strip().isdigit() or int(base) == 0:
+        return []
+    stride = int(workers) if workers.strip().isdigit() and int(workers) > 0 else 1
+    return ["--metrics-port", str(int(base) + index * stride)]
+
+
 def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[ChildSpec]:
     data = cfg.data.expanduser().resolve()
     db, models, stats = cfg.db or str(data / "replay.db"), data / "models", data / "stats.json"
@@ -327,11 +337,11 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     # A URL goes by environment, not argv: its password would show in every `ps`.
     db_arg, actor_env, trainer_env = ["--db", db], env, env
     if is_postgres_url(db):
-        db_arg, actor_env, trainer_env = [], {**env, "ACTOR_DB": db}, {**env, f"{ENV_PREFIX}DB": db}
+        db_arg, actor_env, trainer_env = [], {**env, "ACTOR_DB": db}, {**env, "TRAINER_DB": db}
     specs = [
         ChildSpec(f"actor-{i + 1}", [python, "-m", "actor_stub", "--env-id", cfg.env_id,
                                      *db_arg, "--model-dir", str(models),
-                                     "--threads", str(cfg.threads)], actor_env)
+                                     "--threads", str(cfg.threads), *actor_metrics_port(i)], actor_env)
         for i in range(cfg.actors)
     ]
     trainer = [python, "-m", "trainer", "train", *db_arg, "--model-dir", str(models),
