@@ -33,7 +33,13 @@ def split_episodes(total: int, workers: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(ActorConfig, argv, prog="python -m actor_stub", description=__doc__.split("\n\n")[0], env_prefix="ACTOR_")
+    cfg = load_config(
+        ActorConfig,
+        argv,
+        prog="python -m actor_stub",
+        description=__doc__.split("\n\n")[0],
+        env_prefix="ACTOR_",
+    )
     setup_logging(cfg.log_level, cfg.log_format)
     from trainer.games import get_game
     from trainer.replay.backend import open_replay_writer
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.episodes and n == 0:
             continue
         seed = None if cfg.seed is None else cfg.seed + i
-        p = ctx.Process(target=child_main, args=(cfg.model_dump_json(), n, seed, i, os.getpid()), name=f"actor-{i}")
+        p = ctx.Process(
+            target=child_main, args=(cfg.model_dump_json(), n, seed, i, os.getpid()), name=f"actor-{i}"
+        )
         p.start()
         procs.append(p)
     signals_seen = 0
@@ -70,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     def forward(signum, frame):
         nonlocal signals_seen
         signals_seen += 1
-        log.info("%s: %s workers", signal.Signals(signum).name, "stopping" if signals_seen == 1 else "killing")
+        log.info(
+            "%s: %s workers", signal.Signals(signum).name, "stopping" if signals_seen == 1 else "killing"
+        )
         for p in procs:
             if p.is_alive() and p.pid:
                 os.kill(p.pid, signal.SIGTERM)

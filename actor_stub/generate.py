@@ -38,13 +38,23 @@ from trainer.search.players import EpsilonPlayer, make_player, play_in_lockstep
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    env_id: str = Field("tictactoe", min_length=1, description="Game (one of the games in trainer/games: " + ", ".join(KNOWN_ENV_IDS) + ").")
+    env_id: str = Field(
+        "tictactoe",
+        min_length=1,
+        description="Game (one of the games in trainer/games: " + ", ".join(KNOWN_ENV_IDS) + ").",
+    )
     games: int = Field(1000, ge=1, description="Games to generate.")
     teacher: str = Field("random", description="random, perfect (tictactoe only) or mcts:SIMS.")
-    epsilon: float = Field(0.0, ge=0, le=1, description="Probability of a uniformly random legal move instead of the teacher's.")
-    output: Path = Field(Path("data/train.h5"), description="Output file: .h5/.hdf5 (HDF5) or .jsonl (JSONL).")
+    epsilon: float = Field(
+        0.0, ge=0, le=1, description="Probability of a uniformly random legal move instead of the teacher's."
+    )
+    output: Path = Field(
+        Path("data/train.h5"), description="Output file: .h5/.hdf5 (HDF5) or .jsonl (JSONL)."
+    )
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
-    batch_games: int = Field(64, ge=1, le=65536, description="Games played at once (an MCTS teacher searches them in one batch).")
+    batch_games: int = Field(
+        64, ge=1, le=65536, description="Games played at once (an MCTS teacher searches them in one batch)."
+    )
     c_puct: float = Field(1.5, gt=0, description="PUCT constant of an mcts teacher.")
     progress: bool = Field(True, description="Progress line with rate and ETA on stderr.")
 
@@ -98,7 +108,7 @@ def play_episodes(cfg: GenerateConfig, game: Game) -> list[Episode]:
         n = min(cfg.batch_games, cfg.games - len(episodes))
         batch = [Episode() for _ in range(n)]
 
-        def record(i: int, state: GameState, action: int) -> None:
+        def record(i: int, state: GameState, action: int, batch: list[Episode] = batch) -> None:
             batch[i].states.append(state)
             batch[i].actions.append(action)
 
@@ -112,7 +122,9 @@ def play_episodes(cfg: GenerateConfig, game: Game) -> list[Episode]:
 
 def episode_arrays(game: Game, episodes: list[Episode]) -> dict[str, np.ndarray]:
     spec = game.spec
-    cols: dict[str, list] = {k: [] for k in ("states", "actions", "rewards", "dones", "next_states", "episode_ids", "outcomes")}
+    cols: dict[str, list] = {
+        k: [] for k in ("states", "actions", "rewards", "dones", "next_states", "episode_ids", "outcomes")
+    }
     for ep_id, ep in enumerate(episodes):
         t = len(ep.actions)
         after = ep.states[1:] + [game.apply(ep.states[-1], ep.actions[-1])]
@@ -148,7 +160,15 @@ def write_hdf5(path: Path, game: Game, arrays: dict[str, np.ndarray], cfg: Gener
         with h5py.File(tmp, "w") as f:
             for name, arr in arrays.items():
                 f.create_dataset(name, data=arr, compression="gzip" if arr.ndim == 2 else None)
-            for k in ("env_id", "obs_size", "num_actions", "legal_mask_offset", "board_width", "board_height", "player_count"):
+            for k in (
+                "env_id",
+                "obs_size",
+                "num_actions",
+                "legal_mask_offset",
+                "board_width",
+                "board_height",
+                "player_count",
+            ):
                 f.attrs[k] = getattr(spec, k)
             f.attrs["teacher"] = cfg.teacher
             f.attrs["epsilon"] = cfg.epsilon
@@ -172,7 +192,9 @@ def write_jsonl(path: Path, game: Game, arrays: dict[str, np.ndarray]) -> None:
                 }
                 for i in range(s, e)
             ]
-            f.write(json.dumps({"episode_id": int(ids[s]), "env_id": game.spec.env_id, "steps": steps}) + "\n")
+            f.write(
+                json.dumps({"episode_id": int(ids[s]), "env_id": game.spec.env_id, "steps": steps}) + "\n"
+            )
 
 
 def generate(cfg: GenerateConfig) -> dict[str, np.ndarray]:
@@ -188,7 +210,13 @@ def generate(cfg: GenerateConfig) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(GenerateConfig, argv, prog="python -m actor_stub.generate", description=__doc__.split("\n\n")[0], env_prefix="GENERATE_")
+    cfg = load_config(
+        GenerateConfig,
+        argv,
+        prog="python -m actor_stub.generate",
+        description=__doc__.split("\n\n")[0],
+        env_prefix="GENERATE_",
+    )
     t0 = time.monotonic()
     try:
         arrays = generate(cfg)
@@ -196,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = len(arrays["actions"])
-    print(f"wrote {cfg.games} games, {n} moves to {cfg.output} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    print(
+        f"wrote {cfg.games} games, {n} moves to {cfg.output} in {time.monotonic() - t0:.1f}s", file=sys.stderr
+    )
     return 0
 
 

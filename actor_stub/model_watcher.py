@@ -96,9 +96,15 @@ class ModelWatcher:
             return False
         self._seen = sig
         try:
-            policy = OnnxPolicy(self.path, threads=self.threads, expected_env_id=self.spec.env_id, spec=self.spec)
+            policy = OnnxPolicy(
+                self.path, threads=self.threads, expected_env_id=self.spec.env_id, spec=self.spec
+            )
         except Exception as e:
-            kept = f"keeping model step {self.step_label(self.policy)}" if self.policy else "playing without a model"
+            kept = (
+                f"keeping model step {self.step_label(self.policy)}"
+                if self.policy
+                else "playing without a model"
+            )
             log.warning("failed to load %s (%s); %s", self.path, e, kept)
             return False
         old = self.policy

@@ -19,7 +19,8 @@ log = logging.getLogger("actor_stub")
 
 def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
     install_stop_signals(
-        lambda name: stop.set(), signals,
+        lambda name: stop.set(),
+        signals,
         first_message="finishing the games in flight",
         second_message="exiting now, dropping unfinished games",
         logger="actor_stub",
@@ -43,8 +44,9 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
         writer.close()
 
 
-def run_worker_or_explain(cfg: ActorConfig, episodes: int, seed: int | None, index: int,
-                          stop: threading.Event) -> int:
+def run_worker_or_explain(
+    cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event
+) -> int:
     """run_worker, with a DB that cannot be written reported as one `error:` line: exit code 2."""
     from trainer.replay.schema import SchemaError
     from trainer.replay.writer import ReplayWriteError

@@ -66,7 +66,9 @@ class SelfPlayWorker:
         self.episodes = episodes  # 0 = forever
         self.rng = np.random.default_rng(seed)
         self.stop = stop
-        self.actor_id = (cfg.actor_id or default_actor_id()) + (f"-w{worker_index}" if cfg.workers > 1 else "")
+        self.actor_id = (cfg.actor_id or default_actor_id()) + (
+            f"-w{worker_index}" if cfg.workers > 1 else ""
+        )
         self.mcts = MCTSConfig(
             sims=cfg.sims,
             c_puct=cfg.c_puct,
@@ -108,17 +110,28 @@ class SelfPlayWorker:
         g = self.game
         if self.cfg.sims > 0 and self.cfg.search == "gumbel":
             t0 = time.monotonic()
-            found = gumbel_search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng)
+            found = gumbel_search(
+                g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng
+            )
             self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
             return [(r.action, r.policy, r.value) for r in found]
         if self.cfg.sims > 0:
             t0 = time.monotonic()
-            results = search(g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng, add_noise=True,
-                             trees=[x.tree for x in games])
+            results = search(
+                g,
+                [x.state for x in games],
+                [x.evaluator for x in games],
+                self.mcts,
+                self.rng,
+                add_noise=True,
+                trees=[x.tree for x in games],
+            )
             self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
             out = []
             for x, r in zip(games, results):
-                a = select_action(r.visits, g.legal_mask(x.state), x.state.ply, self.mcts.temperature_plies, self.rng)
+                a = select_action(
+                    r.visits, g.legal_mask(x.state), x.state.ply, self.mcts.temperature_plies, self.rng
+                )
                 x.tree = r.subtree(a) if self.cfg.reuse_tree else None
                 out.append((a, r.policy, r.value))
             return out
@@ -153,8 +166,12 @@ class SelfPlayWorker:
         self._reload_model()
         log.info(
             "%s: %s, %d sims, %d parallel games, model step %s, writing to %s",
-            self.actor_id, self.cfg.env_id, self.cfg.sims, self.cfg.parallel_games,
-            self.watcher.step_label(self.watcher.policy), redact_url(self.cfg.db),
+            self.actor_id,
+            self.cfg.env_id,
+            self.cfg.sims,
+            self.cfg.parallel_games,
+            self.watcher.step_label(self.watcher.policy),
+            redact_url(self.cfg.db),
         )
         try:
             while True:
@@ -171,7 +188,9 @@ class SelfPlayWorker:
                     x.state = self.game.apply(x.state, a)
                     if x.state.is_terminal:
                         t_write = time.monotonic()
-                        writer.write_game(x.episode_id, x.plies, model_step=x.policy.step if x.policy else None)
+                        writer.write_game(
+                            x.episode_id, x.plies, model_step=x.policy.step if x.policy else None
+                        )
                         self.metrics.stored(time.monotonic() - t_write, len(x.plies))
                         self.metrics.game_finished(x.state.winner, len(x.plies), time.monotonic() - x.started)
                         self.games_written += 1
@@ -184,20 +203,31 @@ class SelfPlayWorker:
                     dt = now - last_log
                     log.info(
                         "%s: %d games (%.2f games/s, %.1f plies/s), model step %s",
-                        self.actor_id, self.games_written, (self.games_written - games_at_log) / dt,
-                        (self.plies_written - plies_at_log) / dt, self.watcher.step_label(self.watcher.policy),
-                        extra={"fields": {
-                            "actor_id": self.actor_id, "games": self.games_written,
-                            "games_per_sec": (self.games_written - games_at_log) / dt,
-                            "plies_per_sec": (self.plies_written - plies_at_log) / dt,
-                            "model_step": self.watcher.policy.step if self.watcher.policy else None,
-                        }},
+                        self.actor_id,
+                        self.games_written,
+                        (self.games_written - games_at_log) / dt,
+                        (self.plies_written - plies_at_log) / dt,
+                        self.watcher.step_label(self.watcher.policy),
+                        extra={
+                            "fields": {
+                                "actor_id": self.actor_id,
+                                "games": self.games_written,
+                                "games_per_sec": (self.games_written - games_at_log) / dt,
+                                "plies_per_sec": (self.plies_written - plies_at_log) / dt,
+                                "model_step": self.watcher.policy.step if self.watcher.policy else None,
+                            }
+                        },
                     )
                     last_log, games_at_log, plies_at_log = now, self.games_written, self.plies_written
         finally:
             dt = max(time.monotonic() - t0, 1e-9)
             log.info(
                 "%s: done, %d games, %d plies in %.1fs (%.2f games/s, %.1f plies/s)",
-                self.actor_id, self.games_written, self.plies_written, dt, self.games_written / dt, self.plies_written / dt,
+                self.actor_id,
+                self.games_written,
+                self.plies_written,
+                dt,
+                self.games_written / dt,
+                self.plies_written / dt,
             )
             self.watcher.close()

@@ -59,7 +59,7 @@ class NetworkTimer:
         self.seconds = 0.0
         self._original = OnnxPolicy.evaluate
 
-    def __enter__(self) -> "NetworkTimer":
+    def __enter__(self) -> NetworkTimer:
         timer, original = self, self._original
 
         def timed(policy, obs, masks):
@@ -81,8 +81,16 @@ def bench_actor(
     env_id: str, model_dir: Path, db: Path, seconds: float, sims: int, parallel: int, **settings
 ) -> tuple[float, float, int, float, float]:
     """(games/s, plies/s, games, network positions/s, share of time in the network)."""
-    cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, sims=sims, parallel_games=parallel, seed=0,
-                      log_interval=1e9, **settings)
+    cfg = ActorConfig(
+        env_id=env_id,
+        db=db,
+        model_dir=model_dir,
+        sims=sims,
+        parallel_games=parallel,
+        seed=0,
+        log_interval=1e9,
+        **settings,
+    )
     stop = threading.Event()
     worker = SelfPlayWorker(cfg, 0, 0, stop)
     writer = ReplayWriter(db, get_game(env_id))
@@ -96,7 +104,13 @@ def bench_actor(
         timer.cancel()
         writer.close()
     dt = time.perf_counter() - t0
-    return worker.games_written / dt, worker.plies_written / dt, worker.games_written, net.positions / dt, net.seconds / dt
+    return (
+        worker.games_written / dt,
+        worker.plies_written / dt,
+        worker.games_written,
+        net.positions / dt,
+        net.seconds / dt,
+    )
 
 
 def _row(env_id: str, label: str, row: tuple[float, float, int, float, float]) -> str:
@@ -110,11 +124,15 @@ def main() -> int:
     ap.add_argument("--sims", type=int, default=16, help="MCTS simulations per move")
     ap.add_argument("--parallel-games", type=int, default=8)
     ap.add_argument("--eval-games", type=int, default=200)
-    ap.add_argument("--c4-model", type=Path, default=None, help="a trained Connect Four model instead of an untrained one")
+    ap.add_argument(
+        "--c4-model", type=Path, default=None, help="a trained Connect Four model instead of an untrained one"
+    )
     args = ap.parse_args()
     logging.getLogger("actor_stub").setLevel(logging.WARNING)
 
-    print(f"actor: {args.sims} sims/move, {args.parallel_games} parallel games, 1 process, 1 onnxruntime thread")
+    print(
+        f"actor: {args.sims} sims/move, {args.parallel_games} parallel games, 1 process, 1 onnxruntime thread"
+    )
     header = f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6} {'evals/s':>8} {'net share':>9}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +150,9 @@ def main() -> int:
                 models[env_id] = export_default_model(env_id, with_model)
                 net = "MLP 128x3" if env_id == "tictactoe" else "ResNet 64x4"
             for label, folder in (("none (rollouts)", empty), (net, with_model)):
-                row = bench_actor(env_id, folder, tmp / f"{env_id}.db", args.seconds, args.sims, args.parallel_games)
+                row = bench_actor(
+                    env_id, folder, tmp / f"{env_id}.db", args.seconds, args.sims, args.parallel_games
+                )
                 print(_row(env_id, label, row), flush=True)
 
         print(f"\nconnect4 side by side, one model, {args.sims} sims/move")
@@ -142,11 +162,18 @@ def main() -> int:
             ("defaults", {}),
             ("defaults + reuse", dict(reuse_tree=True)),
         ):
-            row = bench_actor("connect4", models["connect4"].parent, tmp / "side.db", args.seconds, args.sims,
-                              args.parallel_games, **settings)
+            row = bench_actor(
+                "connect4",
+                models["connect4"].parent,
+                tmp / "side.db",
+                args.seconds,
+                args.sims,
+                args.parallel_games,
+                **settings,
+            )
             print(_row("connect4", label, row), flush=True)
 
-        print(f"\nevaluator: raw policy (greedy) vs opponent")
+        print("\nevaluator: raw policy (greedy) vs opponent")
         print(f"{'game':<10} {'opponent':<10} {'games':>6} {'games/s':>8}")
         for env_id, opponent, games in (
             ("tictactoe", "random", args.eval_games),

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from replay_data import write_random_games  # noqa: E402
+
 from trainer.commands.train import build_daemon  # noqa: E402
 from trainer.config import DaemonConfig  # noqa: E402
 from trainer.games import get_game  # noqa: E402
@@ -100,12 +101,22 @@ def daemon(env_id: str, net: str, batch: int, steps: int, db: Path) -> tuple[flo
     work = Path(tempfile.mkdtemp(prefix="daemon_bench_"))
     try:
         cfg = DaemonConfig(
-            db=db, model_dir=work / "models", stats=work / "stats.json", env_id=env_id,
-            steps=steps, batch_size=batch, net=net, max_reuse=0, fresh=True,
-            checkpoint_interval=max(100, steps // 3), stats_interval=25, log_interval=10**9,
+            db=db,
+            model_dir=work / "models",
+            stats=work / "stats.json",
+            env_id=env_id,
+            steps=steps,
+            batch_size=batch,
+            net=net,
+            max_reuse=0,
+            fresh=True,
+            checkpoint_interval=max(100, steps // 3),
+            stats_interval=25,
+            log_interval=10**9,
             # The end-to-end figure is sampling + publishing + stats; the periodic
             # evaluation (a second thread playing games) is a separate, optional cost.
-            eval_interval=0, log_level="WARNING",
+            eval_interval=0,
+            log_level="WARNING",
         )
         t0 = time.perf_counter()
         loop = build_daemon(cfg)
@@ -130,8 +141,10 @@ def main() -> None:
     cases = [("tictactoe", "mlp", 50_000), ("connect4", "mlp", 200_000), ("connect4", "resnet", 200_000)]
     if args.quick:
         cases = [("tictactoe", "mlp", 5_000), ("connect4", "mlp", 20_000)]
-    print(f"{'game':10} {'net':7} {'batch':>5} {'ceiling st/s':>13} {'daemon st/s':>12} "
-          f"{'samples/s':>10} {'ratio':>6} {'startup s':>9}")
+    print(
+        f"{'game':10} {'net':7} {'batch':>5} {'ceiling st/s':>13} {'daemon st/s':>12} "
+        f"{'samples/s':>10} {'ratio':>6} {'startup s':>9}"
+    )
     for env_id, net, rows in cases:
         db = build_db(env_id, rows)
         for batch in (64, 256):
@@ -141,8 +154,11 @@ def main() -> None:
             before = ceiling(env_id, net, batch, steps)
             rate, startup = daemon(env_id, net, batch, steps, db)
             ceil = (before + ceiling(env_id, net, batch, steps)) / 2
-            print(f"{env_id:10} {net:7} {batch:5d} {ceil:13.1f} {rate:12.1f} {rate * batch:10.0f} "
-                  f"{rate / ceil:6.2f} {startup:9.2f}", flush=True)
+            print(
+                f"{env_id:10} {net:7} {batch:5d} {ceil:13.1f} {rate:12.1f} {rate * batch:10.0f} "
+                f"{rate / ceil:6.2f} {startup:9.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

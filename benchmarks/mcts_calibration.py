@@ -42,8 +42,12 @@ def play_one(env_id: str, sims: int, ours_first: bool, seed: int, c_puct: float 
     rng = np.random.default_rng(seed)
     ours = make_player(f"mcts:{sims}", game, rng, **({} if c_puct is None else {"c_puct": c_puct}))
     theirs = mcts.MCTSBot(
-        os_game, OPENSPIEL_UCT_C, sims, mcts.RandomRolloutEvaluator(1, np.random.RandomState(seed)),
-        solve=True, random_state=np.random.RandomState(seed + 1),
+        os_game,
+        OPENSPIEL_UCT_C,
+        sims,
+        mcts.RandomRolloutEvaluator(1, np.random.RandomState(seed)),
+        solve=True,
+        random_state=np.random.RandomState(seed + 1),
     )
     state, os_state = game.initial_state(), os_game.new_initial_state()
     while not state.is_terminal:
@@ -63,8 +67,16 @@ def calibrate(env_id: str, sims: int, games: int, seed: int, c_puct: float | Non
     score = (wins + 0.5 * draws) / games
     lo, hi = wilson_interval(score, games)
     return {
-        "env_id": env_id, "sims": sims, "games": games, "wins": wins, "draws": draws, "losses": results.count(-1),
-        "score": score, "ci": [lo, hi], "elo": elo_from_score(score), "elapsed_s": time.monotonic() - t0,
+        "env_id": env_id,
+        "sims": sims,
+        "games": games,
+        "wins": wins,
+        "draws": draws,
+        "losses": results.count(-1),
+        "score": score,
+        "ci": [lo, hi],
+        "elo": elo_from_score(score),
+        "elapsed_s": time.monotonic() - t0,
     }
 
 
@@ -74,7 +86,12 @@ def main() -> int:
     ap.add_argument("--sims", type=int, nargs="+", default=[200, 1000])
     ap.add_argument("--games", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--c-puct", type=float, default=None, help="our player's exploration constant (default: the evaluator's)")
+    ap.add_argument(
+        "--c-puct",
+        type=float,
+        default=None,
+        help="our player's exploration constant (default: the evaluator's)",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per line, one per --sims value")
     args = ap.parse_args()
     for sims in args.sims:

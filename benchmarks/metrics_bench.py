@@ -60,10 +60,21 @@ def run(variant: str, env_id: str, batch: int, steps: int, db: Path, scrape_inte
     try:
         port = free_port() if variant != "plain" else 0
         cfg = DaemonConfig(
-            db=db, model_dir=work / "models", stats=work / "stats.json", env_id=env_id, steps=steps,
-            batch_size=batch, max_reuse=0, fresh=True, checkpoint_interval=max(100, steps // 3),
-            stats_interval=25, log_interval=10**9, eval_interval=0, log_level="WARNING",
-            metrics_port=port, tensorboard=work / "tb" if variant == "metrics+tb" else None,
+            db=db,
+            model_dir=work / "models",
+            stats=work / "stats.json",
+            env_id=env_id,
+            steps=steps,
+            batch_size=batch,
+            max_reuse=0,
+            fresh=True,
+            checkpoint_interval=max(100, steps // 3),
+            stats_interval=25,
+            log_interval=10**9,
+            eval_interval=0,
+            log_level="WARNING",
+            metrics_port=port,
+            tensorboard=work / "tb" if variant == "metrics+tb" else None,
         )
         loop = build_daemon(cfg, exporter_hooks(cfg))
         clock = _Clock()
@@ -92,7 +103,7 @@ def main() -> None:
     db = build_db(args.env_id, args.rows)
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         for variant in order:
             rate = run(variant, args.env_id, args.batch, args.steps, db, args.scrape_interval)
             rates[variant].append(rate)

@@ -40,14 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.games import get_game  # noqa: E402
-from trainer.search.players import tictactoe_rule_move  # noqa: E402
 from trainer.model.networks import build_network  # noqa: E402
 from trainer.objectives.cql import CQLObjective  # noqa: E402
 from trainer.objectives.iql import IQLObjective  # noqa: E402
 from trainer.objectives.policy_value import PolicyValueObjective  # noqa: E402
+from trainer.search.players import tictactoe_rule_move  # noqa: E402
 from trainer.sources.offline_data import RawData, build_dataset  # noqa: E402
 from trainer.sources.offline_source import ShuffledSource  # noqa: E402
-
 
 
 def random_games(env_id: str, moves: int, seed: int = 0) -> RawData:
@@ -64,8 +63,13 @@ def random_games(env_id: str, moves: int, seed: int = 0) -> RawData:
             rewards.append(game.reward_for_mover(state, after))
             dones.append(after.is_terminal)
             state = after
-    return RawData(obs=np.stack(obs), actions=np.asarray(actions), rewards=np.asarray(rewards),
-                   dones=np.asarray(dones), attrs={"env_id": env_id})
+    return RawData(
+        obs=np.stack(obs),
+        actions=np.asarray(actions),
+        rewards=np.asarray(rewards),
+        dones=np.asarray(dones),
+        attrs={"env_id": env_id},
+    )
 
 
 def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
@@ -108,8 +112,15 @@ def make_objective(mode: str, spec, device):
     if mode == "imitation":
         return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adam")
     if mode == "bc":
-        return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
-                                   grad_clip=1.0, label_smoothing=0.05)
+        return PolicyValueObjective(
+            make(),
+            name=mode,
+            lr=1e-3,
+            optimizer="adamw",
+            weight_decay=1e-4,
+            grad_clip=1.0,
+            label_smoothing=0.05,
+        )
     common = dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, gamma=1.0, target_update_rate=0.005)
     if mode == "iql":
         return IQLObjective(make(), make, expectile=0.7, beta=3.0, max_weight=100.0, **common)
@@ -117,7 +128,9 @@ def make_objective(mode: str, spec, device):
 
 
 def bench(env_id: str, mode: str, updates: int, batch: int, device: torch.device) -> float:
-    data = build_dataset(random_games(env_id, 4 * batch), env_id, transitions=mode in ("iql", "cql")).to(device)
+    data = build_dataset(random_games(env_id, 4 * batch), env_id, transitions=mode in ("iql", "cql")).to(
+        device
+    )
     rows = torch.arange(len(data), device=device)
     if data.has_next is not None:
         rows = rows[data.has_next]
@@ -143,7 +156,11 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--games", default="tictactoe,connect4")
     p.add_argument("--modes", default="imitation,bc,iql,cql")
-    p.add_argument("--write-teacher-data", type=Path, help="Only write deterministic-teacher tic-tac-toe data (HDF5) and exit.")
+    p.add_argument(
+        "--write-teacher-data",
+        type=Path,
+        help="Only write deterministic-teacher tic-tac-toe data (HDF5) and exit.",
+    )
     p.add_argument("--teacher-moves", type=int, default=100_000)
     args = p.parse_args()
     if args.write_teacher_data:
@@ -152,14 +169,18 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    print(f"batch {args.batch_size}, {args.updates} timed updates, torch {torch.__version__}, "
-          f"{args.threads} thread(s), device {device}")
+    print(
+        f"batch {args.batch_size}, {args.updates} timed updates, torch {torch.__version__}, "
+        f"{args.threads} thread(s), device {device}"
+    )
     print(f"{'game':<10} {'mode':<10} {'net':<12} {'updates/s':>10} {'samples/s':>10}")
     for env_id in args.games.split(","):
         net = "mlp 128x3" if get_game(env_id).spec.cells < 16 else "resnet 64x4"
         for mode in args.modes.split(","):
             rate = bench(env_id, mode, args.updates, args.batch_size, device)
-            print(f"{env_id:<10} {mode:<10} {net:<12} {rate:10.1f} {rate * args.batch_size:10.0f}", flush=True)
+            print(
+                f"{env_id:<10} {mode:<10} {net:<12} {rate:10.1f} {rate * args.batch_size:10.0f}", flush=True
+            )
     return 0
 
 

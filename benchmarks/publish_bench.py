@@ -55,10 +55,14 @@ def bench_publish(repeats: int) -> None:
             publish_model(net, spec, d, 0, META, max_keep=2)  # warm-up
             runs = [publish_model(net, spec, d, s, META, max_keep=2) for s in range(1, repeats + 1)]
             size = runs[-1].latest.stat().st_size / 1024
-        med = {f: statistics.median(getattr(r, f) for r in runs)
-               for f in ("export_seconds", "verify_seconds", "move_seconds", "seconds")}
-        print(f"{label:24} {ms(med['export_seconds'])} {ms(med['verify_seconds'])} "
-              f"{ms(med['move_seconds'])} {ms(med['seconds'])} {size:8.0f}")
+        med = {
+            f: statistics.median(getattr(r, f) for r in runs)
+            for f in ("export_seconds", "verify_seconds", "move_seconds", "seconds")
+        }
+        print(
+            f"{label:24} {ms(med['export_seconds'])} {ms(med['verify_seconds'])} "
+            f"{ms(med['move_seconds'])} {ms(med['seconds'])} {size:8.0f}"
+        )
 
 
 def bench_training_thread_cost(repeats: int) -> None:
@@ -100,7 +104,9 @@ def bench_exporters(repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

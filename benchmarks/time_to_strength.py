@@ -55,21 +55,32 @@ from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
 class Check:
     minute: float
     step: int | None
-    random: tuple[int, int, int]   # wins, draws, losses
+    random: tuple[int, int, int]  # wins, draws, losses
     perfect: tuple[int, int, int]
 
 
 @dataclass
 class TttResult:
     checks: list[Check] = field(default_factory=list)
-    no_loss_vs_random: float | None = None   # minutes
+    no_loss_vs_random: float | None = None  # minutes
     all_draws_vs_perfect: float | None = None
     both: float | None = None
     budget_min: float = 0.0
 
 
 def start_loop(env_id: str, data: Path, extra: list[str], log_path: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "trainer", "run", "--env-id", env_id, "--data", str(data), "--no-dashboard", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "run",
+        "--env-id",
+        env_id,
+        "--data",
+        str(data),
+        "--no-dashboard",
+        *extra,
+    ]
     log = open(log_path, "wb")
     return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -120,8 +131,11 @@ def run_tictactoe(args, work: Path) -> TttResult:
             vs_perfect = evaluate_model(model, "tictactoe", "perfect", args.ttt_games, seed=len(res.checks))
             check = Check(minute, vs_random.model_step, wdl(vs_random), wdl(vs_perfect))
             res.checks.append(check)
-            print(f"  {minute:5.2f} min  step {check.step}: vs random W/D/L {check.random}, "
-                  f"vs perfect W/D/L {check.perfect}", flush=True)
+            print(
+                f"  {minute:5.2f} min  step {check.step}: vs random W/D/L {check.random}, "
+                f"vs perfect W/D/L {check.perfect}",
+                flush=True,
+            )
             if res.no_loss_vs_random is None and vs_random.losses == 0:
                 res.no_loss_vs_random = minute
             if res.all_draws_vs_perfect is None and vs_perfect.draws == vs_perfect.games_played:
@@ -149,10 +163,15 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
         for mark in marks:
             while time.monotonic() - t0 < mark * 60:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"launcher exited early with {proc.returncode}; see {work / 'connect4.log'}")
+                    raise RuntimeError(
+                        f"launcher exited early with {proc.returncode}; see {work / 'connect4.log'}"
+                    )
                 time.sleep(1.0)
             copies[mark] = snapshot(data / "models", work / f"c4_{mark:g}min.onnx")
-            print(f"  {mark:g} min: {'snapshot taken' if copies[mark] else 'no model published yet'}", flush=True)
+            print(
+                f"  {mark:g} min: {'snapshot taken' if copies[mark] else 'no model published yet'}",
+                flush=True,
+            )
     finally:
         print(f"  launcher exit code after SIGTERM: {stop_loop(proc)}")
     table: dict[float, dict[str, tuple[int, int, int] | None]] = {}
@@ -164,8 +183,11 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
                 continue
             r = evaluate_model(model, "connect4", f"mcts:{sims}", args.c4_games, seed=sims)
             table[mark][f"mcts:{sims}"] = wdl(r)
-            print(f"  {mark:g} min (step {r.model_step}) vs mcts:{sims}: W/D/L {wdl(r)} "
-                  f"score {r.score:.2f} ({r.elapsed_s:.0f} s)", flush=True)
+            print(
+                f"  {mark:g} min (step {r.model_step}) vs mcts:{sims}: W/D/L {wdl(r)} "
+                f"score {r.score:.2f} ({r.elapsed_s:.0f} s)",
+                flush=True,
+            )
     return table
 
 
@@ -183,13 +205,27 @@ def score(w: tuple[int, int, int] | None) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--games", default="tictactoe,connect4", help="Comma list of tictactoe, connect4.")
-    p.add_argument("--work", type=Path, default=None, help="Folder for the runs' data and logs (default: a temp folder, removed).")
-    p.add_argument("--ttt-budget", type=float, default=10.0, help="Minutes before the tic-tac-toe run gives up.")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="Folder for the runs' data and logs (default: a temp folder, removed).",
+    )
+    p.add_argument(
+        "--ttt-budget", type=float, default=10.0, help="Minutes before the tic-tac-toe run gives up."
+    )
     p.add_argument("--ttt-games", type=int, default=200, help="Games per check and opponent.")
-    p.add_argument("--keep-going", action="store_true",
-                   help="Keep checking until --ttt-budget after success (shows whether later models stay strong).")
-    p.add_argument("--check-interval", type=float, default=15.0, help="Seconds between checks of the newest model.")
-    p.add_argument("--c4-minutes", default="30,60", help="Comma list of minutes at which Connect Four is scored.")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="Keep checking until --ttt-budget after success (shows whether later models stay strong).",
+    )
+    p.add_argument(
+        "--check-interval", type=float, default=15.0, help="Seconds between checks of the newest model."
+    )
+    p.add_argument(
+        "--c4-minutes", default="30,60", help="Comma list of minutes at which Connect Four is scored."
+    )
     p.add_argument("--c4-games", type=int, default=100, help="Games per Connect Four opponent.")
     p.add_argument("--c4-opponents", default="50,200,1000", help="Rollout MCTS simulations of the opponents.")
     p.add_argument("--json", type=Path, default=None, help="Also write the numbers to this file.")
@@ -209,10 +245,13 @@ def main() -> int:
         if "tictactoe" in games:
             print("tic-tac-toe:")
             ttt = run_tictactoe(args, work)
-            out["tictactoe"] = {"no_loss_vs_random_min": ttt.no_loss_vs_random,
-                                "all_draws_vs_perfect_min": ttt.all_draws_vs_perfect,
-                                "both_min": ttt.both, "budget_min": ttt.budget_min,
-                                "checks": [c.__dict__ for c in ttt.checks]}
+            out["tictactoe"] = {
+                "no_loss_vs_random_min": ttt.no_loss_vs_random,
+                "all_draws_vs_perfect_min": ttt.all_draws_vs_perfect,
+                "both_min": ttt.both,
+                "budget_min": ttt.budget_min,
+                "checks": [c.__dict__ for c in ttt.checks],
+            }
         if "connect4" in games:
             print("connect four:")
             out["connect4"] = {f"{m:g}": v for m, v in run_connect4(args, work).items()}

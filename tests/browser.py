@@ -31,10 +31,19 @@ from typing import Any
 
 # Flags for a root user in a container, with no network traffic of the browser's own.
 BASE_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-    "--no-default-browser-check", "--disable-extensions",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--no-default-browser-check",
+    "--disable-extensions",
 ]
 INSTALL_HINT = "apt-get install -y chromium (or set CHROMIUM_BIN)"
 
@@ -44,8 +53,15 @@ def find_chromium() -> str | None:
     env = os.environ.get("CHROMIUM_BIN")
     if env:
         return env if os.access(env, os.X_OK) else None
-    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome",
-                 "google-chrome-stable", "chrome", "headless_shell"):
+    for name in (
+        "/usr/bin/chromium",
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+        "chrome",
+        "headless_shell",
+    ):
         found = shutil.which(name)
         if found:
             return found
@@ -64,8 +80,12 @@ class HeadlessChromium:
         page.wait_for("document.title !== ''")
     """
 
-    def __init__(self, binary: str | None = None, window_size: tuple[int, int] = (1280, 900),
-                 extra_flags: list[str] | None = None):
+    def __init__(
+        self,
+        binary: str | None = None,
+        window_size: tuple[int, int] = (1280, 900),
+        extra_flags: list[str] | None = None,
+    ):
         self.binary = binary or find_chromium()
         if not self.binary:
             raise FileNotFoundError(f"no chromium binary found; {INSTALL_HINT}")
@@ -76,7 +96,7 @@ class HeadlessChromium:
         self._lock = threading.Lock()
         self.console: list[str] = []  # console messages and uncaught exceptions of pages
 
-    def __enter__(self) -> "HeadlessChromium":
+    def __enter__(self) -> HeadlessChromium:
         self._profile = tempfile.mkdtemp(prefix="chromium-profile-")
         r, self._to_browser = os.pipe()
         self._from_browser, w = os.pipe()
@@ -88,12 +108,25 @@ class HeadlessChromium:
         os.close(w)
         script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
         width, height = self.window_size
-        cmd = [shutil.which("bash") or "/bin/bash", "-c", script, self.binary, *BASE_FLAGS, *self.extra_flags,
-               f"--user-data-dir={self._profile}", f"--window-size={width},{height}",
-               "--remote-debugging-pipe", "about:blank"]
+        cmd = [
+            shutil.which("bash") or "/bin/bash",
+            "-c",
+            script,
+            self.binary,
+            *BASE_FLAGS,
+            *self.extra_flags,
+            f"--user-data-dir={self._profile}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         self.proc = subprocess.Popen(
-            cmd, pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            cmd,
+            pass_fds=(to_browser_r, from_browser_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -165,10 +198,13 @@ class HeadlessChromium:
             self.console.append(f"console.{params.get('type')}: {text}")
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
-            self.console.append("exception: " + str(details.get("exception", {}).get("description") or details.get("text")))
+            self.console.append(
+                "exception: " + str(details.get("exception", {}).get("description") or details.get("text"))
+            )
 
-    def call(self, method: str, params: dict | None = None, session_id: str | None = None,
-             timeout: float = 10) -> dict:
+    def call(
+        self, method: str, params: dict | None = None, session_id: str | None = None, timeout: float = 10
+    ) -> dict:
         msg_id = next(self._ids)
         q: queue.Queue = queue.Queue()
         with self._lock:
@@ -188,15 +224,21 @@ class HeadlessChromium:
     def stderr_tail(self) -> str:
         return b"".join(self._stderr[-10:]).decode(errors="replace")
 
-    def open(self, url: str) -> "Page":
+    def open(self, url: str) -> Page:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
         page.call("Runtime.enable")
         page.call("Page.enable")
-        page.call("Emulation.setDeviceMetricsOverride", {
-            "width": self.window_size[0], "height": self.window_size[1],
-            "deviceScaleFactor": 1, "mobile": False})
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": self.window_size[0],
+                "height": self.window_size[1],
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+        )
         page.call("Page.navigate", {"url": url})
         return page
 
@@ -227,8 +269,10 @@ class Page:
             if last and not isinstance(last, Exception):
                 return last
             time.sleep(interval)
-        raise TimeoutError(f"{expression!r} not truthy after {timeout} s (last: {last!r}); "
-                           f"console: {self.browser.console[-5:]}")
+        raise TimeoutError(
+            f"{expression!r} not truthy after {timeout} s (last: {last!r}); "
+            f"console: {self.browser.console[-5:]}"
+        )
 
     def text(self, element_id: str) -> str | None:
         return self.evaluate(f"(document.getElementById({json.dumps(element_id)}) || {{}}).textContent")
@@ -238,8 +282,10 @@ class Page:
         if full_page:
             h = self.evaluate("Math.ceil(document.documentElement.scrollHeight)") or 900
             w = self.browser.window_size[0]
-            self.call("Emulation.setDeviceMetricsOverride",
-                      {"width": w, "height": int(h), "deviceScaleFactor": 1, "mobile": False})
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": w, "height": int(h), "deviceScaleFactor": 1, "mobile": False},
+            )
             params["clip"] = {"x": 0, "y": 0, "width": w, "height": int(h), "scale": 1}
         data = self.call("Page.captureScreenshot", params, timeout=20)["data"]
         path = Path(path)

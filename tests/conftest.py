@@ -7,7 +7,9 @@ from pg_server import PgServer
 @pytest.fixture(scope="session")
 def pg_server():
     if PgServer.find_binaries() is None:
-        pytest.skip("PostgreSQL server binaries (initdb) are not installed; `scripts/setup.sh --test` installs them")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb) are not installed; `scripts/setup.sh --test` installs them"
+        )
     server = PgServer.start()
     yield server
     server.stop()

@@ -15,11 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def daemon_args(data: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "trainer", "train",
-        "--db", str(data / "replay.db"),
-        "--model-dir", str(data / "models"),
-        "--stats", str(data / "stats.json"),
-        "--log-level", "INFO",
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--db",
+        str(data / "replay.db"),
+        "--model-dir",
+        str(data / "models"),
+        "--stats",
+        str(data / "stats.json"),
+        "--log-level",
+        "INFO",
         *extra,
     ]
 
@@ -27,7 +34,9 @@ def daemon_args(data: Path, *extra: str) -> list[str]:
 def start_daemon(data: Path, *extra: str, log_name: str = "daemon.log") -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     log = open(data / log_name, "ab")
-    return subprocess.Popen(daemon_args(data, *extra), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        daemon_args(data, *extra), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def read_stats(data: Path) -> dict | None:
@@ -37,8 +46,14 @@ def read_stats(data: Path) -> dict | None:
         return None
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, data: Path | None = None,
-             log_name: str = "daemon.log"):
+def wait_for(
+    predicate,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    data: Path | None = None,
+    log_name: str = "daemon.log",
+):
     """predicate()'s first truthy value; fails early if `proc` exits, showing data/log_name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,7 +61,9 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}\n{tail_log(data, log_name)}")
+            raise AssertionError(
+                f"process exited ({proc.returncode}) while waiting for {what}\n{tail_log(data, log_name)}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail_log(data, log_name)}")
 
@@ -54,7 +71,10 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
 def wait_for_step(data: Path, step: int, timeout: float, proc=None) -> dict:
     return wait_for(
         lambda: (s := read_stats(data)) and s.get("step", 0) >= step and s,
-        timeout, f"step {step}", proc, data,
+        timeout,
+        f"step {step}",
+        proc,
+        data,
     )
 
 

@@ -73,7 +73,18 @@ class PgServer:
 
     def restart(self) -> None:
         """What an operator's `pg_ctl restart -m fast` does: every connection is cut."""
-        self._ctl("restart", "-m", "fast", "-w", "-t", "60", "-l", str(self.root / "server.log"), "-o", self._options())
+        self._ctl(
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            self._options(),
+        )
 
     def shutdown(self) -> None:
         self._ctl("stop", "-m", "fast", "-w")
@@ -93,8 +104,23 @@ class PgServer:
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         return self._run(
-            "psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", str(self.root),
-            "-p", str(self.port), "-U", SUPERUSER, "-d", dbname, "-c", sql,
+            "psql",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            dbname,
+            "-c",
+            sql,
         ).stdout.strip()
 
     # --- internals ---------------------------------------------------------------------------
@@ -109,8 +135,17 @@ class PgServer:
             shutil.chown(self.root, SUPERUSER)
             shutil.chown(pwfile, SUPERUSER)
         self._run(
-            "initdb", "-D", str(self.datadir), "-U", SUPERUSER, f"--pwfile={pwfile}",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
         )
 
     def _ctl(self, *args: str, check: bool = True) -> None:
@@ -123,5 +158,7 @@ class PgServer:
             cmd = ["runuser", "-u", SUPERUSER, "--", *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise RuntimeError(
+                f"{tool} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc

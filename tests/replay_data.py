@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
 from trainer.games import Game, GameState, get_game
-from trainer.replay.schema import INSERT_TRANSITION, MODEL_STEP_COLUMN, create_schema, upsert_game_metadata
+from trainer.replay.schema import INSERT_TRANSITION, MODEL_STEP_COLUMN
 from trainer.replay.writer import PlyRecord, ReplayWriter, game_rows
 
 # choose_move(game, state, rng) -> (action, policy or None for uniform over legal moves)
@@ -50,7 +51,9 @@ def play_game(game: Game, choose_move: ChooseMove, rng: np.random.Generator) -> 
     return plies
 
 
-def open_writer(db_path: str | Path, env_id: str, with_model_step: bool = False, journal: Journal = "wal") -> ReplayWriter:
+def open_writer(
+    db_path: str | Path, env_id: str, with_model_step: bool = False, journal: Journal = "wal"
+) -> ReplayWriter:
     return ReplayWriter(db_path, get_game(env_id), with_model_step=with_model_step, journal_mode=journal)
 
 
@@ -76,7 +79,9 @@ def write_games_by_player(
     with open_writer(db_path, env_id, with_model_step, journal) as writer:
         if games_per_commit <= 1:
             for i in range(n_games):
-                rows_written += writer.write_game(f"{run_tag}-ep-{i}-{int(time.time())}", play_game(game, choose_move, rng), step)
+                rows_written += writer.write_game(
+                    f"{run_tag}-ep-{i}-{int(time.time())}", play_game(game, choose_move, rng), step
+                )
             return rows_written
         extra = f", {MODEL_STEP_COLUMN}" if step is not None else ""
         sql = INSERT_TRANSITION.format(extra=extra, extra_q=", ?" if extra else "")
@@ -85,7 +90,7 @@ def write_games_by_player(
             for i in range(start, min(n_games, start + games_per_commit)):
                 plies = play_game(game, choose_move, rng)
                 rows += game_rows(game, f"{run_tag}-ep-{i}-{int(time.time())}", plies, model_step=step)
-            writer._retry(lambda: _insert_bulk(writer.conn, sql, rows))
+            writer._retry(lambda rows=rows: _insert_bulk(writer.conn, sql, rows))
             rows_written += len(rows)
     return rows_written
 
@@ -116,9 +121,16 @@ def write_random_games(
     if with_model_step and model_step is None:
         model_step = 0
     return write_games_by_player(
-        db_path, env_id, n_games, onehot_random_move if onehot_policy else random_move, seed=seed,
-        with_model_step=with_model_step, journal=journal, model_step=model_step,
-        games_per_commit=games_per_commit, episode_prefix=episode_prefix,
+        db_path,
+        env_id,
+        n_games,
+        onehot_random_move if onehot_policy else random_move,
+        seed=seed,
+        with_model_step=with_model_step,
+        journal=journal,
+        model_step=model_step,
+        games_per_commit=games_per_commit,
+        episode_prefix=episode_prefix,
     )
 
 
@@ -138,8 +150,9 @@ def write_games_slowly(
     rng = np.random.default_rng(seed)
     choose = onehot_random_move if onehot_policy else random_move
     rows = 0
-    with ReplayWriter(db_path, game, with_model_step=False, busy_timeout_s=5.0, max_retries=0,
-                      journal_mode=journal) as writer:
+    with ReplayWriter(
+        db_path, game, with_model_step=False, busy_timeout_s=5.0, max_retries=0, journal_mode=journal
+    ) as writer:
         for i in range(n_games):
             rows += writer.write_game(f"slow-{seed}-{os.getpid()}-ep-{i}", play_game(game, choose, rng))
             time.sleep(pause_s)

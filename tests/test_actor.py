@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from actor_support import actor_cmd, actor_env, assert_whole_games, publish, read_games, tiny_model_bytes
 
 from actor_stub.config import ActorConfig
 from actor_stub.process import run_worker
-from actor_support import actor_cmd, actor_env, assert_whole_games, publish, read_games, tiny_model_bytes
 
 
 def _run_in_process(tmp_path: Path, env_id: str, **kw) -> dict:
@@ -36,7 +36,9 @@ def test_rows_read_back_as_whole_games_without_model(tmp_path, env_id, sims):
     # MCTS visit distributions, not one-hots or uniform: the targets carry search information.
     assert any(np.count_nonzero(r["policy_probs"]) > 1 for r in rows)
     conn = sqlite3.connect(tmp_path / "replay.db")
-    meta = conn.execute("SELECT obs_size, num_actions, legal_mask_offset FROM game_metadata WHERE env_id=?", (env_id,)).fetchone()
+    meta = conn.execute(
+        "SELECT obs_size, num_actions, legal_mask_offset FROM game_metadata WHERE env_id=?", (env_id,)
+    ).fetchone()
     assert meta == {"tictactoe": (29, 9, 18), "connect4": (93, 7, 84)}[env_id]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -74,9 +76,26 @@ def test_actor_rows_are_read_back_by_the_trainers_reader(tmp_path, env_id, sims,
 
     db = tmp_path / "replay.db"
     out = subprocess.run(
-        actor_cmd("--env-id", env_id, "--db", str(db), "--model-dir", str(tmp_path / "models"), "--sims", str(sims),
-                  "--episodes", str(episodes), "--parallel-games", "3", "--seed", "11"),
-        env=actor_env(), capture_output=True, text=True, timeout=120,
+        actor_cmd(
+            "--env-id",
+            env_id,
+            "--db",
+            str(db),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--sims",
+            str(sims),
+            "--episodes",
+            str(episodes),
+            "--parallel-games",
+            "3",
+            "--seed",
+            "11",
+        ),
+        env=actor_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     games = read_games(db, env_id)
@@ -113,8 +132,12 @@ def test_actor_rows_are_read_back_by_the_trainers_reader(tmp_path, env_id, sims,
     ).fetchall()
     conn.close()
     np.testing.assert_array_equal(rowids, [r[0] for r in raw])
-    np.testing.assert_array_equal(obs, np.stack([decode_f32(r[1], spec.obs_size, "observation") for r in raw]))
-    np.testing.assert_allclose(policy, np.stack([decode_f32(r[2], a, "policy_probs") for r in raw]), atol=1e-6)
+    np.testing.assert_array_equal(
+        obs, np.stack([decode_f32(r[1], spec.obs_size, "observation") for r in raw])
+    )
+    np.testing.assert_allclose(
+        policy, np.stack([decode_f32(r[2], a, "policy_probs") for r in raw]), atol=1e-6
+    )
     np.testing.assert_array_equal(value, [r[3] for r in raw])
 
 
@@ -124,7 +147,9 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"actor exited early ({proc.returncode}) waiting for {what}: {proc.stderr.read()}")
+            raise AssertionError(
+                f"actor exited early ({proc.returncode}) waiting for {what}: {proc.stderr.read()}"
+            )
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -154,9 +179,27 @@ def _steps(db: Path) -> set:
 def test_hot_reload_keeps_model_on_bad_file_and_sigterm_leaves_whole_games(tmp_path):
     db, models = tmp_path / "replay.db", tmp_path / "models"
     proc = subprocess.Popen(
-        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(models), "--sims", "4",
-                  "--parallel-games", "4", "--poll-interval", "0.3", "--seed", "5", "--episodes", "0"),
-        env=actor_env(), stderr=subprocess.PIPE, text=True,
+        actor_cmd(
+            "--env-id",
+            "tictactoe",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(models),
+            "--sims",
+            "4",
+            "--parallel-games",
+            "4",
+            "--poll-interval",
+            "0.3",
+            "--seed",
+            "5",
+            "--episodes",
+            "0",
+        ),
+        env=actor_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: None in _steps(db), 30, proc, "rollout games")
@@ -183,9 +226,23 @@ def test_hot_reload_keeps_model_on_bad_file_and_sigterm_leaves_whole_games(tmp_p
 def test_second_sigterm_exits_at_once_with_only_whole_games(tmp_path):
     db = tmp_path / "replay.db"
     proc = subprocess.Popen(
-        actor_cmd("--env-id", "connect4", "--db", str(db), "--model-dir", str(tmp_path / "models"),
-                  "--sims", "30", "--parallel-games", "8", "--seed", "6"),
-        env=actor_env(), stderr=subprocess.PIPE, text=True,
+        actor_cmd(
+            "--env-id",
+            "connect4",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--sims",
+            "30",
+            "--parallel-games",
+            "8",
+            "--seed",
+            "6",
+        ),
+        env=actor_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: None in _steps(db), 60, proc, "first games")
@@ -204,10 +261,31 @@ def test_second_sigterm_exits_at_once_with_only_whole_games(tmp_path):
 
 def test_two_actor_processes_and_a_reader_never_hit_a_lock(tmp_path):
     db, models = tmp_path / "replay.db", tmp_path / "models"
-    common = ["--env-id", "tictactoe", "--db", str(db), "--model-dir", str(models), "--sims", "0", "--parallel-games", "1"]
+    common = [
+        "--env-id",
+        "tictactoe",
+        "--db",
+        str(db),
+        "--model-dir",
+        str(models),
+        "--sims",
+        "0",
+        "--parallel-games",
+        "1",
+    ]
     procs = [
-        subprocess.Popen(actor_cmd(*common, "--episodes", "400", "--seed", "7"), env=actor_env(), stderr=subprocess.PIPE, text=True),
-        subprocess.Popen(actor_cmd(*common, "--episodes", "400", "--seed", "8", "--workers", "2"), env=actor_env(), stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            actor_cmd(*common, "--episodes", "400", "--seed", "7"),
+            env=actor_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            actor_cmd(*common, "--episodes", "400", "--seed", "8", "--workers", "2"),
+            env=actor_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     ]
     reader_errors: list[str] = []
     reads = 0
@@ -262,9 +340,23 @@ def test_model_watcher_polling_alone_reloads_and_keeps_model_on_failure(tmp_path
 def test_workers_stop_cleanly_when_the_parent_gets_sigterm(tmp_path):
     db = tmp_path / "replay.db"
     proc = subprocess.Popen(
-        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(tmp_path / "models"),
-                  "--sims", "4", "--workers", "2", "--seed", "9"),
-        env=actor_env(), stderr=subprocess.PIPE, text=True,
+        actor_cmd(
+            "--env-id",
+            "tictactoe",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--sims",
+            "4",
+            "--workers",
+            "2",
+            "--seed",
+            "9",
+        ),
+        env=actor_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: _workers_with_games(db) == {"-w0", "-w1"}, 60, proc, "a game from each worker")
@@ -284,9 +376,26 @@ def test_workers_stop_cleanly_when_the_parent_gets_sigterm(tmp_path):
 # --- a replay DB that cannot be written ---------------------------------------------------------
 def _run_actor_to_the_end(db: Path, *extra: str, **popen) -> tuple[int, str]:
     proc = subprocess.run(
-        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(db.parent / "models"),
-                  "--sims", "0", "--parallel-games", "4", "--seed", "3", *extra),
-        env=actor_env(), stderr=subprocess.PIPE, text=True, timeout=120, **popen,
+        actor_cmd(
+            "--env-id",
+            "tictactoe",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(db.parent / "models"),
+            "--sims",
+            "0",
+            "--parallel-games",
+            "4",
+            "--seed",
+            "3",
+            *extra,
+        ),
+        env=actor_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        **popen,
     )
     return proc.returncode, proc.stderr
 
@@ -365,15 +474,33 @@ def test_workers_stop_by_themselves_when_the_parent_is_killed_outright(tmp_path)
 
     db = tmp_path / "replay.db"
     proc = subprocess.Popen(
-        actor_cmd("--env-id", "tictactoe", "--db", str(db), "--model-dir", str(tmp_path / "models"),
-                  "--sims", "4", "--workers", "2", "--seed", "10"),
-        env=actor_env(), stderr=subprocess.PIPE, text=True,
+        actor_cmd(
+            "--env-id",
+            "tictactoe",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--sims",
+            "4",
+            "--workers",
+            "2",
+            "--seed",
+            "10",
+        ),
+        env=actor_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     workers: list[int] = []
     try:
         _wait_for(lambda: _workers_with_games(db) == {"-w0", "-w1"}, 60, proc, "a game from each worker")
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                  text=True).stdout.split()]
+        workers = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
         assert len(workers) >= 2, workers
         proc.kill()  # no chance to forward a stop to its workers
         proc.wait()

@@ -15,8 +15,26 @@ from trainer.search.players import PerfectPlayer
 
 def test_hdf5_layout_and_perfect_teacher(tmp_path):
     out = tmp_path / "train.h5"
-    assert main(["--env-id", "tictactoe", "--games", "40", "--teacher", "perfect", "--epsilon", "0",
-                 "--output", str(out), "--seed", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--env-id",
+                "tictactoe",
+                "--games",
+                "40",
+                "--teacher",
+                "perfect",
+                "--epsilon",
+                "0",
+                "--output",
+                str(out),
+                "--seed",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     game = get_game("tictactoe")
     with h5py.File(out) as f:
         n = len(f["actions"])
@@ -48,7 +66,11 @@ def test_hdf5_layout_and_perfect_teacher(tmp_path):
 
 def test_jsonl_layout_with_epsilon_and_mcts_teacher(tmp_path):
     out = tmp_path / "c4.jsonl"
-    arrays = generate(GenerateConfig(env_id="connect4", games=6, teacher="mcts:10", epsilon=0.5, output=out, seed=2, progress=False))
+    arrays = generate(
+        GenerateConfig(
+            env_id="connect4", games=6, teacher="mcts:10", epsilon=0.5, output=out, seed=2, progress=False
+        )
+    )
     lines = out.read_text().splitlines()
     assert len(lines) == 6
     total = 0
@@ -70,13 +92,29 @@ def test_output_is_readable_by_the_trainer(tmp_path):
     offline = pytest.importorskip("trainer.sources.offline_data")
     for name in ("t.h5", "t.jsonl"):
         out = tmp_path / name
-        generate(GenerateConfig(env_id="tictactoe", games=10, teacher="random", output=out, seed=3, progress=False))
+        generate(
+            GenerateConfig(env_id="tictactoe", games=10, teacher="random", output=out, seed=3, progress=False)
+        )
         ds = offline.load_dataset(out, transitions=True)
         assert ds.spec.env_id == "tictactoe" and len(ds) > 0 and ds.num_episodes == 10
 
 
 def test_bad_teacher_and_suffix_are_usage_errors(tmp_path, capsys):
-    assert main(["--teacher", "perfect", "--env-id", "connect4", "--games", "1", "--output", str(tmp_path / "x.h5")]) == 2
+    assert (
+        main(
+            [
+                "--teacher",
+                "perfect",
+                "--env-id",
+                "connect4",
+                "--games",
+                "1",
+                "--output",
+                str(tmp_path / "x.h5"),
+            ]
+        )
+        == 2
+    )
     with pytest.raises(SystemExit) as e:
         main(["--output", str(tmp_path / "x.csv")])
     assert e.value.code == 2

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from replay_data import play_game, random_move
+
 from trainer.augment import Augmenter
 from trainer.games import GameSpec, GameState, get_game
 

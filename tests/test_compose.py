@@ -60,8 +60,11 @@ COMPOSE = find_compose()
 needs_compose = pytest.mark.skipif(COMPOSE is None, reason=f"no Compose implementation: {INSTALL_HINT}")
 
 # The test must not depend on what the developer's shell exports.
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith(("TRAINER_", "ACTOR_", "COMPOSE_", "DOCKER_", "HOST_UID", "HOST_GID", "DASHBOARD_"))}
+CLEAN_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("TRAINER_", "ACTOR_", "COMPOSE_", "DOCKER_", "HOST_UID", "HOST_GID", "DASHBOARD_"))
+}
 
 
 def compose_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -69,8 +72,9 @@ def compose_config(path: Path, env: dict[str, str] | None = None) -> subprocess.
     cmd, v2 = COMPOSE
     args = [*cmd, "-f", str(path), "--project-directory", str(path.parent)]
     args += ["config", "--format", "json"] if v2 else ["config"]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60,
-                          env={**CLEAN_ENV, **(env or {})}, cwd=path.parent)
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=60, env={**CLEAN_ENV, **(env or {})}, cwd=path.parent
+    )
 
 
 def resolved_services(r: subprocess.CompletedProcess) -> dict:
@@ -128,16 +132,26 @@ def test_compose_file_is_valid_and_wires_the_three_services():
     assert dash["command"][dash["command"].index("--host") + 1] == "0.0.0.0"
     assert dash["environment"]["DASHBOARD_ALLOWED_HOSTS"] == "localhost,127.0.0.1"
     assert [v.get("read_only") for v in dash["volumes"]] == [True]
-    assert [(p["host_ip"], str(p["published"]), p["target"]) for p in dash["ports"]] == [("127.0.0.1", "8080", 8080)]
+    assert [(p["host_ip"], str(p["published"]), p["target"]) for p in dash["ports"]] == [
+        ("127.0.0.1", "8080", 8080)
+    ]
     for other in (actor, trainer):
         assert not other.get("ports")
 
 
 @needs_compose
 def test_compose_file_takes_its_settings_from_the_environment():
-    r = compose_config(REPO / "docker-compose.yml", {
-        "TRAINER_ENV_ID": "connect4", "TRAINER_STEPS": "777", "DASHBOARD_PORT": "9999",
-        "HOST_UID": "1234", "HOST_GID": "99", "ACTOR_SIMS": "8"})
+    r = compose_config(
+        REPO / "docker-compose.yml",
+        {
+            "TRAINER_ENV_ID": "connect4",
+            "TRAINER_STEPS": "777",
+            "DASHBOARD_PORT": "9999",
+            "HOST_UID": "1234",
+            "HOST_GID": "99",
+            "ACTOR_SIMS": "8",
+        },
+    )
     assert r.returncode == 0, r.stderr
     services = resolved_services(r)
     assert services["trainer"]["environment"]["TRAINER_ENV_ID"] == "connect4"
@@ -165,7 +179,9 @@ def test_the_composed_dashboard_refuses_a_rebound_host_name(tmp_path):
     argv[argv.index("--port") + 1] = "0"
     (tmp_path / "stats.json").write_text('{"step": 1}')
     env = {**CLEAN_ENV, **{k: str(v) for k, v in dash["environment"].items()}, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         port = int(regex.search(r"http://[^ ]+:(\d+)/", proc.stdout.readline()).group(1))
 

@@ -22,7 +22,9 @@ def test_precedence_cli_over_env_over_toml(tmp_path):
 
 
 def test_bool_flags_and_derived_checkpoint_dir():
-    cfg = load_config(DaemonConfig, ["--no-augment", "--no-lr-schedule", "--model-dir", "/x/models"], environ={})
+    cfg = load_config(
+        DaemonConfig, ["--no-augment", "--no-lr-schedule", "--model-dir", "/x/models"], environ={}
+    )
     assert cfg.augment is False and cfg.lr_schedule is False
     assert str(cfg.checkpoint_dir) == "/x/checkpoints"
     assert load_config(DaemonConfig, [], environ={"TRAINER_AUGMENT": "false"}).augment is False
@@ -58,16 +60,41 @@ def test_help_documents_every_flag():
     out = subprocess.run(
         [sys.executable, "-m", "trainer", "train", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--db", "--model-dir", "--stats", "--env-id", "--steps", "--batch-size", "--lr",
-                 "--weight-decay", "--grad-clip", "--checkpoint-interval", "--max-checkpoints",
-                 "--stats-interval", "--no-lr-schedule", "--lr-min-ratio", "--lr-warmup-steps",
-                 "--wait-interval", "--max-wait", "--device", "--log-level", "--threads",
-                 "--window", "--max-reuse", "--no-augment", "--net", "--lr-decay-steps", "--fresh"):
+    for flag in (
+        "--db",
+        "--model-dir",
+        "--stats",
+        "--env-id",
+        "--steps",
+        "--batch-size",
+        "--lr",
+        "--weight-decay",
+        "--grad-clip",
+        "--checkpoint-interval",
+        "--max-checkpoints",
+        "--stats-interval",
+        "--no-lr-schedule",
+        "--lr-min-ratio",
+        "--lr-warmup-steps",
+        "--wait-interval",
+        "--max-wait",
+        "--device",
+        "--log-level",
+        "--threads",
+        "--window",
+        "--max-reuse",
+        "--no-augment",
+        "--net",
+        "--lr-decay-steps",
+        "--fresh",
+    ):
         assert flag in out, flag
 
 
 def test_cli_invalid_value_exit_code_2():
-    r = subprocess.run([sys.executable, "-m", "trainer", "--batch-size", "-5"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer", "--batch-size", "-5"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "--batch-size" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -107,8 +134,10 @@ def test_every_number_is_bounded_by_default(argv, ok, capsys):
 def test_bounds_error_names_the_env_variable_or_toml_file(tmp_path, capsys):
     toml = tmp_path / "t.toml"
     toml.write_text("lr = inf\n")
-    for argv, env, needle in (([], {"TRAINER_POLL_INTERVAL": "inf"}, "TRAINER_POLL_INTERVAL"),
-                              (["--config", str(toml)], {}, f"--lr in {toml}")):
+    for argv, env, needle in (
+        ([], {"TRAINER_POLL_INTERVAL": "inf"}, "TRAINER_POLL_INTERVAL"),
+        (["--config", str(toml)], {}, f"--lr in {toml}"),
+    ):
         with pytest.raises(SystemExit):
             load_config(DaemonConfig, argv, environ=env)
         assert needle in capsys.readouterr().err

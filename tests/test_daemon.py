@@ -13,15 +13,26 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_for, wait_for_step
 from replay_data import write_random_games
-from trainer.config import DaemonConfig
+
 from trainer.commands.train import schedule_from
+from trainer.config import DaemonConfig
 from trainer.training.run import run_to_end
 from trainer.training.state import load_checkpoint_file
 
-FAST = ["--threads", "1", "--min-rows", "50", "--max-reuse", "0", "--stats-interval", "5", "--log-interval", "50"]
+FAST = [
+    "--threads",
+    "1",
+    "--min-rows",
+    "50",
+    "--max-reuse",
+    "0",
+    "--stats-interval",
+    "5",
+    "--log-interval",
+    "50",
+]
 
 WRITER = r"""
 import random, sys, time
@@ -68,13 +79,25 @@ def assert_contract_types(stats: dict) -> None:
 def test_trains_beside_a_live_writer(tmp_path, journal):
     db, stop_file = tmp_path / "replay.db", tmp_path / "writer.stop"
     write_random_games(db, "tictactoe", 30, seed=1, journal=journal)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(stop_file), "2", journal], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(stop_file), "2", journal],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "100", "--max-checkpoints", "2", *FAST)
+        proc = start_daemon(
+            tmp_path, "--steps", "0", "--checkpoint-interval", "100", "--max-checkpoints", "2", *FAST
+        )
         rows_before = wait_for_step(tmp_path, 1, 60, proc)["rows_seen"]
-        wait_for(lambda: (s := read_stats(tmp_path)) and s["step"] >= 300 and s["rows_seen"] > rows_before + 200,
-                 90, "300 steps and rows written during training picked up", proc, tmp_path)
+        wait_for(
+            lambda: (s := read_stats(tmp_path)) and s["step"] >= 300 and s["rows_seen"] > rows_before + 200,
+            90,
+            "300 steps and rows written during training picked up",
+            proc,
+            tmp_path,
+        )
         assert stop(proc) == 0, tail_log(tmp_path)
     finally:
         stop_file.touch()
@@ -107,10 +130,19 @@ def test_sigterm_finishes_step_saves_publishes_and_exits_0(tmp_path):
 
 def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
     write_random_games(tmp_path / "replay.db", "tictactoe", 60, seed=4)
-    sched = ["--steps", "0", "--lr-warmup-steps", "150", "--lr-decay-steps", "1500", "--checkpoint-interval", "40"]
+    sched = [
+        "--steps",
+        "0",
+        "--lr-warmup-steps",
+        "150",
+        "--lr-decay-steps",
+        "1500",
+        "--checkpoint-interval",
+        "40",
+    ]
     rng = random.Random(0)
     resumed_at = 0
-    for attempt in range(4):
+    for _attempt in range(4):
         proc = start_daemon(tmp_path, *sched, *FAST)
         # Kill while this run trains and publishes (every 40 steps, many times a second),
         # not while it is still starting up.
@@ -140,8 +172,13 @@ def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
 
 def test_waits_for_missing_db_then_gives_up_with_exit_2(tmp_path):
     proc = start_daemon(tmp_path, "--max-wait", "3", "--wait-interval", "0.2", *FAST)
-    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data" and s,
-                     30, "waiting_for_data", proc, tmp_path)
+    stats = wait_for(
+        lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data" and s,
+        30,
+        "waiting_for_data",
+        proc,
+        tmp_path,
+    )
     assert stats["state_reason"]
     assert proc.wait(30) == 2
     assert "error:" in tail_log(tmp_path) and "Traceback" not in tail_log(tmp_path)
@@ -151,7 +188,13 @@ def test_waits_for_missing_db_then_gives_up_with_exit_2(tmp_path):
 
 def test_starts_when_the_db_appears(tmp_path):
     proc = start_daemon(tmp_path, "--steps", "20", "--wait-interval", "0.2", *FAST)
-    wait_for(lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data", 30, "waiting", proc, tmp_path)
+    wait_for(
+        lambda: (s := read_stats(tmp_path)) and s.get("state") == "waiting_for_data",
+        30,
+        "waiting",
+        proc,
+        tmp_path,
+    )
     write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=5)
     assert proc.wait(90) == 0, tail_log(tmp_path)
     assert read_stats(tmp_path)["step"] == 20
@@ -182,9 +225,21 @@ def test_incompatible_checkpoint_is_an_error_unless_fresh(tmp_path):
 
 def test_periodic_eval_lands_in_stats_with_contract_types(tmp_path):
     write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=7)
-    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", "--eval-interval", "20",
-                        "--eval-games", "20", *FAST)
-    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("last_eval") and s, 60, "an evaluation", proc, tmp_path)
+    proc = start_daemon(
+        tmp_path,
+        "--steps",
+        "0",
+        "--checkpoint-interval",
+        "20",
+        "--eval-interval",
+        "20",
+        "--eval-games",
+        "20",
+        *FAST,
+    )
+    stats = wait_for(
+        lambda: (s := read_stats(tmp_path)) and s.get("last_eval") and s, 60, "an evaluation", proc, tmp_path
+    )
     assert stop(proc) == 0
     entry = stats["last_eval"]
     assert type(entry["step"]) is int and type(entry["games_played"]) is int and entry["games_played"] == 20
@@ -193,20 +248,60 @@ def test_periodic_eval_lands_in_stats_with_contract_types(tmp_path):
     assert stats["eval_history"][-1] == entry
     # Evaluations survive a restart.
     proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", *FAST)
-    restarted = wait_for(lambda: (s := read_stats(tmp_path)) and s["state"] == "training" and s, 60, "restart", proc, tmp_path)
+    restarted = wait_for(
+        lambda: (s := read_stats(tmp_path)) and s["state"] == "training" and s, 60, "restart", proc, tmp_path
+    )
     assert stop(proc) == 0
-    assert restarted["eval_history"] and restarted["eval_history"][0]["step"] == stats["eval_history"][0]["step"]
+    assert (
+        restarted["eval_history"] and restarted["eval_history"][0]["step"] == stats["eval_history"][0]["step"]
+    )
 
 
 def test_daemon_starts_from_an_offline_bc_checkpoint(tmp_path):
     data = tmp_path / "games.jsonl"
-    subprocess.run([sys.executable, "-m", "actor_stub.generate", "--env-id", "tictactoe", "--games", "60",
-                    "--teacher", "perfect", "--output", str(data), "--seed", "1"], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "actor_stub.generate",
+            "--env-id",
+            "tictactoe",
+            "--games",
+            "60",
+            "--teacher",
+            "perfect",
+            "--output",
+            str(data),
+            "--seed",
+            "1",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     bc = tmp_path / "bc"
-    subprocess.run([sys.executable, "-m", "trainer", "bc", "--data", str(data), "--epochs", "2",
-                    "--model-dir", str(bc / "models"), "--checkpoint-dir", str(bc / "checkpoints"),
-                    "--stats", str(bc / "stats.json"), "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "bc",
+            "--data",
+            str(data),
+            "--epochs",
+            "2",
+            "--model-dir",
+            str(bc / "models"),
+            "--checkpoint-dir",
+            str(bc / "checkpoints"),
+            "--stats",
+            str(bc / "stats.json"),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     write_random_games(tmp_path / "replay.db", "tictactoe", 20, seed=8)
     init = bc / "checkpoints" / "latest.pt"
     proc = start_daemon(tmp_path, "--steps", "5", "--init-from", str(init), *FAST)
@@ -229,10 +324,17 @@ def test_corrupt_rows_are_skipped_and_shown_in_stats(tmp_path):
     row = conn.execute("SELECT * FROM transitions LIMIT 1").fetchone()
     cols = [c[1] for c in conn.execute("PRAGMA table_info(transitions)")]
     bad = dict(zip(cols, row))
-    for i, (field, value) in enumerate([("observation", b"\x00" * 7), ("observation", np.full(29, np.nan, np.float32).tobytes()),
-                                        ("action", b"\x01")]):
+    for i, (field, value) in enumerate(
+        [
+            ("observation", b"\x00" * 7),
+            ("observation", np.full(29, np.nan, np.float32).tobytes()),
+            ("action", b"\x01"),
+        ]
+    ):
         r = dict(bad, id=f"bad-{i}", **{field: value})
-        conn.execute(f"INSERT INTO transitions ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values()))
+        conn.execute(
+            f"INSERT INTO transitions ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values())
+        )
     conn.commit()
     conn.close()
     assert start_daemon(tmp_path, "--steps", "10", *FAST).wait(90) == 0, tail_log(tmp_path)
@@ -262,24 +364,40 @@ def test_sigint_stops_cleanly_and_a_second_signal_exits_at_once(tmp_path):
 def test_stats_extras_and_progress_log(tmp_path):
     """The figures the dashboard shows beyond the contract, with their types, and the log line."""
     write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=11)
-    proc = start_daemon(tmp_path, "--steps", "120", "--checkpoint-interval", "50", "--log-interval", "40",
-                        *FAST[:-2])
+    proc = start_daemon(
+        tmp_path, "--steps", "120", "--checkpoint-interval", "50", "--log-interval", "40", *FAST[:-2]
+    )
     assert proc.wait(90) == 0, tail_log(tmp_path)
     stats = read_stats(tmp_path)
     assert_contract_types(stats)
-    floats = ("samples_per_sec", "steps_per_sec", "wait_fraction", "new_rows_per_sec", "reuse_ratio",
-              "policy_entropy", "grad_norm", "last_publish_seconds", "rss_mb")
+    floats = (
+        "samples_per_sec",
+        "steps_per_sec",
+        "wait_fraction",
+        "new_rows_per_sec",
+        "reuse_ratio",
+        "policy_entropy",
+        "grad_norm",
+        "last_publish_seconds",
+        "rss_mb",
+    )
     for key in floats:
         assert isinstance(stats[key], float), (key, stats[key])
     for key in ("window_size", "rows_seen", "bad_rows", "publish_failures", "models_published"):
         assert type(stats[key]) is int, (key, stats[key])
     assert stats["samples_per_sec"] > 0 and 0 <= stats["wait_fraction"] <= 1
     assert stats["policy_entropy"] > 0 and stats["grad_norm"] > 0 and stats["rss_mb"] > 10
-    assert stats["last_publish_seconds"] > 0 and stats["models_published"] == 3 and stats["publish_failures"] == 0
+    assert (
+        stats["last_publish_seconds"] > 0
+        and stats["models_published"] == 3
+        and stats["publish_failures"] == 0
+    )
     assert stats["trainer_version"] and stats["state_reason"] == "reached --steps 120"
     lines = [ln for ln in tail_log(tmp_path, lines=400).splitlines() if re.search(r" step \d+/120 loss", ln)]
     assert [int(re.search(r"step (\d+)/", ln).group(1)) for ln in lines] == [40, 80, 120]
-    assert re.search(r"lr \S+ \| \d+ samples/s \S+ steps/s wait \d+% \| window \d+ rows \d+", lines[-1]), lines[-1]
+    assert re.search(r"lr \S+ \| \d+ samples/s \S+ steps/s wait \d+% \| window \d+ rows \d+", lines[-1]), (
+        lines[-1]
+    )
 
 
 def test_every_state_change_reaches_stats_json_at_once(tmp_path):
@@ -297,8 +415,17 @@ def test_every_state_change_reaches_stats_json_at_once(tmp_path):
             self.seen.append((loop.phase, read_stats(tmp_path)["state"]))
 
     write_random_games(tmp_path / "replay.db", "tictactoe", 30, seed=12)
-    cfg = DaemonConfig(db=tmp_path / "replay.db", model_dir=tmp_path / "models", stats=tmp_path / "stats.json",
-                       steps=25, checkpoint_interval=10, min_rows=50, max_reuse=0, eval_interval=0, fresh=True)
+    cfg = DaemonConfig(
+        db=tmp_path / "replay.db",
+        model_dir=tmp_path / "models",
+        stats=tmp_path / "stats.json",
+        steps=25,
+        checkpoint_interval=10,
+        min_rows=50,
+        max_reuse=0,
+        eval_interval=0,
+        fresh=True,
+    )
     loop = build_daemon(cfg)
     witness = DiskWitness()
     loop.hooks.append(witness)

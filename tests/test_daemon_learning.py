@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from replay_data import write_games_by_player
+
 from trainer.commands.train import build_daemon
-from trainer.training.run import run_to_end
 from trainer.config import DaemonConfig
 from trainer.games import get_game
 from trainer.search.players import PerfectPlayer
 from trainer.training.batch import Batch
+from trainer.training.run import run_to_end
 
 
 def held_out_batch(game, player, n_games: int, seed: int) -> Batch:
@@ -28,11 +28,15 @@ def held_out_batch(game, player, n_games: int, seed: int) -> Batch:
             policies.append(policy)
             movers.append(s.to_move)
             s = game.apply(s, a)
-        for i, mover in enumerate(movers):
+        for mover in movers:
             values.append(0.0 if s.winner == 3 else (1.0 if s.winner == mover else -1.0))
         assert len(values) == len(obs) and start <= len(obs)
-    return Batch(torch.tensor(np.array(obs)), torch.tensor(np.array(masks)),
-                 torch.tensor(np.array(policies), dtype=torch.float32), torch.tensor(values, dtype=torch.float32))
+    return Batch(
+        torch.tensor(np.array(obs)),
+        torch.tensor(np.array(masks)),
+        torch.tensor(np.array(policies), dtype=torch.float32),
+        torch.tensor(values, dtype=torch.float32),
+    )
 
 
 def choose(game, state, rng, player):
@@ -50,12 +54,20 @@ def choose(game, state, rng, player):
 def test_policy_accuracy_and_value_loss_improve(tmp_path):
     game = get_game("tictactoe")
     player = PerfectPlayer(game, np.random.default_rng(0))
-    write_games_by_player(tmp_path / "replay.db", "tictactoe", 400,
-                          lambda g, s, rng: choose(g, s, rng, player), seed=1)
+    write_games_by_player(
+        tmp_path / "replay.db", "tictactoe", 400, lambda g, s, rng: choose(g, s, rng, player), seed=1
+    )
     cfg = DaemonConfig(
-        db=tmp_path / "replay.db", model_dir=tmp_path / "models", stats=tmp_path / "stats.json",
-        steps=600, batch_size=128, max_reuse=0, checkpoint_interval=300, seed=0,
-        lr_warmup_steps=50, log_level="WARNING",
+        db=tmp_path / "replay.db",
+        model_dir=tmp_path / "models",
+        stats=tmp_path / "stats.json",
+        steps=600,
+        batch_size=128,
+        max_reuse=0,
+        checkpoint_interval=300,
+        seed=0,
+        lr_warmup_steps=50,
+        log_level="WARNING",
     )
     loop = build_daemon(cfg)
     held_out = held_out_batch(game, player, 150, seed=99)

@@ -21,8 +21,9 @@ from trainer.dashboard.server import read_stats, serve_in_thread
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sample_stats(step: int = 1200, total_steps: int = 5000, n_history: int = 300,
-                 n_eval: int = 12, extras: bool = True) -> dict:
+def sample_stats(
+    step: int = 1200, total_steps: int = 5000, n_history: int = 300, n_eval: int = 12, extras: bool = True
+) -> dict:
     """A stats.json as docs/contract.md section 4 (contract keys and additions) describes it."""
     history = []
     for i in range(n_history):
@@ -30,38 +31,66 @@ def sample_stats(step: int = 1200, total_steps: int = 5000, n_history: int = 300
         p = 2.2 * math.exp(-s / 1500) + 0.9
         v = 0.5 * math.exp(-s / 2000) + 0.15
         lr = 2e-3 * min(1.0, s / 100) * (0.55 + 0.45 * math.cos(math.pi * s / total_steps))
-        history.append({"step": s, "total_loss": p + v, "policy_loss": p, "value_loss": v,
-                        "learning_rate": lr})
+        history.append(
+            {"step": s, "total_loss": p + v, "policy_loss": p, "value_loss": v, "learning_rate": lr}
+        )
     evals = []
     for i in range(n_eval):
         s = int(step * (i + 1) / n_eval)
         w = min(0.95, 0.55 + 0.035 * i)
         d = min(0.04, 1 - w) if i > 6 else 0.1
-        evals.append({"step": s, "win_rate": w, "draw_rate": d, "loss_rate": round(1 - w - d, 6),
-                      "games_played": 50, "avg_game_length": 7.1 - 0.05 * i,
-                      "timestamp": time.time() - 60 * (n_eval - i)})
+        evals.append(
+            {
+                "step": s,
+                "win_rate": w,
+                "draw_rate": d,
+                "loss_rate": round(1 - w - d, 6),
+                "games_played": 50,
+                "avg_game_length": 7.1 - 0.05 * i,
+                "timestamp": time.time() - 60 * (n_eval - i),
+            }
+        )
     stats = {
-        "step": step, "total_steps": total_steps,
+        "step": step,
+        "total_steps": total_steps,
         "total_loss": history[-1]["total_loss"] if history else 0.0,
         "policy_loss": history[-1]["policy_loss"] if history else 0.0,
         "value_loss": history[-1]["value_loss"] if history else 0.0,
         "learning_rate": history[-1]["learning_rate"] if history else 0.0,
-        "samples_seen": step * 256, "replay_buffer_size": 48211,
+        "samples_seen": step * 256,
+        "replay_buffer_size": 48211,
         "last_checkpoint": f"./data/models/model_step_{step:06d}.onnx",
-        "timestamp": time.time(), "env_id": "tictactoe",
-        "history": history, "last_eval": evals[-1] if evals else None, "eval_history": evals,
+        "timestamp": time.time(),
+        "env_id": "tictactoe",
+        "history": history,
+        "last_eval": evals[-1] if evals else None,
+        "eval_history": evals,
     }
     if extras:
-        stats.update({
-            "state": "training", "state_reason": "training on 20000 of 48211 rows",
-            "samples_per_sec": 5123.4, "steps_per_sec": 20.01, "wait_fraction": 0.125,
-            "window_size": 20000, "rows_seen": 48211, "new_rows_per_sec": 310.5,
-            "reuse_ratio": 3.2, "policy_entropy": 1.234, "grad_norm": 0.87,
-            "last_publish_seconds": 0.42, "publish_failures": 0, "bad_rows": 3,
-            "rss_mb": 512.3, "trainer_version": "0.1.0", "newest_row_age_s": 1.5,
-            "actor_model_step": step - 200, "mode": "daemon",
-            "metrics": {"val_loss": 1.01, "val_accuracy": 0.62},
-        })
+        stats.update(
+            {
+                "state": "training",
+                "state_reason": "training on 20000 of 48211 rows",
+                "samples_per_sec": 5123.4,
+                "steps_per_sec": 20.01,
+                "wait_fraction": 0.125,
+                "window_size": 20000,
+                "rows_seen": 48211,
+                "new_rows_per_sec": 310.5,
+                "reuse_ratio": 3.2,
+                "policy_entropy": 1.234,
+                "grad_norm": 0.87,
+                "last_publish_seconds": 0.42,
+                "publish_failures": 0,
+                "bad_rows": 3,
+                "rss_mb": 512.3,
+                "trainer_version": "0.1.0",
+                "newest_row_age_s": 1.5,
+                "actor_model_step": step - 200,
+                "mode": "daemon",
+                "metrics": {"val_loss": 1.01, "val_accuracy": 0.62},
+            }
+        )
     return stats
 
 
@@ -79,8 +108,7 @@ def served(tmp_path):
     server.server_close()
 
 
-def request(server, path: str, method: str = "GET", raw: bool = False,
-            host_headers: list[str] | None = None):
+def request(server, path: str, method: str = "GET", raw: bool = False, host_headers: list[str] | None = None):
     """(status, headers, body); `raw` sends the path byte for byte, unnormalised, with
     `host_headers` as the Host lines (default: the bound address and port)."""
     host, port = server.server_address[:2]
@@ -113,8 +141,11 @@ def test_serves_page_assets_and_stats(served):
     assert b"/dashboard.js" in body and b"http" not in body.replace(b"http-equiv", b"")  # no CDN
     assert headers["Cache-Control"] == "no-store"
     assert "default-src 'self'" in headers["Content-Security-Policy"]
-    for path, ctype in (("/index.html", "text/html"), ("/dashboard.js", "text/javascript"),
-                        ("/dashboard.css", "text/css")):
+    for path, ctype in (
+        ("/index.html", "text/html"),
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+    ):
         status, headers, body = request(server, path)
         assert status == 200 and headers["Content-Type"].startswith(ctype) and body
     status, headers, body = request(server, "/stats.json?t=123")
@@ -137,13 +168,31 @@ def test_health_names_no_path(served):
     assert stats.parent.name.encode() not in body and b"/" not in body
 
 
-@pytest.mark.parametrize("path", [
-    "/../stats.json", "/..%2fstats.json", "/%2e%2e/%2e%2e/etc/passwd", "/%2E%2E%2Fetc%2Fpasswd",
-    "/static/../../../../etc/passwd", "/etc/passwd", "//etc/passwd", "/data/stats.json",
-    "/replay.db", "/models/latest.onnx", "/secret.txt", "/stats.json/", "/stats.json%00",
-    "/dashboard.js/..", "/server.py", "/static/index.html", "/%ff%fe", "/.%2e/secret.txt",
-    "http://evil/secret.txt", "/index.html/../secret.txt",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../stats.json",
+        "/..%2fstats.json",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/%2E%2E%2Fetc%2Fpasswd",
+        "/static/../../../../etc/passwd",
+        "/etc/passwd",
+        "//etc/passwd",
+        "/data/stats.json",
+        "/replay.db",
+        "/models/latest.onnx",
+        "/secret.txt",
+        "/stats.json/",
+        "/stats.json%00",
+        "/dashboard.js/..",
+        "/server.py",
+        "/static/index.html",
+        "/%ff%fe",
+        "/.%2e/secret.txt",
+        "http://evil/secret.txt",
+        "/index.html/../secret.txt",
+    ],
+)
 def test_serves_nothing_else(served, path):
     server, stats = served
     write_json(stats, sample_stats())
@@ -244,11 +293,22 @@ def test_fifo_in_place_of_stats_does_not_hang(tmp_path):
     assert results[0].status == "unreadable" and "regular file" in results[0].detail
 
 
-@pytest.mark.parametrize("hosts", [
-    ["evil.example"], ["evil.example:{port}"], ["127.0.0.1.evil.example:{port}"],
-    ["localhost.evil.example"], ["evil.example@127.0.0.1"], ["127.0.0.1:{port}/x"], [""],
-    ["10.0.0.1:{port}"], ["[::2]:{port}"], [], ["127.0.0.1:{port}", "evil.example"],
-])
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["evil.example"],
+        ["evil.example:{port}"],
+        ["127.0.0.1.evil.example:{port}"],
+        ["localhost.evil.example"],
+        ["evil.example@127.0.0.1"],
+        ["127.0.0.1:{port}/x"],
+        [""],
+        ["10.0.0.1:{port}"],
+        ["[::2]:{port}"],
+        [],
+        ["127.0.0.1:{port}", "evil.example"],
+    ],
+)
 def test_foreign_host_header_is_refused_on_loopback(served, hosts):
     # A DNS-rebinding page reaches 127.0.0.1 under its own name: the Host header gives it away.
     server, stats = served
@@ -260,10 +320,18 @@ def test_foreign_host_header_is_refused_on_loopback(served, hosts):
         assert b"Host" in body and b"tictactoe" not in body and b"step" not in body
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}", "127.0.0.1", "localhost",
-    "[::1]:{port}", "localhost:9999",  # another port: an SSH tunnel (-L 9999:127.0.0.1:PORT)
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:{port}",
+        "localhost:{port}",
+        "LocalHost:{port}",
+        "127.0.0.1",
+        "localhost",
+        "[::1]:{port}",
+        "localhost:9999",  # another port: an SSH tunnel (-L 9999:127.0.0.1:PORT)
+    ],
+)
 def test_loopback_host_headers_are_accepted(served, host):
     server, stats = served
     write_json(stats, sample_stats())
@@ -341,7 +409,10 @@ def test_cli_binds_loopback_by_default_and_stops_on_sigterm(tmp_path):
     write_json(stats, sample_stats(extras=False))
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.dashboard", "--data", str(tmp_path), "--port", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -389,7 +460,9 @@ def test_a_client_trickling_its_request_is_cut_off_at_the_request_deadline(tmp_p
     server = serve_in_thread(stats, request_timeout=1.5)
     try:
         port = server.server_address[1]
-        request_bytes = f"GET /stats.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 40}\r\n\r\n".encode()
+        request_bytes = (
+            f"GET /stats.json HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 40}\r\n\r\n".encode()
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             # Each byte comes far sooner than any per-read timeout; the request as a whole does not.
             cut = _cut_off_within(s, 8.0, request_bytes, every=0.2)
@@ -455,17 +528,46 @@ def test_allowed_hosts_keep_the_host_check_on_a_wildcard_bind(tmp_path):
 def test_allowed_hosts_from_the_environment_and_a_bad_name_is_one_error_line(tmp_path):
     write_json(tmp_path / "stats.json", sample_stats())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    bad = subprocess.run([sys.executable, "-m", "trainer.dashboard", "--data", str(tmp_path), "--port", "0",
-                          "--allowed-hosts", "localhost,evil host"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.dashboard",
+            "--data",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--allowed-hosts",
+            "localhost,evil host",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     [line] = [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")]
     assert "--allowed-hosts" in line and "evil host" in line
 
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.dashboard", "--data", str(tmp_path),
-                             "--host", "0.0.0.0", "--port", "0"], cwd=REPO,
-                            env={**env, "DASHBOARD_ALLOWED_HOSTS": "dash.example"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.dashboard",
+            "--data",
+            str(tmp_path),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        cwd=REPO,
+        env={**env, "DASHBOARD_ALLOWED_HOSTS": "dash.example"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"http://[^ ]+:(\d+)/", line).group(1))

@@ -69,21 +69,29 @@ def test_page_shows_stats_and_follows_the_file(tmp_path):
             assert page.text("v-reuse_ratio") == "3.2"
             assert page.text("v-learning_rate") == "1.50e-3"
             assert page.evaluate("document.getElementById('chart-lr').dataset.points") == "300"
-            assert page.evaluate("document.querySelectorAll('#chart-lr svg path[data-series=lr]').length") == 1
+            assert (
+                page.evaluate("document.querySelectorAll('#chart-lr svg path[data-series=lr]').length") == 1
+            )
             assert page.text("progress-pct") == "24.0 %"
             assert page.evaluate("document.getElementById('progress-fill').style.width") == "24%"
             assert page.evaluate("document.querySelectorAll('#chart-loss svg path').length") == 3
             assert page.evaluate("document.getElementById('chart-loss').dataset.points") == "900"
             assert page.evaluate("document.getElementById('chart-eval').dataset.points") == "36"
             assert page.evaluate("document.querySelectorAll('#chart-eval svg path').length") == 3
-            assert page.evaluate("document.querySelector('#last-eval [data-key=win]').textContent") == "93.5 %"
-            assert page.evaluate("document.querySelector('#metrics [data-key=val_loss]').textContent") == "1.01"
+            assert (
+                page.evaluate("document.querySelector('#last-eval [data-key=win]').textContent") == "93.5 %"
+            )
+            assert (
+                page.evaluate("document.querySelector('#metrics [data-key=val_loss]').textContent") == "1.01"
+            )
             assert page.evaluate("document.getElementById('stale-badge').hidden") is True
 
             if os.environ.get("DASHBOARD_SCREENSHOT"):
                 page.screenshot(os.environ["DASHBOARD_SCREENSHOT"])
-                page.call("Emulation.setDeviceMetricsOverride",
-                          {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+                page.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                )
 
             # 3. The file changes: the same page follows without a reload.
             newer = sample_stats(step=2400, n_history=400, n_eval=20)
@@ -104,8 +112,16 @@ def test_page_shows_stats_and_follows_the_file(tmp_path):
             atomic_write_json(stats, sample_stats(step=3000, extras=False))
             wait_text(page, "v-step", "3,000")
             assert page.evaluate("document.getElementById('banner').hidden") is True
-            for key in ("samples_per_sec", "wait_fraction", "window_size", "actor_model_step",
-                        "newest_row_age_s", "bad_rows", "rss_mb", "trainer_version"):
+            for key in (
+                "samples_per_sec",
+                "wait_fraction",
+                "window_size",
+                "actor_model_step",
+                "newest_row_age_s",
+                "bad_rows",
+                "rss_mb",
+                "trainer_version",
+            ):
                 assert page.text(f"v-{key}") == "—", key
             assert page.text("state-badge") == "—"
             assert page.text("v-replay_buffer_size") == "48,211"
@@ -114,8 +130,17 @@ def test_page_shows_stats_and_follows_the_file(tmp_path):
             # 6. Integer fields written as floats ("step": 3050.0, as some writers do) still
             # read as integers, here and in the charts.
             floats = sample_stats(step=3050, n_history=50, n_eval=5)
-            for key in ("step", "total_steps", "samples_seen", "replay_buffer_size", "bad_rows",
-                        "actor_model_step", "window_size", "rows_seen", "publish_failures"):
+            for key in (
+                "step",
+                "total_steps",
+                "samples_seen",
+                "replay_buffer_size",
+                "bad_rows",
+                "actor_model_step",
+                "window_size",
+                "rows_seen",
+                "publish_failures",
+            ):
                 floats[key] = float(floats[key])
             for entry in floats["history"] + floats["eval_history"]:
                 entry["step"] = float(entry["step"])
@@ -130,7 +155,10 @@ def test_page_shows_stats_and_follows_the_file(tmp_path):
             assert page.text("v-bad_rows") == "3"
             assert page.text("v-actor_lag") == "200"
             assert page.text("progress-pct") == "61.0 %"
-            assert page.evaluate("document.querySelector('#last-eval [data-key=\"at step\"]').textContent") == "3,050"
+            assert (
+                page.evaluate("document.querySelector('#last-eval [data-key=\"at step\"]').textContent")
+                == "3,050"
+            )
             assert page.evaluate("document.querySelector('#last-eval [data-key=games]').textContent") == "50"
             assert page.evaluate("document.getElementById('chart-loss').dataset.points") == "150"
 
@@ -178,7 +206,9 @@ def test_page_draws_a_very_long_history(tmp_path):
             assert page.evaluate("document.getElementById('chart-lr').dataset.points") == str(n)
             assert page.evaluate("document.querySelectorAll('#chart-loss svg path').length") == 3
             # The x axis spans the whole history: its last tick label is near the last step.
-            assert page.evaluate("[...document.querySelectorAll('#chart-loss svg text')].some((t) => t.textContent === '150k')")
+            assert page.evaluate(
+                "[...document.querySelectorAll('#chart-loss svg text')].some((t) => t.textContent === '150k')"
+            )
             assert page.evaluate("document.getElementById('banner').hidden") is True
             errors = [m for m in browser.console if m.startswith("exception")]
             assert not errors, errors

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from actor_support import REPO, actor_env, publish, tiny_model_bytes
+
 from trainer.evaluator import EvalResult, evaluate_model, play_games, summarise, wilson_interval
 from trainer.games import get_game
 from trainer.onnx_policy import ModelContractError, OnnxPolicy
@@ -39,9 +39,19 @@ def test_eval_history_entry_matches_the_contract():
     """docs/contract.md section 4, `eval_history`."""
     game = get_game("tictactoe")
     rng = np.random.default_rng(1)
-    r = summarise(play_games(game, RandomPlayer(game, rng), RandomPlayer(game, rng), 20), "m", "random", "tictactoe", 7)
+    r = summarise(
+        play_games(game, RandomPlayer(game, rng), RandomPlayer(game, rng), 20), "m", "random", "tictactoe", 7
+    )
     e = r.to_eval_history_entry(300)
-    assert set(e) == {"step", "win_rate", "draw_rate", "loss_rate", "games_played", "avg_game_length", "timestamp"}
+    assert set(e) == {
+        "step",
+        "win_rate",
+        "draw_rate",
+        "loss_rate",
+        "games_played",
+        "avg_game_length",
+        "timestamp",
+    }
     assert type(e["step"]) is int and type(e["games_played"]) is int and e["games_played"] == 20
     assert abs(e["win_rate"] + e["draw_rate"] + e["loss_rate"] - 1) < 1e-9
     assert all(0 <= e[k] <= 1 for k in ("win_rate", "draw_rate", "loss_rate"))
@@ -88,7 +98,9 @@ def test_evaluate_model_does_not_import_torch(ttt_model):
         f"r = evaluate_model({str(ttt_model)!r}, 'tictactoe', 'random', 4, 0); "
         "assert 'torch' not in sys.modules, 'torch imported'; print(r.games_played)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=actor_env(), capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=actor_env(), capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.strip() == "4", out.stderr
 
 
@@ -117,7 +129,12 @@ def test_contract_error_on_renamed_outputs(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer.evaluator", *args], env=actor_env(), capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "trainer.evaluator", *args],
+        env=actor_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
 
 
@@ -126,9 +143,19 @@ def test_cli_text_json_and_min_score(ttt_model):
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "Evaluation Results: latest.onnx (step 120) vs perfect" in text
-    for label in ("Games played:      10", "Model wins:", "perfect wins:", "Draws:", "Avg game length:", "95% CI", "Verdict:"):
+    for label in (
+        "Games played:      10",
+        "Model wins:",
+        "perfect wins:",
+        "Draws:",
+        "Avg game length:",
+        "95% CI",
+        "Verdict:",
+    ):
         assert label in text, text
-    out = _cli("--model", str(ttt_model), "--games", "10", "--opponent", "perfect", "--json", "--min-score", "0.9")
+    out = _cli(
+        "--model", str(ttt_model), "--games", "10", "--opponent", "perfect", "--json", "--min-score", "0.9"
+    )
     assert out.returncode == 1  # nothing scores 0.9 against perfect play
     d = json.loads(out.stdout)
     assert d["games_played"] == 10 and d["wins"] == 0 and d["score"] < 0.9
@@ -137,7 +164,18 @@ def test_cli_text_json_and_min_score(ttt_model):
 
 
 def test_cli_json_with_verbose_keeps_stdout_one_json_object(ttt_model):
-    out = _cli("--model", str(ttt_model), "--games", "3", "--opponent", "random", "--seed", "0", "--json", "--verbose")
+    out = _cli(
+        "--model",
+        str(ttt_model),
+        "--games",
+        "3",
+        "--opponent",
+        "random",
+        "--seed",
+        "0",
+        "--json",
+        "--verbose",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["games_played"] == 3
     assert "game 1: model first" in out.stderr and "game 3:" in out.stderr  # the game log still appears
@@ -150,7 +188,16 @@ def _first_model_moves(model, temperature: float, seeds) -> list[int]:
     moves = []
     for seed in seeds:
         records: list = []
-        evaluate_model(model, "tictactoe", "random", games=4, seed=seed, sims=16, temperature=temperature, records_out=records)
+        evaluate_model(
+            model,
+            "tictactoe",
+            "random",
+            games=4,
+            seed=seed,
+            sims=16,
+            temperature=temperature,
+            records_out=records,
+        )
         moves += [r.moves[0] for r in records if r.model_first]
     return moves
 
@@ -164,8 +211,14 @@ def test_temperature_applies_to_search_moves(tmp_path):
     model = publish(tmp_path, _graph_model(), "peaked.onnx")
     game = get_game("tictactoe")
     policy = OnnxPolicy(model, spec=game.spec)
-    (root,) = search(game, [game.initial_state()], ObsEvaluator(policy.evaluate), MCTSConfig(sims=16, c_puct=1.5),
-                     np.random.default_rng(0), add_noise=False)
+    (root,) = search(
+        game,
+        [game.initial_state()],
+        ObsEvaluator(policy.evaluate),
+        MCTSConfig(sims=16, c_puct=1.5),
+        np.random.default_rng(0),
+        add_noise=False,
+    )
     most_visited = np.flatnonzero(root.visits == root.visits.max())
     assert len(most_visited) == 1 and root.visits.max() < 16, root.visits
     assert set(_first_model_moves(model, 0.0, range(8))) == {int(most_visited[0])}
@@ -215,10 +268,17 @@ def test_cli_accepts_the_hand_built_model_when_it_keeps_the_contract(tmp_path):
     "defect, kwargs, message",
     [
         ("input_name", dict(input_name="obs"), "inputs are ['obs'], expected exactly ['observation']"),
-        ("fixed_batch", dict(batch=2), "observation has a fixed batch axis [2, 29]; the batch axis must be dynamic"),
+        (
+            "fixed_batch",
+            dict(batch=2),
+            "observation has a fixed batch axis [2, 29]; the batch axis must be dynamic",
+        ),
         ("value_shape", dict(value_dim=2), "value has shape ['batch', 2], expected [batch, 1]"),
-        ("dynamic_obs", dict(features="features", weight_rows=30),
-         "observation has a dynamic feature axis but the model does not accept 29 features (tictactoe's obs_size)"),
+        (
+            "dynamic_obs",
+            dict(features="features", weight_rows=30),
+            "observation has a dynamic feature axis but the model does not accept 29 features (tictactoe's obs_size)",
+        ),
     ],
 )
 def test_cli_contract_errors_are_one_line_naming_the_problem(tmp_path, defect, kwargs, message):
@@ -275,22 +335,64 @@ def test_a_model_nan_on_real_positions_is_refused_without_a_spec_too(tmp_path):
 
 
 def test_cli_sprt_stops_early_with_its_decision_and_an_elo_interval(ttt_model):
-    out = _cli("--model", str(ttt_model), "--games", "400", "--opponent", "perfect", "--seed", "0",
-               "--temperature", "1", "--sprt", "0,50", "--json")
+    out = _cli(
+        "--model",
+        str(ttt_model),
+        "--games",
+        "400",
+        "--opponent",
+        "perfect",
+        "--seed",
+        "0",
+        "--temperature",
+        "1",
+        "--sprt",
+        "0,50",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     s = d["sprt"]
     assert s["result"] == "H0" and s["llr"] <= s["lower_bound"]  # nobody is stronger than perfect play
-    assert d["games_played"] < 400 and s["pairs"] == d["games_played"] // 2 and sum(s["pentanomial"]) == s["pairs"]
+    assert (
+        d["games_played"] < 400
+        and s["pairs"] == d["games_played"] // 2
+        and sum(s["pentanomial"]) == s["pairs"]
+    )
     assert d["elo"] < 0 and (d["elo_ci"][0] is None or d["elo_ci"][0] <= d["elo"]) and d["elo_ci"][1] < 0
-    text = _cli("--model", str(ttt_model), "--games", "400", "--opponent", "perfect", "--seed", "0",
-                "--temperature", "1", "--sprt", "0,50").stdout
+    text = _cli(
+        "--model",
+        str(ttt_model),
+        "--games",
+        "400",
+        "--opponent",
+        "perfect",
+        "--seed",
+        "0",
+        "--temperature",
+        "1",
+        "--sprt",
+        "0,50",
+    ).stdout
     assert "Elo difference:" in text and "H0 accepted" in text
 
 
 def test_cli_sprt_against_another_model(ttt_model):
-    out = _cli("--model", str(ttt_model), "--games", "32", "--opponent", f"model:{ttt_model}", "--seed", "1",
-               "--temperature", "1", "--sprt", "0,50", "--json")
+    out = _cli(
+        "--model",
+        str(ttt_model),
+        "--games",
+        "32",
+        "--opponent",
+        f"model:{ttt_model}",
+        "--seed",
+        "1",
+        "--temperature",
+        "1",
+        "--sprt",
+        "0,50",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     assert d["opponent"] == "model:latest.onnx" and 2 <= d["games_played"] <= 32
@@ -301,7 +403,11 @@ def test_cli_sprt_against_another_model(ttt_model):
 def test_cli_bad_sprt_is_one_error_line(ttt_model, value):
     out = _cli("--model", str(ttt_model), "--games", "4", "--sprt", value)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error:") and "--sprt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (
+        out.stderr.startswith("error:")
+        and "--sprt" in out.stderr
+        and len(out.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_cli_missing_opponent_model_is_one_error_line(ttt_model, tmp_path):
@@ -311,7 +417,6 @@ def test_cli_missing_opponent_model_is_one_error_line(ttt_model, tmp_path):
 
 def _preference_model(logits: list[float], step: int) -> bytes:
     """A tic-tac-toe model with the same move preferences in every position (value 0)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     zeros_pol = numpy_helper.from_array(np.zeros((29, 9), np.float32), "w_pol")
@@ -358,9 +463,15 @@ def test_gate_keeps_best_onnx_the_strongest_model_and_latest_untouched(tmp_path)
         hook._thread.join(timeout=120)
         assert (models / "latest.onnx").read_bytes() == data  # the gate never touches latest.onnx
 
-    weak, strong, weak_again = _preference_model(EDGES_FIRST, 1), _preference_model(CENTRE_FIRST, 2), _preference_model(EDGES_FIRST, 3)
+    weak, strong, weak_again = (
+        _preference_model(EDGES_FIRST, 1),
+        _preference_model(CENTRE_FIRST, 2),
+        _preference_model(EDGES_FIRST, 3),
+    )
     evaluate(weak)
-    assert (models / "best.onnx").read_bytes() == weak and hook.stats()["best_model_step"] == 1  # the first best
+    assert (models / "best.onnx").read_bytes() == weak and hook.stats()[
+        "best_model_step"
+    ] == 1  # the first best
     evaluate(strong)
     gate = hook.stats()["last_gate"]
     assert gate["result"] == "H1" and gate["promoted"] and gate["step"] == 2 and gate["games_played"] < 200
@@ -406,11 +517,35 @@ def test_daemon_with_gate_keeps_best_onnx_and_shows_its_step(tmp_path):
     from replay_data import write_random_games
 
     write_random_games(tmp_path / "replay.db", "tictactoe", 40, seed=7)
-    proc = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "20", "--eval-interval", "20",
-                        "--eval-games", "10", "--gate", "--gate-games", "40", "--threads", "1", "--min-rows", "50",
-                        "--max-reuse", "0", "--stats-interval", "5")
-    stats = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("best_model_step") is not None and s, 90,
-                     "a best model", proc, tmp_path)
+    proc = start_daemon(
+        tmp_path,
+        "--steps",
+        "0",
+        "--checkpoint-interval",
+        "20",
+        "--eval-interval",
+        "20",
+        "--eval-games",
+        "10",
+        "--gate",
+        "--gate-games",
+        "40",
+        "--threads",
+        "1",
+        "--min-rows",
+        "50",
+        "--max-reuse",
+        "0",
+        "--stats-interval",
+        "5",
+    )
+    stats = wait_for(
+        lambda: (s := read_stats(tmp_path)) and s.get("best_model_step") is not None and s,
+        90,
+        "a best model",
+        proc,
+        tmp_path,
+    )
     assert stop(proc) == 0
     best = tmp_path / "models" / "best.onnx"
     assert best.exists() and OnnxPolicy(best).step == stats["best_model_step"]

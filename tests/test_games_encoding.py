@@ -105,7 +105,9 @@ def test_symmetries_keep_legal_mask_and_policy_consistent(env_id, count):
             t_obs = obs[sym.obs_index]
             t_state = _state_from_obs(game, t_obs, s.to_move)
             # The transformed legal mask is exactly the legal moves of the transformed board...
-            np.testing.assert_array_equal(t_obs[off : off + a] > 0.5, game.legal_mask(t_state), err_msg=sym.name)
+            np.testing.assert_array_equal(
+                t_obs[off : off + a] > 0.5, game.legal_mask(t_state), err_msg=sym.name
+            )
             # ...and re-encoding the transformed board gives the transformed observation.
             np.testing.assert_array_equal(game.encode(t_state), t_obs, err_msg=sym.name)
             # A move and its transformed policy entry land on the same transformed cell.
@@ -114,7 +116,9 @@ def test_symmetries_keep_legal_mask_and_policy_consistent(env_id, count):
                 old_a = sym.action_index[new_a]
                 assert t_policy[new_a] == policy[old_a]
                 if game.legal_mask(s)[old_a]:
-                    after = _state_from_obs(game, game.encode(game.apply(s, old_a))[sym.obs_index], 3 - s.to_move)
+                    after = _state_from_obs(
+                        game, game.encode(game.apply(s, old_a))[sym.obs_index], 3 - s.to_move
+                    )
                     assert after.board == game.apply(t_state, new_a).board, sym.name
 
 
@@ -198,6 +202,8 @@ def test_a_new_game_module_is_discovered_without_editing_the_package(extra_game_
 def test_two_games_claiming_one_env_id_is_an_error(extra_game_dir):
     from trainer.games import discover_games
 
-    (extra_game_dir / "tictactoe_again.py").write_text(_THIRD_GAME.replace('env_id="strip"', 'env_id="tictactoe"'))
+    (extra_game_dir / "tictactoe_again.py").write_text(
+        _THIRD_GAME.replace('env_id="strip"', 'env_id="tictactoe"')
+    )
     with pytest.raises(ValueError, match="'tictactoe' is claimed by both"):
         discover_games()

@@ -39,7 +39,9 @@ def test_policy_target_is_a_distribution_over_legal_moves_and_visits_add_up(sims
     s = game.initial_state()
     for a in (3, 3, 3, 3, 3, 3):  # column 3 full: six legal moves
         s = game.apply(s, a)
-    (r,) = gumbel_search(game, [s], RolloutEvaluator(np.random.default_rng(0)), MCTSConfig(sims=sims), np.random.default_rng(0))
+    (r,) = gumbel_search(
+        game, [s], RolloutEvaluator(np.random.default_rng(0)), MCTSConfig(sims=sims), np.random.default_rng(0)
+    )
     legal = game.legal_mask(s)
     assert r.policy.dtype == np.float32 and abs(float(r.policy.sum()) - 1) < 1e-5
     assert not r.policy[~legal].any() and (r.policy[legal] > 0).all()
@@ -49,7 +51,9 @@ def test_policy_target_is_a_distribution_over_legal_moves_and_visits_add_up(sims
 
 def test_sequential_halving_spreads_then_concentrates_the_budget():
     game = get_game("connect4")
-    (r,) = gumbel_search(game, [game.initial_state()], ObsEvaluator(_uniform), MCTSConfig(sims=32), np.random.default_rng(1))
+    (r,) = gumbel_search(
+        game, [game.initial_state()], ObsEvaluator(_uniform), MCTSConfig(sims=32), np.random.default_rng(1)
+    )
     visits = np.sort(r.visits)[::-1]
     assert (r.visits >= 1).all()  # every considered move (all 7) gets a first look
     assert visits[0] > visits[2] > visits[-1]  # survivors of each halving get more
@@ -59,7 +63,14 @@ def test_sequential_halving_spreads_then_concentrates_the_budget():
 def test_considered_moves_are_capped():
     game = get_game("connect4")
     cfg = GumbelConfig(considered=2)
-    (r,) = gumbel_search(game, [game.initial_state()], ObsEvaluator(_uniform), MCTSConfig(sims=16), np.random.default_rng(2), cfg)
+    (r,) = gumbel_search(
+        game,
+        [game.initial_state()],
+        ObsEvaluator(_uniform),
+        MCTSConfig(sims=16),
+        np.random.default_rng(2),
+        cfg,
+    )
     assert int((r.visits > 0).sum()) == 2
     sched = SequentialHalving(16, 2, np.zeros(7), cfg)
     assert sched.phases == 1
@@ -71,7 +82,9 @@ def test_finds_a_win_against_a_misleading_prior_with_few_simulations():
     win = _ttt("XX. OO. ...", 1)
     prior = _misleading(8)
     for seed in range(5):
-        (r,) = gumbel_search(game, [win], ObsEvaluator(prior), MCTSConfig(sims=8), np.random.default_rng(seed))
+        (r,) = gumbel_search(
+            game, [win], ObsEvaluator(prior), MCTSConfig(sims=8), np.random.default_rng(seed)
+        )
         p_prior = prior(game.encode(win)[None], game.legal_mask(win)[None])[0][0]
         assert r.action == 2, (seed, r.visits)
         assert r.policy[2] > 0.9 > p_prior[2] and r.policy[8] < p_prior[8]
@@ -84,15 +97,23 @@ def test_blocks_a_threat_with_enough_simulations():
     game = get_game("tictactoe")
     block = _ttt("XX. .O. ...", 2)
     for seed in range(5):
-        (r,) = gumbel_search(game, [block], ObsEvaluator(_uniform), MCTSConfig(sims=64), np.random.default_rng(seed))
+        (r,) = gumbel_search(
+            game, [block], ObsEvaluator(_uniform), MCTSConfig(sims=64), np.random.default_rng(seed)
+        )
         assert r.action == 2 and r.policy[2] == r.policy.max(), (seed, r.visits)
 
 
 def test_without_noise_the_search_is_deterministic():
     game = get_game("connect4")
     runs = [
-        gumbel_search(game, [game.initial_state()], ObsEvaluator(_misleading(5, 0.3)), MCTSConfig(sims=16),
-                      np.random.default_rng(seed), add_noise=False)[0]
+        gumbel_search(
+            game,
+            [game.initial_state()],
+            ObsEvaluator(_misleading(5, 0.3)),
+            MCTSConfig(sims=16),
+            np.random.default_rng(seed),
+            add_noise=False,
+        )[0]
         for seed in range(2)
     ]
     assert runs[0].action == runs[1].action and np.array_equal(runs[0].visits, runs[1].visits)
@@ -102,14 +123,23 @@ def test_without_noise_the_search_is_deterministic():
 def test_actor_with_gumbel_search_writes_whole_games_with_improved_targets(tmp_path, with_model):
     import threading
 
+    from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
+
     from actor_stub.config import ActorConfig
     from actor_stub.process import run_worker
-    from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
 
     if with_model:
         publish(tmp_path / "models", tiny_model_bytes("connect4", step=7))
-    cfg = ActorConfig(env_id="connect4", db=tmp_path / "replay.db", model_dir=tmp_path / "models", sims=8,
-                      search="gumbel", episodes=3, parallel_games=3, seed=5)
+    cfg = ActorConfig(
+        env_id="connect4",
+        db=tmp_path / "replay.db",
+        model_dir=tmp_path / "models",
+        sims=8,
+        search="gumbel",
+        episodes=3,
+        parallel_games=3,
+        seed=5,
+    )
     run_worker(cfg, cfg.episodes, cfg.seed, 0, threading.Event())
     games = read_games(cfg.db, "connect4")
     assert len(games) == 3

@@ -40,8 +40,23 @@ def json_lines(text: str) -> list[dict]:
 
 def test_daemon_log_is_json_lines_with_progress_fields(tmp_path):
     write_random_games(tmp_path / "replay.db", "tictactoe", 30, seed=41)
-    proc = start_daemon(tmp_path, "--steps", "30", "--log-interval", "10", "--min-rows", "50", "--max-reuse", "0",
-                        "--threads", "1", "--eval-interval", "0", "--log-format", "json")
+    proc = start_daemon(
+        tmp_path,
+        "--steps",
+        "30",
+        "--log-interval",
+        "10",
+        "--min-rows",
+        "50",
+        "--max-reuse",
+        "0",
+        "--threads",
+        "1",
+        "--eval-interval",
+        "0",
+        "--log-format",
+        "json",
+    )
     assert proc.wait(90) == 0, tail_log(tmp_path)
     entries = json_lines((tmp_path / "daemon.log").read_text())
     progress = [e for e in entries if "samples_per_sec" in e]
@@ -53,10 +68,30 @@ def test_daemon_log_is_json_lines_with_progress_fields(tmp_path):
 
 
 def test_actor_log_is_json_lines_with_throughput_fields(tmp_path):
-    r = subprocess.run(actor_cmd("--db", str(tmp_path / "replay.db"), "--model-dir", str(tmp_path / "models"),
-                                 "--episodes", "40", "--sims", "2", "--log-interval", "0.05", "--actor-id", "j",
-                                 "--log-format", "json"),
-                       cwd=REPO, env=actor_env(), capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        actor_cmd(
+            "--db",
+            str(tmp_path / "replay.db"),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--episodes",
+            "40",
+            "--sims",
+            "2",
+            "--log-interval",
+            "0.05",
+            "--actor-id",
+            "j",
+            "--log-format",
+            "json",
+        ),
+        cwd=REPO,
+        env=actor_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     entries = json_lines(r.stderr)
     progress = [e for e in entries if "games_per_sec" in e]
@@ -64,11 +99,20 @@ def test_actor_log_is_json_lines_with_throughput_fields(tmp_path):
     assert [e["games"] for e in progress] == sorted(e["games"] for e in progress)
 
 
-@pytest.mark.parametrize("model, required", [
-    (DaemonConfig, []), (ActorConfig, []), (EvaluatorConfig, []), (DashboardConfig, []),
-    (ImitationConfig, ["--data", "x.h5"]), (BCConfig, ["--data", "x.jsonl"]), (IQLConfig, ["--data", "x.jsonl"]),
-    (CQLConfig, ["--data", "x.jsonl"]), (SplitConfig, ["--data", "x.jsonl", "--out-train", "a", "--out-val", "b"]),
-])
+@pytest.mark.parametrize(
+    "model, required",
+    [
+        (DaemonConfig, []),
+        (ActorConfig, []),
+        (EvaluatorConfig, []),
+        (DashboardConfig, []),
+        (ImitationConfig, ["--data", "x.h5"]),
+        (BCConfig, ["--data", "x.jsonl"]),
+        (IQLConfig, ["--data", "x.jsonl"]),
+        (CQLConfig, ["--data", "x.jsonl"]),
+        (SplitConfig, ["--data", "x.jsonl", "--out-train", "a", "--out-val", "b"]),
+    ],
+)
 def test_every_program_takes_the_setting(model, required, capsys):
     assert load_config(model, [*required, "--log-format", "json"], environ={}).log_format == "json"
     assert load_config(model, required, environ={}).log_format == "text"
@@ -87,12 +131,29 @@ def test_exceptions_and_odd_values_stay_one_json_line():
         try:
             raise ValueError("bad\nrow")
         except ValueError:
-            logger.exception("failed %s", "here", extra={"fields": {"loss": float("nan"), "path": REPO, "lr": np.float32(0.5), "grad": np.float32("inf")}})
+            logger.exception(
+                "failed %s",
+                "here",
+                extra={
+                    "fields": {
+                        "loss": float("nan"),
+                        "path": REPO,
+                        "lr": np.float32(0.5),
+                        "grad": np.float32("inf"),
+                    }
+                },
+            )
     finally:
         logger.removeHandler(handler)
     (entry,) = json_lines(stream.getvalue())
-    assert entry["message"] == "failed here" and entry["level"] == "ERROR" and entry["logger"] == "test_json_logs"
-    assert entry["loss"] is None and entry["path"] == str(REPO) and entry["lr"] == 0.5 and entry["grad"] is None
+    assert (
+        entry["message"] == "failed here"
+        and entry["level"] == "ERROR"
+        and entry["logger"] == "test_json_logs"
+    )
+    assert (
+        entry["loss"] is None and entry["path"] == str(REPO) and entry["lr"] == 0.5 and entry["grad"] is None
+    )
     assert "ValueError: bad\nrow" in entry["exception"]
 
 

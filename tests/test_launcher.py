@@ -16,11 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
 from daemon_harness import read_stats, tail_log, wait_for
+
 from trainer.launcher import (
-    ChildSpec, Console, LauncherConfig, Supervisor, build_children, dashboard_url, main,
+    ChildSpec,
+    Console,
+    LauncherConfig,
+    Supervisor,
+    build_children,
+    dashboard_url,
+    main,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,14 +91,29 @@ def test_command_lines_name_the_contract_flags(tmp_path):
     specs = {s.name: s for s in build_children(cfg, python="PY")}
     assert list(specs) == ["actor-1", "actor-2", "trainer", "dashboard"]
     data = (tmp_path / "d").resolve()
-    assert specs["actor-1"].argv == ["PY", "-m", "actor_stub", "--env-id", "connect4",
-                                     "--db", str(data / "replay.db"), "--model-dir", str(data / "models"),
-                                     "--threads", "1"]
+    assert specs["actor-1"].argv == [
+        "PY",
+        "-m",
+        "actor_stub",
+        "--env-id",
+        "connect4",
+        "--db",
+        str(data / "replay.db"),
+        "--model-dir",
+        str(data / "models"),
+        "--threads",
+        "1",
+    ]
     t = specs["trainer"].argv
     assert t[:4] == ["PY", "-m", "trainer", "train"]
-    for flag, value in (("--db", data / "replay.db"), ("--model-dir", data / "models"),
-                        ("--stats", data / "stats.json"), ("--env-id", "connect4"),
-                        ("--threads", "1"), ("--steps", "300")):
+    for flag, value in (
+        ("--db", data / "replay.db"),
+        ("--model-dir", data / "models"),
+        ("--stats", data / "stats.json"),
+        ("--env-id", "connect4"),
+        ("--threads", "1"),
+        ("--steps", "300"),
+    ):
         assert t[t.index(flag) + 1] == str(value)
     d = specs["dashboard"].argv
     assert d[:3] == ["PY", "-m", "trainer.dashboard"]
@@ -131,8 +152,12 @@ def test_crashed_child_restarts_with_exponential_backoff(tmp_path):
     out = io.StringIO()
     sup = Supervisor(
         [ChildSpec("crashy", crasher(starts)), ChildSpec("steady", sleeper(marker))],
-        restart_delay=0.2, max_restart_delay=0.8, healthy_after=60, max_quick_failures=0,
-        stop_timeout=5, console=Console(out),
+        restart_delay=0.2,
+        max_restart_delay=0.8,
+        healthy_after=60,
+        max_quick_failures=0,
+        stop_timeout=5,
+        console=Console(out),
     )
     thread, result = run_in_thread(sup)
     wait_until(lambda: starts.exists() and len(starts.read_text().split()) >= 5, timeout=20)
@@ -145,7 +170,7 @@ def test_crashed_child_restarts_with_exponential_backoff(tmp_path):
         assert gap >= delay, (gaps, out.getvalue())
     log = out.getvalue()
     for delay in ("0.2", "0.4", "0.8"):
-        assert f"crashy exited with code 3 after" in log and f"restarting in {delay} s" in log
+        assert "crashy exited with code 3 after" in log and f"restarting in {delay} s" in log
     assert "[crashy] crashing now" in log  # child output, prefixed with its name
     assert marker.read_text() == "terminated"  # the healthy child got SIGTERM at the end
     assert "steady" not in log.split("stopping")[0].replace("[steady]", "")  # never restarted
@@ -156,8 +181,12 @@ def test_gives_up_on_an_essential_child_that_keeps_failing_fast(tmp_path):
     out = io.StringIO()
     sup = Supervisor(
         [ChildSpec("trainer", crasher(tmp_path / "starts", code=2)), ChildSpec("actor", sleeper(marker))],
-        restart_delay=0.05, max_restart_delay=0.1, healthy_after=30, max_quick_failures=3,
-        stop_timeout=5, console=Console(out),
+        restart_delay=0.05,
+        max_restart_delay=0.1,
+        healthy_after=30,
+        max_quick_failures=3,
+        stop_timeout=5,
+        console=Console(out),
     )
     assert sup.run() == 1
     assert len((tmp_path / "starts").read_text().split()) == 3
@@ -168,9 +197,14 @@ def test_gives_up_on_an_essential_child_that_keeps_failing_fast(tmp_path):
 def test_a_non_essential_child_is_left_stopped(tmp_path):
     out = io.StringIO()
     sup = Supervisor(
-        [ChildSpec("dashboard", crasher(tmp_path / "starts"), essential=False),
-         ChildSpec("actor", sleeper(tmp_path / "sleeper"))],
-        restart_delay=0.05, max_restart_delay=0.1, max_quick_failures=2, stop_timeout=5,
+        [
+            ChildSpec("dashboard", crasher(tmp_path / "starts"), essential=False),
+            ChildSpec("actor", sleeper(tmp_path / "sleeper")),
+        ],
+        restart_delay=0.05,
+        max_restart_delay=0.1,
+        max_quick_failures=2,
+        stop_timeout=5,
         console=Console(out),
     )
     thread, result = run_in_thread(sup)
@@ -187,10 +221,14 @@ def test_trainer_reaching_its_steps_ends_the_run_but_keeps_the_dashboard(tmp_pat
     out = io.StringIO()
     finished = threading.Event()
     sup = Supervisor(
-        [ChildSpec("actor-1", sleeper(actor)),
-         ChildSpec("trainer", finisher(actor, dash), finishes_run=True),
-         ChildSpec("dashboard", sleeper(dash), essential=False, outlives_run=True)],
-        stop_timeout=5, console=Console(out), on_finished=finished.set,
+        [
+            ChildSpec("actor-1", sleeper(actor)),
+            ChildSpec("trainer", finisher(actor, dash), finishes_run=True),
+            ChildSpec("dashboard", sleeper(dash), essential=False, outlives_run=True),
+        ],
+        stop_timeout=5,
+        console=Console(out),
+        on_finished=finished.set,
     )
     thread, result = run_in_thread(sup)
     assert finished.wait(15)
@@ -202,9 +240,14 @@ def test_trainer_reaching_its_steps_ends_the_run_but_keeps_the_dashboard(tmp_pat
     assert result == [0] and dash.read_text() == "terminated"
 
     # Without a dashboard there is nothing left to watch: run() returns 0 by itself.
-    sup = Supervisor([ChildSpec("actor-1", sleeper(tmp_path / "a2")),
-                      ChildSpec("trainer", finisher(tmp_path / "a2"), finishes_run=True)],
-                     stop_timeout=5, console=Console(io.StringIO()))
+    sup = Supervisor(
+        [
+            ChildSpec("actor-1", sleeper(tmp_path / "a2")),
+            ChildSpec("trainer", finisher(tmp_path / "a2"), finishes_run=True),
+        ],
+        stop_timeout=5,
+        console=Console(io.StringIO()),
+    )
     assert sup.run() == 0 and (tmp_path / "a2").read_text() == "terminated"
 
 
@@ -227,8 +270,13 @@ sys.exit(supervise(Supervisor(specs, stop_timeout=1.0)))
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_children_cleanly_then_kills_stragglers(tmp_path, sig):
     polite, stubborn = tmp_path / "polite", tmp_path / "stubborn.pid"
-    proc = subprocess.Popen([PY, "-c", SUPERVISE_SCRIPT, str(polite), str(stubborn), *sleeper(polite)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [PY, "-c", SUPERVISE_SCRIPT, str(polite), str(stubborn), *sleeper(polite)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: Path(str(polite) + ".ready").exists() and stubborn.exists())
         time.sleep(0.1)  # let the stubborn child's SIG_IGN settle before the signal
@@ -309,8 +357,10 @@ def test_sigterm_goes_to_the_child_only_and_sigkill_to_its_whole_group(tmp_path,
 
 def test_main_prints_where_to_look_and_exits_when_training_is_done(tmp_path, capsys):
     def fake(cfg: LauncherConfig) -> list[ChildSpec]:
-        return [ChildSpec("actor-1", sleeper(tmp_path / "actor")),
-                ChildSpec("trainer", py("print('trained')"), finishes_run=True)]
+        return [
+            ChildSpec("actor-1", sleeper(tmp_path / "actor")),
+            ChildSpec("trainer", py("print('trained')"), finishes_run=True),
+        ]
 
     code = main(["--data", str(tmp_path / "data"), "--no-dashboard", "--stop-timeout", "5"], build=fake)
     out = capsys.readouterr().out
@@ -330,8 +380,12 @@ def test_the_launcher_reads_launcher_variables_and_leaves_trainer_ones_to_the_tr
     args = ["--data", str(tmp_path), "--no-dashboard"]
     daemon_toml = tmp_path / "daemon.toml"
     daemon_toml.write_text("batch_size = 32\n")  # a daemon setting the launcher does not have
-    for name, value in (("TRAINER_THREADS", "2"), ("TRAINER_ENV_ID", "connect4"), ("TRAINER_ACTORS", "5"),
-                        ("TRAINER_CONFIG", str(daemon_toml))):
+    for name, value in (
+        ("TRAINER_THREADS", "2"),
+        ("TRAINER_ENV_ID", "connect4"),
+        ("TRAINER_ACTORS", "5"),
+        ("TRAINER_CONFIG", str(daemon_toml)),
+    ):
         monkeypatch.setenv(name, value)
     assert main(args, build=fake) == 0
     assert (seen[-1].threads, seen[-1].env_id, seen[-1].actors) == (1, "tictactoe", 2)
@@ -358,10 +412,29 @@ def test_stopping_an_actor_with_workers_signals_each_worker_once(tmp_path):
     reach each worker twice, and a second signal means 'exit now, drop the games in flight'."""
     db = tmp_path / "replay.db"
     out = io.StringIO()
-    actor = ChildSpec("actor-1", [PY, "-m", "actor_stub", "--env-id", "tictactoe", "--db", str(db),
-                                  "--model-dir", str(tmp_path / "models"), "--workers", "2",
-                                  "--sims", "20", "--parallel-games", "4", "--actor-id", "t"],
-                      {"PYTHONUNBUFFERED": "1"})
+    actor = ChildSpec(
+        "actor-1",
+        [
+            PY,
+            "-m",
+            "actor_stub",
+            "--env-id",
+            "tictactoe",
+            "--db",
+            str(db),
+            "--model-dir",
+            str(tmp_path / "models"),
+            "--workers",
+            "2",
+            "--sims",
+            "20",
+            "--parallel-games",
+            "4",
+            "--actor-id",
+            "t",
+        ],
+        {"PYTHONUNBUFFERED": "1"},
+    )
     sup = Supervisor([actor], stop_timeout=20, console=Console(out))
     thread, result = run_in_thread(sup)
     try:
@@ -384,7 +457,9 @@ def _actor_ids(db: Path) -> set[str]:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            return {r[0].split("-ep-")[0] for r in conn.execute("SELECT DISTINCT episode_id FROM transitions")}
+            return {
+                r[0].split("-ep-")[0] for r in conn.execute("SELECT DISTINCT episode_id FROM transitions")
+            }
         finally:
             conn.close()
     except sqlite3.OperationalError:  # not created yet
@@ -395,7 +470,9 @@ def test_actors_stop_before_the_trainer(tmp_path):
     order = tmp_path / "order"
 
     def child(name: str, stop_order: int) -> ChildSpec:
-        return ChildSpec(name, py(f"""
+        return ChildSpec(
+            name,
+            py(f"""
             import signal, sys, time, pathlib
             def bye(*_):
                 time.sleep(0.3)  # the next stage must wait for this one
@@ -406,10 +483,15 @@ def test_actors_stop_before_the_trainer(tmp_path):
             pathlib.Path({str(order)!r} + ".{name}").write_text("ready")
             while True:
                 time.sleep(0.05)
-        """), stop_order=stop_order)
+        """),
+            stop_order=stop_order,
+        )
 
-    sup = Supervisor([child("trainer", 1), child("actor-1", 0), child("actor-2", 0)],
-                     stop_timeout=5, console=Console(io.StringIO()))
+    sup = Supervisor(
+        [child("trainer", 1), child("actor-1", 0), child("actor-2", 0)],
+        stop_timeout=5,
+        console=Console(io.StringIO()),
+    )
     thread, result = run_in_thread(sup)
     wait_until(lambda: all(Path(f"{order}.{n}").exists() for n in ("trainer", "actor-1", "actor-2")))
     t0 = time.monotonic()
@@ -431,8 +513,11 @@ def test_actors_get_their_own_metrics_ports(tmp_path, monkeypatch):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         specs = build_children(LauncherConfig(data=tmp_path, actors=3, dashboard=False), python="PY")
-        return [s.argv[s.argv.index("--metrics-port") + 1] if "--metrics-port" in s.argv else None
-                for s in specs if s.name.startswith("actor")]
+        return [
+            s.argv[s.argv.index("--metrics-port") + 1] if "--metrics-port" in s.argv else None
+            for s in specs
+            if s.name.startswith("actor")
+        ]
 
     assert ports() == [None, None, None]
     assert ports(ACTOR_METRICS_PORT="9101") == ["9101", "9102", "9103"]
@@ -457,8 +542,11 @@ def test_the_eval_hook_does_not_hold_up_the_daemons_stop(tmp_path, monkeypatch):
             time.sleep(delay[0])
             return [int(ttt.legal_actions(s)[0]) for s in states]
 
-    monkeypatch.setattr(match, "make_player",
-                        lambda spec, *a, **kw: SlowOpponent() if spec == "slow" else real_make_player(spec, *a, **kw))
+    monkeypatch.setattr(
+        match,
+        "make_player",
+        lambda spec, *a, **kw: SlowOpponent() if spec == "slow" else real_make_player(spec, *a, **kw),
+    )
     publish(tmp_path, tiny_model_bytes("tictactoe", step=40))
 
     class Loop:
@@ -505,9 +593,15 @@ def _run_env(**settings: str) -> dict[str, str]:
 def _start_run(data: Path, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     with open(log, "ab") as out:
         # Its own session, as a shell gives a foreground job: killpg then is a terminal's Ctrl-C.
-        return subprocess.Popen([PY, "-m", "trainer", "run", "--no-dashboard", "--data", str(data), *args],
-                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [PY, "-m", "trainer", "run", "--no-dashboard", "--data", str(data), *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _stop_run(proc: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[int | str, float]:
@@ -520,8 +614,9 @@ def _stop_run(proc: subprocess.Popen, sig: int, timeout: float = 60) -> tuple[in
     return code, time.monotonic() - t0
 
 
-def _run_until(data: Path, log: Path, env: dict[str, str], ready, what: str, sig: int,
-               *args: str) -> tuple[float, int | str, float]:
+def _run_until(
+    data: Path, log: Path, env: dict[str, str], ready, what: str, sig: int, *args: str
+) -> tuple[float, int | str, float]:
     """Start a run, wait for `ready()`, stop it with `sig`: (seconds to ready, exit code, seconds to stop)."""
     t0 = time.monotonic()
     proc = _start_run(data, log, env, *args)
@@ -561,11 +656,17 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
     env = _run_env(TRAINER_CHECKPOINT_INTERVAL="20", TRAINER_MIN_ROWS="64", TRAINER_WAIT_INTERVAL="0.5")
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
-    published_s, code, stop_s = _run_until(data, first_log, env, latest.exists, "published model", signal.SIGINT)
+    published_s, code, stop_s = _run_until(
+        data, first_log, env, latest.exists, "published model", signal.SIGINT
+    )
     print(f"first run: model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(first_log.parent, first_log.name)}"
+    assert code == 0 and stop_s < STOP_S, (
+        f"exit {code} after {stop_s:.1f} s:\n{tail_log(first_log.parent, first_log.name)}"
+    )
     log = first_log.read_text()
-    assert "did not exit; SIGKILL" not in log and "while stopping" not in log, tail_log(first_log.parent, first_log.name)
+    assert "did not exit; SIGKILL" not in log and "while stopping" not in log, tail_log(
+        first_log.parent, first_log.name
+    )
     stats = read_stats(data)
     assert stats["state"] == "stopped", stats.get("state_reason")
     first_step = stats["step"]
@@ -575,10 +676,18 @@ def test_ctrl_c_stops_the_real_run_cleanly_and_the_next_run_resumes(tmp_path):
     assert len(games) > 10
     assert_whole_games(games, "tictactoe")
 
-    resumed_s, code, stop_s = _run_until(data, second_log, env, lambda: (read_stats(data) or {}).get("step", 0) > first_step,
-                                         f"training beyond step {first_step}", signal.SIGINT)
+    resumed_s, code, stop_s = _run_until(
+        data,
+        second_log,
+        env,
+        lambda: (read_stats(data) or {}).get("step", 0) > first_step,
+        f"training beyond step {first_step}",
+        signal.SIGINT,
+    )
     print(f"second run: beyond step {first_step} after {resumed_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(second_log.parent, second_log.name)}"
+    assert code == 0 and stop_s < STOP_S, (
+        f"exit {code} after {stop_s:.1f} s:\n{tail_log(second_log.parent, second_log.name)}"
+    )
     resumed = [ln for ln in second_log.read_text().splitlines() if "resumed from" in ln]
     assert len(resumed) == 1 and f"at step {first_step} (" in resumed[0], resumed
     final = read_stats(data)
@@ -612,8 +721,14 @@ def test_a_launcher_killed_outright_takes_its_children_along_and_the_next_run_re
     children: set[int] = set()
     try:
         # Both actors writing games and the trainer training: each child is using the data folder.
-        wait_for(lambda: (read_stats(data) or {}).get("state") == "training", 180, "training", proc,
-                 tmp_path, first_log.name)
+        wait_for(
+            lambda: (read_stats(data) or {}).get("state") == "training",
+            180,
+            "training",
+            proc,
+            tmp_path,
+            first_log.name,
+        )
         children = _descendants(proc.pid)
         assert len(children) >= 3, children  # actor-1, actor-2, trainer (and what runs them)
         proc.kill()
@@ -632,8 +747,14 @@ def test_a_launcher_killed_outright_takes_its_children_along_and_the_next_run_re
     assert_whole_games(read_games(data / "replay.db", "tictactoe"), "tictactoe")
 
     first_step = stats["step"]
-    _, code, _ = _run_until(data, second_log, env, lambda: (read_stats(data) or {}).get("step", 0) > first_step,
-                            f"training beyond step {first_step}", signal.SIGINT)
+    _, code, _ = _run_until(
+        data,
+        second_log,
+        env,
+        lambda: (read_stats(data) or {}).get("step", 0) > first_step,
+        f"training beyond step {first_step}",
+        signal.SIGINT,
+    )
     assert code == 0, tail_log(tmp_path, second_log.name)
     assert f"at step {first_step} (" in second_log.read_text()
 
@@ -644,10 +765,13 @@ def test_connect4_through_the_launcher_publishes_a_model(tmp_path):
     data, latest, log = tmp_path / "data", tmp_path / "data" / "models" / "latest.onnx", tmp_path / "run.log"
     # Fewer simulations and an earlier first model keep this a smoke test of the wiring.
     env = _run_env(ACTOR_SIMS="8", TRAINER_CHECKPOINT_INTERVAL="10", TRAINER_MIN_ROWS="128")
-    published_s, code, stop_s = _run_until(data, log, env, latest.exists, "published Connect Four model",
-                                           signal.SIGTERM, "--env-id", "connect4")
+    published_s, code, stop_s = _run_until(
+        data, log, env, latest.exists, "published Connect Four model", signal.SIGTERM, "--env-id", "connect4"
+    )
     print(f"connect4: first model after {published_s:.1f} s, stopped in {stop_s:.1f} s")
-    assert code == 0 and stop_s < STOP_S, f"exit {code} after {stop_s:.1f} s:\n{tail_log(log.parent, log.name)}"
+    assert code == 0 and stop_s < STOP_S, (
+        f"exit {code} after {stop_s:.1f} s:\n{tail_log(log.parent, log.name)}"
+    )
     policy = OnnxPolicy(latest, expected_env_id="connect4")
     assert policy.step >= 10
     stats = read_stats(data)

@@ -71,9 +71,21 @@ def test_one_command_run_learns_tictactoe(tmp_path, request, replay):
     data, log_path = tmp_path / "data", tmp_path / "run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "run", "--data", str(data), "--no-dashboard",
-             *(["--db", request.getfixturevalue("pg_url")] if replay == "postgres" else [])],
-            cwd=REPO, env=_clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "run",
+                "--data",
+                str(data),
+                "--no-dashboard",
+                *(["--db", request.getfixturevalue("pg_url")] if replay == "postgres" else []),
+            ],
+            cwd=REPO,
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     t0 = time.monotonic()
     history: list[str] = []
@@ -116,7 +128,9 @@ def test_one_command_run_learns_tictactoe(tmp_path, request, replay):
             code = "hung after SIGTERM"
     elapsed = time.monotonic() - t0
     report = "\n".join(history) or "(no model was published)"
-    print(f"random vs perfect score {random_baseline:.3f}; checks:\n{report}\nlearned-or-gave-up after {elapsed:.0f}s")
+    print(
+        f"random vs perfect score {random_baseline:.3f}; checks:\n{report}\nlearned-or-gave-up after {elapsed:.0f}s"
+    )
 
     assert passed is not None, (
         f"no published model passed within {BUDGET_S:.0f}s (random vs perfect scores {random_baseline:.3f});"

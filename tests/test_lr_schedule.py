@@ -3,13 +3,13 @@
 import math
 
 import pytest
-
 from replay_data import write_random_games
+
 from trainer.commands.train import build_daemon
-from trainer.training.run import run_to_end
 from trainer.config import DaemonConfig
 from trainer.hooks.base import Hook
 from trainer.training.lr_schedule import LRSchedule
+from trainer.training.run import run_to_end
 
 
 def make(**kw):
@@ -50,9 +50,22 @@ class _LRRecorder(Hook):
 
 
 def _run(folder, recorder, fresh):
-    cfg = DaemonConfig(db=folder.parent / "replay.db", model_dir=folder / "models", stats=folder / "stats.json",
-                       steps=400, lr_warmup_steps=100, lr_min_ratio=0.1, checkpoint_interval=1000, min_rows=50,
-                       max_reuse=0, eval_interval=0, fresh=fresh, hidden=16, layers=1, batch_size=16)
+    cfg = DaemonConfig(
+        db=folder.parent / "replay.db",
+        model_dir=folder / "models",
+        stats=folder / "stats.json",
+        steps=400,
+        lr_warmup_steps=100,
+        lr_min_ratio=0.1,
+        checkpoint_interval=1000,
+        min_rows=50,
+        max_reuse=0,
+        eval_interval=0,
+        fresh=fresh,
+        hidden=16,
+        layers=1,
+        batch_size=16,
+    )
     loop = build_daemon(cfg)
     loop.hooks.append(recorder)
     run_to_end(loop)
@@ -74,7 +87,9 @@ def test_a_resumed_daemon_applies_the_lr_of_an_uninterrupted_run(tmp_path):
     schedule = LRSchedule(peak=DaemonConfig().lr, warmup_steps=100, decay_steps=400, min_ratio=0.1)
     assert resumed.applied[151] == pytest.approx(schedule(150))  # the LR for the update 150 -> 151
     assert resumed.applied[151] > schedule(99) * 0.8  # past warmup: not back at its start
-    assert resumed.applied[400] == pytest.approx(schedule(399)) and schedule(399) > schedule(400)  # cosine reaches its end
+    assert resumed.applied[400] == pytest.approx(schedule(399)) and schedule(399) > schedule(
+        400
+    )  # cosine reaches its end
 
 
 def test_disabled_schedule_is_constant():

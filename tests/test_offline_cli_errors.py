@@ -32,7 +32,14 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """A real `python -m trainer` process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 def main(*args: str, capsys, monkeypatch, cwd: Path) -> subprocess.CompletedProcess:
@@ -58,6 +65,7 @@ def assert_one_error_line(r: subprocess.CompletedProcess, *needles: str) -> None
 
 
 # --- data files ---------------------------------------------------------------------------
+
 
 def _jsonl(tmp: Path, *lines: str) -> Path:
     path = tmp / "d.jsonl"
@@ -107,25 +115,77 @@ def _dones_with(value: float) -> np.ndarray:
 
 # command, data file maker, what the error line must name
 BAD_DATA = {
-    "jsonl observation beyond float32": ("bc", lambda t: _jsonl(t, _good_line(0), _obs_with("1e39")), ["d.jsonl:2 step 0", "observation"]),
-    "jsonl reward beyond float32": ("bc", lambda t: _jsonl(t, _good_line(0, reward=1e39)), ["d.jsonl:1 step 1", "reward"]),
-    "jsonl outcome of 400 digits": ("bc", lambda t: _jsonl(t, _good_line(0, outcome=10**400)), ["d.jsonl:1 step 1", "outcome"]),
-    "jsonl observation integer of 400 digits": ("bc", lambda t: _jsonl(t, _obs_with("1" * 400)), ["d.jsonl:1 step 0", "observation"]),
-    "jsonl integer beyond the parser's digit limit": ("bc", lambda t: _jsonl(t, _good_line(0), _obs_with("9" * 5000)), ["d.jsonl:2", "malformed JSON"]),
-    "jsonl action 10**30": ("bc", lambda t: _jsonl(t, _good_line(0, action=10**30)), ["d.jsonl:1 step 1", "action"]),
-    "jsonl nested 50000 deep": ("bc", lambda t: _jsonl(t, _good_line(0), "[" * 50_000), ["d.jsonl:2", "malformed JSON"]),
-    "iql jsonl reward beyond float32": ("iql", lambda t: _jsonl(t, _good_line(0), _good_line(1, reward=-1e39)), ["d.jsonl:2 step 1", "reward"]),
-    "hdf5 float64 state 1e300": ("imitation", lambda t: _h5(t, states=_states_with(1e300)), ["d.h5: row 2", "observation"]),
+    "jsonl observation beyond float32": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0), _obs_with("1e39")),
+        ["d.jsonl:2 step 0", "observation"],
+    ),
+    "jsonl reward beyond float32": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0, reward=1e39)),
+        ["d.jsonl:1 step 1", "reward"],
+    ),
+    "jsonl outcome of 400 digits": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0, outcome=10**400)),
+        ["d.jsonl:1 step 1", "outcome"],
+    ),
+    "jsonl observation integer of 400 digits": (
+        "bc",
+        lambda t: _jsonl(t, _obs_with("1" * 400)),
+        ["d.jsonl:1 step 0", "observation"],
+    ),
+    "jsonl integer beyond the parser's digit limit": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0), _obs_with("9" * 5000)),
+        ["d.jsonl:2", "malformed JSON"],
+    ),
+    "jsonl action 10**30": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0, action=10**30)),
+        ["d.jsonl:1 step 1", "action"],
+    ),
+    "jsonl nested 50000 deep": (
+        "bc",
+        lambda t: _jsonl(t, _good_line(0), "[" * 50_000),
+        ["d.jsonl:2", "malformed JSON"],
+    ),
+    "iql jsonl reward beyond float32": (
+        "iql",
+        lambda t: _jsonl(t, _good_line(0), _good_line(1, reward=-1e39)),
+        ["d.jsonl:2 step 1", "reward"],
+    ),
+    "hdf5 float64 state 1e300": (
+        "imitation",
+        lambda t: _h5(t, states=_states_with(1e300)),
+        ["d.h5: row 2", "observation"],
+    ),
     "hdf5 reward 1e39": ("imitation", lambda t: _h5(t, rewards=_floats(1e39)), ["d.h5: row 3", "reward"]),
-    "hdf5 next state 1e300": ("iql", lambda t: _h5(t, d4rl=True, next_observations=_states_with(1e300)), ["d.h5: row 2", "next observation"]),
+    "hdf5 next state 1e300": (
+        "iql",
+        lambda t: _h5(t, d4rl=True, next_observations=_states_with(1e300)),
+        ["d.h5: row 2", "next observation"],
+    ),
     "hdf5 done NaN": ("imitation", lambda t: _h5(t, dones=_dones_with(np.nan)), ["d.h5: row 4", "done"]),
     "hdf5 done 2": ("imitation", lambda t: _h5(t, dones=_dones_with(2)), ["d.h5: row 4", "done"]),
     "hdf5 timeout 3": ("iql", lambda t: _h5(t, d4rl=True, timeouts=_floats(3.0)), ["d.h5: row 3", "timeout"]),
-    "hdf5 float action 1e30": ("imitation", lambda t: _h5(t, legal_masks=None, actions=_floats(1e30)), ["d.h5: row 3", "action"]),
+    "hdf5 float action 1e30": (
+        "imitation",
+        lambda t: _h5(t, legal_masks=None, actions=_floats(1e30)),
+        ["d.h5: row 3", "action"],
+    ),
     "hdf5 player_count 0": ("imitation", lambda t: _custom_h5(t, player_count=0), ["d.h5", "player_count"]),
-    "hdf5 legal_mask_offset -2": ("imitation", lambda t: _custom_h5(t, legal_mask_offset=-2), ["d.h5", "legal_mask_offset"]),
+    "hdf5 legal_mask_offset -2": (
+        "imitation",
+        lambda t: _custom_h5(t, legal_mask_offset=-2),
+        ["d.h5", "legal_mask_offset"],
+    ),
     "hdf5 num_actions 0": ("imitation", lambda t: _custom_h5(t, num_actions=0), ["d.h5", "num_actions"]),
-    "hdf5 inferred action space too large": ("imitation", lambda t: _custom_h5(t, num_actions=3) and _h5_actions(t, 10**12), ["d.h5", "action"]),
+    "hdf5 inferred action space too large": (
+        "imitation",
+        lambda t: _custom_h5(t, num_actions=3) and _h5_actions(t, 10**12),
+        ["d.h5", "action"],
+    ),
 }
 
 
@@ -143,7 +203,16 @@ def _h5_actions(tmp: Path, top: int) -> Path:
 def run_bad_data(case: str, tmp_path: Path, run) -> None:
     command, make, needles = BAD_DATA[case]
     data = make(tmp_path)
-    r = run(command, "--data", str(data), "--model-dir", str(tmp_path / "out" / "models"), *FAST, *LENGTH[command], cwd=tmp_path)
+    r = run(
+        command,
+        "--data",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "out" / "models"),
+        *FAST,
+        *LENGTH[command],
+        cwd=tmp_path,
+    )
     assert_one_error_line(r, *needles)
     assert not (tmp_path / "out").exists()
 
@@ -167,14 +236,23 @@ def test_split_refuses_to_overwrite_its_input(tmp_path, capsys, monkeypatch):
     other = str(tmp_path / "x.jsonl")
     cases = [
         ("--out-train", str(data), "--out-val", other),  # the same path
-        ("--out-train", other, "--out-val", str(tmp_path / "sub" / ".." / "all.jsonl")),  # the same once resolved
+        (
+            "--out-train",
+            other,
+            "--out-val",
+            str(tmp_path / "sub" / ".." / "all.jsonl"),
+        ),  # the same once resolved
         ("--out-train", str(tmp_path / "hard.jsonl"), "--out-val", other),  # another name of the same inode
         ("--out-train", other, "--out-val", str(tmp_path / "soft.jsonl")),  # a link to it
         ("--out-train", other, "--out-val", other),  # both outputs in one file
     ]
     for i, outs in enumerate(cases):
         args = ("split", "--data", str(data), *outs, "--log-level", "ERROR")
-        r = cli(*args, cwd=tmp_path) if i == 0 else main(*args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+        r = (
+            cli(*args, cwd=tmp_path)
+            if i == 0
+            else main(*args, capsys=capsys, monkeypatch=monkeypatch, cwd=tmp_path)
+        )
         assert_one_error_line(r, "--out-")
         assert data.read_bytes() == original
         assert not Path(other).exists()
@@ -196,7 +274,9 @@ BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("flag, value, program", BAD_SETTINGS, ids=[f"{p[0]} {f} {v[:8]}" for f, v, p in BAD_SETTINGS])
+@pytest.mark.parametrize(
+    "flag, value, program", BAD_SETTINGS, ids=[f"{p[0]} {f} {v[:8]}" for f, v, p in BAD_SETTINGS]
+)
 def test_unbounded_setting_is_one_error_line(flag, value, program, tmp_path, capsys, monkeypatch):
     if program == ["train"]:  # should the setting pass, the daemon gives up on the missing DB at once
         program = ["train", "--db", str(tmp_path / "none.db"), "--max-wait", "0.01"]
@@ -206,6 +286,15 @@ def test_unbounded_setting_is_one_error_line(flag, value, program, tmp_path, cap
 
 
 def test_unbounded_setting_in_a_real_process(tmp_path):
-    r = cli("train", "--db", str(tmp_path / "none.db"), "--max-wait", "0.01", "--poll-interval", "inf", cwd=tmp_path)
+    r = cli(
+        "train",
+        "--db",
+        str(tmp_path / "none.db"),
+        "--max-wait",
+        "0.01",
+        "--poll-interval",
+        "inf",
+        cwd=tmp_path,
+    )
     assert_one_error_line(r, "invalid value for --poll-interval")
     assert os.listdir(tmp_path) == []

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from test_offline_teacher import play_games, write_hdf5, write_jsonl
+
 from trainer.commands import bc, cql, imitation, iql, split
 from trainer.commands.offline_common import build_offline
 from trainer.config import load_config
@@ -44,7 +44,12 @@ def _good_line(i: int = 0, *, drop: tuple[str, ...] = (), legal: bool = False, *
     step 1 (a JSON-ready value, e.g. float("nan") for a literal NaN)."""
     steps = []
     for p in GAMES[i]:
-        step = {"observation": p["obs"].tolist(), "action": p["action"], "reward": p["reward"], "done": p["done"]}
+        step = {
+            "observation": p["obs"].tolist(),
+            "action": p["action"],
+            "reward": p["reward"],
+            "done": p["done"],
+        }
         if legal:
             step["legal_mask"] = p["legal"].astype(int).tolist()
         steps.append({k: v for k, v in step.items() if k not in drop})
@@ -84,31 +89,127 @@ BAD_INPUTS = {
     "missing file": (bc, lambda t: t / "nope.jsonl", "file not found"),
     "empty file": (bc, lambda t: _jsonl(t, ""), "empty file"),
     "blank lines only": (bc, lambda t: _jsonl(t, "\n\n"), "no episodes"),
-    "truncated line": (bc, lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1)[:-40]), "d.jsonl:2: malformed JSON"),
+    "truncated line": (
+        bc,
+        lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1)[:-40]),
+        "d.jsonl:2: malformed JSON",
+    ),
     "not an object": (bc, lambda t: _jsonl(t, "[1, 2]\n"), "d.jsonl:1: expected an object"),
-    "non-finite jsonl": (bc, lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1).replace("0.0", "NaN", 1)), "d.jsonl:2 step 0: observation has NaN"),
-    "ragged observation": (bc, lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1).replace("[0.0, ", "[", 1)), "d.jsonl:2 step 0: observation has 28 numbers"),
-    "jsonl action out of range": (bc, lambda t: _jsonl(t, _good_line(0).replace('"action": ', '"action": 40', 1)), "out of range"),
-    "action type without offsets": (bc, lambda t: _jsonl(t, json.dumps({"steps": [{"observation": [1, 2], "action_type": "move", "action_target": 1}]})), "no --action-offsets"),
-    "not hdf5": (imitation, lambda t: _jsonl(t, "hello").rename(t / "x.h5") or t / "x.h5", "not a readable HDF5"),
+    "non-finite jsonl": (
+        bc,
+        lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1).replace("0.0", "NaN", 1)),
+        "d.jsonl:2 step 0: observation has NaN",
+    ),
+    "ragged observation": (
+        bc,
+        lambda t: _jsonl(t, _good_line(0) + "\n" + _good_line(1).replace("[0.0, ", "[", 1)),
+        "d.jsonl:2 step 0: observation has 28 numbers",
+    ),
+    "jsonl action out of range": (
+        bc,
+        lambda t: _jsonl(t, _good_line(0).replace('"action": ', '"action": 40', 1)),
+        "out of range",
+    ),
+    "action type without offsets": (
+        bc,
+        lambda t: _jsonl(
+            t, json.dumps({"steps": [{"observation": [1, 2], "action_type": "move", "action_target": 1}]})
+        ),
+        "no --action-offsets",
+    ),
+    "not hdf5": (
+        imitation,
+        lambda t: _jsonl(t, "hello").rename(t / "x.h5") or t / "x.h5",
+        "not a readable HDF5",
+    ),
     "missing dataset": (imitation, lambda t: _bad_h5(t, actions=None), "missing dataset 'actions'"),
-    "row count mismatch": (imitation, lambda t: _bad_h5(t, rewards=np.zeros(3, np.float32)), "'rewards' has shape (3,)"),
-    "shape vs game": (imitation, lambda t: _bad_h5(t, states=np.zeros((len([p for g in GAMES[:5] for p in g]), 30), np.float32), legal_masks=None), "observations have 30 numbers, tictactoe observations have 29"),
-    "hdf5 action out of range": (imitation, lambda t: _bad_h5(t, actions=np.full(sum(map(len, GAMES[:5])), 9)), "row 0: action 9 is out of range [0, 9)"),
-    "illegal action": (imitation, lambda t: _bad_h5(t, legal_masks=np.zeros((sum(map(len, GAMES[:5])), 9), bool)), "is not legal"),
-    "non-finite hdf5": (imitation, lambda t: _bad_h5(t, outcomes=np.r_[np.zeros(sum(map(len, GAMES[:5])) - 1), np.inf].astype(np.float32)), "outcome is NaN or infinite"),
+    "row count mismatch": (
+        imitation,
+        lambda t: _bad_h5(t, rewards=np.zeros(3, np.float32)),
+        "'rewards' has shape (3,)",
+    ),
+    "shape vs game": (
+        imitation,
+        lambda t: _bad_h5(
+            t, states=np.zeros((len([p for g in GAMES[:5] for p in g]), 30), np.float32), legal_masks=None
+        ),
+        "observations have 30 numbers, tictactoe observations have 29",
+    ),
+    "hdf5 action out of range": (
+        imitation,
+        lambda t: _bad_h5(t, actions=np.full(sum(map(len, GAMES[:5])), 9)),
+        "row 0: action 9 is out of range [0, 9)",
+    ),
+    "illegal action": (
+        imitation,
+        lambda t: _bad_h5(t, legal_masks=np.zeros((sum(map(len, GAMES[:5])), 9), bool)),
+        "is not legal",
+    ),
+    "non-finite hdf5": (
+        imitation,
+        lambda t: _bad_h5(
+            t, outcomes=np.r_[np.zeros(sum(map(len, GAMES[:5])) - 1), np.inf].astype(np.float32)
+        ),
+        "outcome is NaN or infinite",
+    ),
     "iql without rewards": (iql, lambda t: _bad_h5(t, rewards=None), "needs rewards"),
-    "missing observation": (bc, lambda t: _lines(t, _good_line(0), _good_line(1, drop=("observation",))), "d.jsonl:2 step 0: no 'observation'"),
-    "NaN in legal mask": (bc, lambda t: _lines(t, _good_line(0, legal=True), _good_line(1, legal=True, legal_mask=[float("nan")] * 9)), "d.jsonl:2 step 1: legal mask holds nan"),
-    "junk in legal mask": (bc, lambda t: _lines(t, _good_line(0, legal=True, legal_mask=[0.7] * 9)), "d.jsonl:1 step 1: legal mask holds 0.7"),
-    "NaN reward": (iql, lambda t: _lines(t, _good_line(0, reward=float("nan"))), "d.jsonl:1 step 1: reward is nan"),
-    "junk done": (bc, lambda t: _lines(t, _good_line(0, done=2)), "d.jsonl:1 step 1: done must be true/false"),
-    "cql jsonl step without reward": (cql, lambda t: _lines(t, _good_line(0), _good_line(1, drop=("reward",))), "d.jsonl:2 step 0: no 'reward'"),
-    "iql jsonl without rewards": (iql, lambda t: _lines(t, _good_line(0, drop=("reward",))), "d.jsonl:1 step 0: no 'reward'"),
-    "iql hdf5 without dones": (iql, lambda t: _bad_h5(t, d4rl=True, terminals=None), "d.h5: offline RL needs dataset 'dones' (or 'terminals')"),
-    "truncated hdf5": (imitation, _truncated_h5, "d.h5: not a readable HDF5 file (Unable to synchronously open file (truncated file"),
-    "damaged hdf5 dataset": (imitation, _damaged_dataset_h5, "d.h5: dataset 'states' is damaged or truncated"),
-    "unknown format": (bc, lambda t: _jsonl(t, "x").rename(t / "d.csv") or t / "d.csv", "unknown data format"),
+    "missing observation": (
+        bc,
+        lambda t: _lines(t, _good_line(0), _good_line(1, drop=("observation",))),
+        "d.jsonl:2 step 0: no 'observation'",
+    ),
+    "NaN in legal mask": (
+        bc,
+        lambda t: _lines(
+            t, _good_line(0, legal=True), _good_line(1, legal=True, legal_mask=[float("nan")] * 9)
+        ),
+        "d.jsonl:2 step 1: legal mask holds nan",
+    ),
+    "junk in legal mask": (
+        bc,
+        lambda t: _lines(t, _good_line(0, legal=True, legal_mask=[0.7] * 9)),
+        "d.jsonl:1 step 1: legal mask holds 0.7",
+    ),
+    "NaN reward": (
+        iql,
+        lambda t: _lines(t, _good_line(0, reward=float("nan"))),
+        "d.jsonl:1 step 1: reward is nan",
+    ),
+    "junk done": (
+        bc,
+        lambda t: _lines(t, _good_line(0, done=2)),
+        "d.jsonl:1 step 1: done must be true/false",
+    ),
+    "cql jsonl step without reward": (
+        cql,
+        lambda t: _lines(t, _good_line(0), _good_line(1, drop=("reward",))),
+        "d.jsonl:2 step 0: no 'reward'",
+    ),
+    "iql jsonl without rewards": (
+        iql,
+        lambda t: _lines(t, _good_line(0, drop=("reward",))),
+        "d.jsonl:1 step 0: no 'reward'",
+    ),
+    "iql hdf5 without dones": (
+        iql,
+        lambda t: _bad_h5(t, d4rl=True, terminals=None),
+        "d.h5: offline RL needs dataset 'dones' (or 'terminals')",
+    ),
+    "truncated hdf5": (
+        imitation,
+        _truncated_h5,
+        "d.h5: not a readable HDF5 file (Unable to synchronously open file (truncated file",
+    ),
+    "damaged hdf5 dataset": (
+        imitation,
+        _damaged_dataset_h5,
+        "d.h5: dataset 'states' is damaged or truncated",
+    ),
+    "unknown format": (
+        bc,
+        lambda t: _jsonl(t, "x").rename(t / "d.csv") or t / "d.csv",
+        "unknown data format",
+    ),
 }
 
 
@@ -149,7 +250,9 @@ def test_fresh_keeps_the_old_run_when_init_from_is_bad(tmp_path, capsys):
 def test_jsonl_reward_and_done_may_be_left_out(tmp_path):
     """Without 'done' a game's last step is its end; without 'reward' bc still trains."""
     explicit = load_dataset(_lines(tmp_path, *(_good_line(i) for i in range(4))), transitions=True)
-    no_done = load_dataset(_lines(tmp_path, *(_good_line(i, drop=("done",)) for i in range(4))), transitions=True)
+    no_done = load_dataset(
+        _lines(tmp_path, *(_good_line(i, drop=("done",)) for i in range(4))), transitions=True
+    )
     assert explicit.done.sum() == 4 and bool(explicit.has_next.all())
     for key in ("done", "reward", "value", "has_next", "next_legal_mask"):
         assert torch.equal(getattr(no_done, key), getattr(explicit, key)), key
@@ -169,19 +272,28 @@ def test_dict_observations_and_action_offsets(tmp_path):
         for k in range(4):
             grid = rng.integers(0, 2, size=(2, 3)).tolist()
             kind, target = ("move", int(np.argmax(grid[0]))) if k % 2 == 0 else ("pass", 0)
-            steps.append({"observation": {"grid": grid, "turn": k % 2, "aux": {"b": [1.5], "a": 2}},
-                          "action_type": kind, "action_target": target, "reward": float(k == 3), "done": k == 3})
+            steps.append(
+                {
+                    "observation": {"grid": grid, "turn": k % 2, "aux": {"b": [1.5], "a": 2}},
+                    "action_type": kind,
+                    "action_target": target,
+                    "reward": float(k == 3),
+                    "done": k == 3,
+                }
+            )
         lines.append(json.dumps({"episode_id": ep, "steps": steps}))
     data = _jsonl(tmp_path, "\n".join(lines) + "\n")
     offsets = tmp_path / "offsets.toml"
-    offsets.write_text('move = 0\npass = 3\n')
+    offsets.write_text("move = 0\npass = 3\n")
     ds = load_dataset(data, transitions=True, action_offsets={"move": 0, "pass": 3}, num_actions=4)
     first = json.loads(lines[0])["steps"][0]
     # sorted keys: aux (a, b), grid (row-major), turn
     assert ds.obs[0].tolist() == [2.0, 1.5, *np.ravel(first["observation"]["grid"]).tolist(), 0.0]
     assert ds.spec.num_actions == 4 and ds.spec.obs_size == 9 and bool(ds.legal_mask.all())
     assert ds.action[1].item() == 3
-    assert run(bc, tmp_path, data, "--action-offsets", str(offsets), "--num-actions", "4", "--epochs", "2") == 0
+    assert (
+        run(bc, tmp_path, data, "--action-offsets", str(offsets), "--num-actions", "4", "--epochs", "2") == 0
+    )
     assert (tmp_path / "out" / "models" / "latest.onnx").exists()
     state = load_checkpoint_file(tmp_path / "out" / "checkpoints" / "latest.pt")
     assert state.env_id == "custom_9x4" and state.network["net"] == "mlp"
@@ -214,11 +326,14 @@ def test_streamed_chunks_equal_the_whole_file(tmp_path):
     assert sum(len(p) for p in parts) == len(whole)
     for key in ("obs", "next_obs", "action", "reward", "done", "value"):
         assert torch.equal(torch.cat([getattr(p, key) for p in parts]), getattr(whole, key)), key
+
     # the streamed source resumes mid-chunk with exactly the batches it would have given
     def source():
         c = HDF5Chunks(path, 16, transitions=True)
-        return ChunkStreamSource(c, list(range(c.num_chunks)), 8, seed=3, epochs=2,
-                                 device=torch.device("cpu"), transitions=True)
+        return ChunkStreamSource(
+            c, list(range(c.num_chunks)), 8, seed=3, epochs=2, device=torch.device("cpu"), transitions=True
+        )
+
     a, b = source(), source()
     for _ in range(5):
         a.next_batch()
@@ -228,7 +343,10 @@ def test_streamed_chunks_equal_the_whole_file(tmp_path):
         assert torch.equal(x.obs, y.obs) and torch.equal(x.next_obs, y.next_obs)
     a.close(), b.close()
     # and a run streams them
-    assert run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "32", "--epochs", "2") == 0
+    assert (
+        run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "32", "--epochs", "2")
+        == 0
+    )
 
 
 def test_streamed_file_is_checked_before_training(tmp_path, capsys):
@@ -237,7 +355,10 @@ def test_streamed_file_is_checked_before_training(tmp_path, capsys):
     actions = np.asarray([p["action"] for g in GAMES for p in g])
     actions[-1] = 9
     path = write_hdf5(tmp_path / "d.h5", GAMES, actions=actions)
-    assert run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "16", "--epochs", "1") == 2
+    assert (
+        run(imitation, tmp_path, path, "--stream-threshold-mb", "0", "--chunk-rows", "16", "--epochs", "1")
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {path}: row {n - 1}: action 9 is out of range [0, 9)"
     assert not (tmp_path / "out").exists()
@@ -252,7 +373,9 @@ def test_streamed_action_count_comes_from_the_whole_file(tmp_path):
         f.create_dataset("states", data=rng.normal(size=(64, 6)).astype(np.float32))
         f.create_dataset("actions", data=actions)
     chunks = HDF5Chunks(path, 16, transitions=False)
-    assert chunks.spec.num_actions == load_dataset(path, transitions=False).spec.num_actions == actions.max() + 1
+    assert (
+        chunks.spec.num_actions == load_dataset(path, transitions=False).spec.num_actions == actions.max() + 1
+    )
     assert torch.equal(torch.cat([c.action for c in chunks]), torch.from_numpy(actions))
     chunks.close()
 
@@ -267,7 +390,10 @@ def test_split_is_seeded_by_episode_and_atomic(tmp_path, capsys):
     train, val = outs[0].read_text().splitlines(), outs[1].read_text().splitlines()
     assert len(val) == 10 and sorted(train + val) == sorted(data.read_text().splitlines())
     bad = _jsonl(tmp_path, data.read_text() + '{"steps": [')
-    assert split.main(["--data", str(bad), "--out-train", str(tmp_path / "x"), "--out-val", str(tmp_path / "y")]) == 2
+    assert (
+        split.main(["--data", str(bad), "--out-train", str(tmp_path / "x"), "--out-val", str(tmp_path / "y")])
+        == 2
+    )
     assert f"d.jsonl:{len(GAMES) + 1}: malformed JSON" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     # bc with the split files
@@ -279,7 +405,15 @@ def test_init_from_bc_checkpoint(tmp_path):
     assert run(bc, tmp_path, data, "--epochs", "1") == 0
     ckpt = tmp_path / "out" / "checkpoints" / "latest.pt"
     bc_net = load_checkpoint_file(ckpt).objective["net"]
-    argv = ["--data", str(data), "--model-dir", str(tmp_path / "iql" / "models"), *FAST, "--init-from", str(ckpt)]
+    argv = [
+        "--data",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "iql" / "models"),
+        *FAST,
+        "--init-from",
+        str(ckpt),
+    ]
     loop = build_offline("iql", load_config(IQLConfig, argv), iql.make_objective)
     for k, v in loop.objective.net.state_dict().items():
         assert torch.equal(v, bc_net[k]), k
@@ -315,8 +449,15 @@ def test_player_count_sets_the_sign_of_outcomes_and_bootstrap(tmp_path, capsys):
     rng = np.random.default_rng(0)
     lines = []
     for g in range(12):
-        steps = [{"observation": rng.random(5).round(3).tolist(), "action": int(rng.integers(3)),
-                  "reward": 0.0, "done": False} for _ in range(4)]
+        steps = [
+            {
+                "observation": rng.random(5).round(3).tolist(),
+                "action": int(rng.integers(3)),
+                "reward": 0.0,
+                "done": False,
+            }
+            for _ in range(4)
+        ]
         steps[-1].update(reward=1.0, done=True)
         lines.append(json.dumps({"episode_id": g, "steps": steps}))
     data = _jsonl(tmp_path, "\n".join(lines) + "\n")

@@ -12,16 +12,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from test_offline_teacher import play_games, write_hdf5, write_jsonl
+
 from trainer.commands import bc, cql, imitation, iql
 from trainer.commands.offline_common import build_offline
 from trainer.config import load_config
-from trainer.config.offline import BCConfig, CQLConfig, IQLConfig, ImitationConfig
+from trainer.config.offline import BCConfig, CQLConfig, ImitationConfig, IQLConfig
 from trainer.games import GameSpec
 from trainer.hooks.base import Hook
-from trainer.model.networks import build_network
 from trainer.model.contract import sample_observations
+from trainer.model.networks import build_network
 from trainer.sources.offline_data import load_dataset
 from trainer.training.state import load_checkpoint_file
 
@@ -29,16 +29,38 @@ NET = ["--hidden", "48", "--layers", "2", "--threads", "1", "--no-progress", "--
 
 # mode -> (command module, config, data format, length flags, steps to interrupt at, mode metrics)
 MODES = {
-    "imitation": (imitation, ImitationConfig, "h5", ["--epochs", "4", "--lr", "3e-3"], 50,
-                  ["val_policy_accuracy", "val_total_loss"]),
-    "bc": (bc, BCConfig, "jsonl", ["--epochs", "4", "--lr", "3e-3", "--save-every", "2"], 50,
-           ["val_policy_accuracy", "val_total_loss"]),
-    "iql": (iql, IQLConfig, "jsonl", ["--steps", "80", "--lr", "3e-3", "--lr-warmup-steps", "5",
-                                       "--checkpoint-interval", "40"], 30,
-            ["q_mean", "v_mean", "advantage_mean", "advantage_std"]),
-    "cql": (cql, CQLConfig, "h5", ["--steps", "80", "--lr", "3e-3", "--lr-warmup-steps", "5",
-                                   "--checkpoint-interval", "40"], 30,
-            ["q_mean", "cql_penalty", "td_loss", "q_target_mean"]),
+    "imitation": (
+        imitation,
+        ImitationConfig,
+        "h5",
+        ["--epochs", "4", "--lr", "3e-3"],
+        50,
+        ["val_policy_accuracy", "val_total_loss"],
+    ),
+    "bc": (
+        bc,
+        BCConfig,
+        "jsonl",
+        ["--epochs", "4", "--lr", "3e-3", "--save-every", "2"],
+        50,
+        ["val_policy_accuracy", "val_total_loss"],
+    ),
+    "iql": (
+        iql,
+        IQLConfig,
+        "jsonl",
+        ["--steps", "80", "--lr", "3e-3", "--lr-warmup-steps", "5", "--checkpoint-interval", "40"],
+        30,
+        ["q_mean", "v_mean", "advantage_mean", "advantage_std"],
+    ),
+    "cql": (
+        cql,
+        CQLConfig,
+        "h5",
+        ["--steps", "80", "--lr", "3e-3", "--lr-warmup-steps", "5", "--checkpoint-interval", "40"],
+        30,
+        ["q_mean", "cql_penalty", "td_loss", "q_target_mean"],
+    ),
 }
 
 
@@ -65,8 +87,20 @@ class StopAt(Hook):
 
 def argv(mode: str, data: Path, out: Path) -> list[str]:
     _, _, _, length, _, _ = MODES[mode]
-    return ["--data", str(data), "--model-dir", str(out / "models"), "--batch-size", "64", "--seed", "7",
-            "--stats-interval", "5", *length, *NET]
+    return [
+        "--data",
+        str(data),
+        "--model-dir",
+        str(out / "models"),
+        "--batch-size",
+        "64",
+        "--seed",
+        "7",
+        "--stats-interval",
+        "5",
+        *length,
+        *NET,
+    ]
 
 
 def objective_tensors(state) -> dict[str, torch.Tensor]:
@@ -81,6 +115,7 @@ def objective_tensors(state) -> dict[str, torch.Tensor]:
         elif isinstance(x, (list, tuple)):
             for i, v in enumerate(x):
                 walk(f"{prefix}.{i}", v)
+
     walk("", state.objective)
     return flat
 
@@ -132,7 +167,9 @@ def test_mode_trains_resumes_and_exports(mode, datasets, tmp_path):
     net.load_state_dict(b.objective["net"])
     net.eval()
     obs = sample_observations(spec, 16, seed=5)
-    session = ort.InferenceSession(str(tmp_path / "b" / "models" / "latest.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "b" / "models" / "latest.onnx"), providers=["CPUExecutionProvider"]
+    )
     logits, value = session.run(None, {"observation": obs})
     with torch.no_grad():
         want_logits, want_value = net(torch.from_numpy(obs))
@@ -146,8 +183,25 @@ def test_imitation_learns_the_outcomes(datasets, tmp_path):
     """The value head trains on the stored outcomes: its error on the data falls well below
     the untrained network's."""
     out = tmp_path / "v"
-    args = ["--data", str(datasets["h5"]), "--model-dir", str(out / "models"), "--batch-size", "64", "--seed", "7",
-            "--epochs", "12", "--lr", "3e-3", "--val-fraction", "0", "--lr-scheduler", "constant", *NET]
+    args = [
+        "--data",
+        str(datasets["h5"]),
+        "--model-dir",
+        str(out / "models"),
+        "--batch-size",
+        "64",
+        "--seed",
+        "7",
+        "--epochs",
+        "12",
+        "--lr",
+        "3e-3",
+        "--val-fraction",
+        "0",
+        "--lr-scheduler",
+        "constant",
+        *NET,
+    ]
     assert imitation.main(args) == 0
     state = load_checkpoint_file(out / "checkpoints" / "latest.pt")
     data = load_dataset(datasets["h5"], transitions=False)

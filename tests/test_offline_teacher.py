@@ -33,11 +33,17 @@ def play_games(n: int, seed: int = 0, random_plies: int = 2) -> list[list[dict]]
             else:
                 action = tictactoe_rule_move(state.board, state.to_move)
             after = GAME.apply(state, action)
-            plies.append({
-                "obs": GAME.encode(state), "action": action, "legal": legal,
-                "reward": GAME.reward_for_mover(state, after), "done": after.is_terminal,
-                "next_obs": GAME.encode(after), "next_legal": GAME.legal_mask(after),
-            })
+            plies.append(
+                {
+                    "obs": GAME.encode(state),
+                    "action": action,
+                    "legal": legal,
+                    "reward": GAME.reward_for_mover(state, after),
+                    "done": after.is_terminal,
+                    "next_obs": GAME.encode(after),
+                    "next_legal": GAME.legal_mask(after),
+                }
+            )
             state = after
         games.append(plies)
     return games
@@ -48,7 +54,12 @@ def write_jsonl(path: Path, games: list[list[dict]], legal: bool = True) -> Path
         for i, plies in enumerate(games):
             steps = []
             for p in plies:
-                step = {"observation": p["obs"].tolist(), "action": p["action"], "reward": p["reward"], "done": p["done"]}
+                step = {
+                    "observation": p["obs"].tolist(),
+                    "action": p["action"],
+                    "reward": p["reward"],
+                    "done": p["done"],
+                }
                 if legal:
                     step["legal_mask"] = p["legal"].astype(int).tolist()
                 steps.append(step)
@@ -56,8 +67,15 @@ def write_jsonl(path: Path, games: list[list[dict]], legal: bool = True) -> Path
     return path
 
 
-def write_hdf5(path: Path, games: list[list[dict]], *, d4rl: bool = False, with_outcomes: bool = True,
-               attrs: bool = True, **overrides) -> Path:
+def write_hdf5(
+    path: Path,
+    games: list[list[dict]],
+    *,
+    d4rl: bool = False,
+    with_outcomes: bool = True,
+    attrs: bool = True,
+    **overrides,
+) -> Path:
     rows = [p for g in games for p in g]
     arrays = {
         "states": np.stack([p["obs"] for p in rows]).astype(np.float32),

@@ -188,10 +188,15 @@ def test_pruning_keeps_newest_steps_across_runs(tmp_path):
         # the just-published file survives even below an earlier run's higher step
         assert res.path.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([
-        LATEST_MODEL_NAME, "model_step_abc.onnx", "notes.txt",
-        step_file_name(300), step_file_name(1_200_000),
-    ])
+    assert names == sorted(
+        [
+            LATEST_MODEL_NAME,
+            "model_step_abc.onnx",
+            "notes.txt",
+            step_file_name(300),
+            step_file_name(1_200_000),
+        ]
+    )
     assert read_model_metadata(tmp_path / LATEST_MODEL_NAME)["step"] == "300"
 
 
@@ -222,7 +227,9 @@ def test_reader_process_never_sees_a_broken_latest(tmp_path):
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
         [sys.executable, "-c", _READER, str(models / LATEST_MODEL_NAME), str(stop)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
@@ -264,10 +271,12 @@ _PUBLISHER = textwrap.dedent(
 def test_kill_9_mid_publish_never_breaks_latest(tmp_path):
     models = tmp_path / "models"
     rng = random.Random(1234)
-    for attempt in range(4):
+    for _attempt in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-c", _PUBLISHER, str(models), str(REPO)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert proc.stdout.readline().strip() == "published", proc.stderr.read()

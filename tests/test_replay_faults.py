@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from daemon_harness import read_stats, start_daemon, stop, tail_log, wait_for
 from replay_data import write_random_games
+
 from trainer.config.daemon import DaemonConfig
 from trainer.games import get_game
 from trainer.replay.codec import encode_action, encode_f32
@@ -46,7 +46,13 @@ os.kill(os.getpid(), 9)
 
 
 def leave_hot_journal(db: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(db)], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert Path(f"{db}-journal").exists()
 
@@ -71,8 +77,12 @@ def table_leaf_page(db: Path) -> int:
     index pages interleave with table pages, so a fixed page number might miss the table."""
     conn = sqlite3.connect(db)
     try:
-        pages = [p for (p,) in conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'transitions' AND pagetype = 'leaf' ORDER BY pageno")]
+        pages = [
+            p
+            for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'transitions' AND pagetype = 'leaf' ORDER BY pageno"
+            )
+        ]
     except sqlite3.OperationalError:  # SQLite built without dbstat: page 60 is a table leaf here
         return 59
     finally:
@@ -98,6 +108,7 @@ def _read_all(reader: ReplayReader, limit: int | None = None) -> tuple[int, Coun
 
 
 # --- the reader ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("chunk_rows", [64, 4096])
 def test_damaged_page_is_skipped_and_counted_and_the_rest_is_read(tmp_path, chunk_rows):
@@ -171,9 +182,17 @@ def test_overflowing_policy_mass_and_out_of_range_values_are_bad_rows(tmp_path):
 
 # --- the source ------------------------------------------------------------------------------
 
+
 def _cfg(db, **kw) -> DaemonConfig:
-    base = {"db": db, "env_id": "tictactoe", "batch_size": 16, "min_rows": 20, "max_reuse": 0, "poll_interval": 0.02,
-            "seed": 0}
+    base = {
+        "db": db,
+        "env_id": "tictactoe",
+        "batch_size": 16,
+        "min_rows": 20,
+        "max_reuse": 0,
+        "poll_interval": 0.02,
+        "seed": 0,
+    }
     base.update(kw)
     return DaemonConfig(**base)
 
@@ -217,9 +236,14 @@ def test_source_waits_with_the_db_reason_once_the_reuse_budget_is_spent(tmp_path
     write_random_games(db, "tictactoe", 10, seed=1, journal="delete")
     src = ReplaySource(_cfg(db, max_reuse=1.0))
     try:
-        _batches_while(src, lambda s: src.waiting_reason is not None and src.waiting_reason.kind == WaitKind.REUSE_LIMIT)
+        _batches_while(
+            src, lambda s: src.waiting_reason is not None and src.waiting_reason.kind == WaitKind.REUSE_LIMIT
+        )
         leave_hot_journal(db)
-        _batches_while(src, lambda s: src.waiting_reason is not None and src.waiting_reason.kind == WaitKind.DB_UNREADABLE)
+        _batches_while(
+            src,
+            lambda s: src.waiting_reason is not None and src.waiting_reason.kind == WaitKind.DB_UNREADABLE,
+        )
     finally:
         src.close()
 
@@ -262,8 +286,22 @@ def test_source_rereads_a_replaced_db_from_its_first_row(tmp_path):
 
 # --- the daemon ------------------------------------------------------------------------------
 
-FAST = ["--threads", "1", "--min-rows", "50", "--stats-interval", "5", "--log-interval", "50",
-        "--batch-size", "16", "--wait-interval", "0.05", "--checkpoint-interval", "1000"]
+FAST = [
+    "--threads",
+    "1",
+    "--min-rows",
+    "50",
+    "--stats-interval",
+    "5",
+    "--log-interval",
+    "50",
+    "--batch-size",
+    "16",
+    "--wait-interval",
+    "0.05",
+    "--checkpoint-interval",
+    "1000",
+]
 
 
 def _stats_where(data: Path, cond, what: str, proc, timeout: float = 60.0) -> dict:
@@ -275,23 +313,43 @@ def test_daemon_rides_out_a_hot_journal_and_a_restart_with_one(tmp_path):
     rows = write_random_games(db, "tictactoe", 30, seed=1, journal="delete")
     proc = start_daemon(tmp_path, "--steps", "0", "--max-reuse", "2", *FAST)
     try:
-        _stats_where(tmp_path, lambda s: s["rows_seen"] == rows and s["state"] == "waiting_for_data",
-                     "the reuse limit on the first rows", proc)
+        _stats_where(
+            tmp_path,
+            lambda s: s["rows_seen"] == rows and s["state"] == "waiting_for_data",
+            "the reuse limit on the first rows",
+            proc,
+        )
         leave_hot_journal(db)
-        _stats_where(tmp_path, lambda s: s.get("replay_status") == "db_unreadable" and s["state"] == "waiting_for_data"
-                     and s["state_reason"] == s["replay_error"], "a wait on the hot journal", proc)
+        _stats_where(
+            tmp_path,
+            lambda s: (
+                s.get("replay_status") == "db_unreadable"
+                and s["state"] == "waiting_for_data"
+                and s["state_reason"] == s["replay_error"]
+            ),
+            "a wait on the hot journal",
+            proc,
+        )
         assert stop(proc) == 0, tail_log(tmp_path)
         # A restart finds the hot journal before it has read anything: it waits, no exit 2.
         proc = start_daemon(tmp_path, "--steps", "0", "--max-reuse", "2", *FAST)
-        _stats_where(tmp_path, lambda s: s["state"] == "waiting_for_data" and s.get("replay_status") == "db_unreadable",
-                     "the restarted daemon waiting on the hot journal", proc)
+        _stats_where(
+            tmp_path,
+            lambda s: s["state"] == "waiting_for_data" and s.get("replay_status") == "db_unreadable",
+            "the restarted daemon waiting on the hot journal",
+            proc,
+        )
         time.sleep(1.0)
         assert proc.poll() is None, tail_log(tmp_path)
         roll_back_hot_journal(db)
         more = write_random_games(db, "tictactoe", 30, seed=2, journal="delete")
         # More samples than the first rows' reuse budget: the new rows were trained on.
-        done = _stats_where(tmp_path, lambda s: s["rows_seen"] == rows + more and s["samples_seen"] > 2 * rows + 16 * 10,
-                            "training on the rows written after the rollback", proc)
+        done = _stats_where(
+            tmp_path,
+            lambda s: s["rows_seen"] == rows + more and s["samples_seen"] > 2 * rows + 16 * 10,
+            "training on the rows written after the rollback",
+            proc,
+        )
         assert done["replay_status"] == "ok" and done["bad_rows"] == 0
         assert stop(proc) == 0, tail_log(tmp_path)
     finally:
@@ -304,8 +362,12 @@ def test_daemon_trains_past_a_damaged_page(tmp_path):
     total = _damaged_db(db)
     proc = start_daemon(tmp_path, "--steps", "0", "--max-reuse", "0", *FAST)
     try:
-        s = _stats_where(tmp_path, lambda s: s["step"] >= 50 and s["rows_seen"] + s["bad_rows"] == total,
-                         "training past the damaged page", proc)
+        s = _stats_where(
+            tmp_path,
+            lambda s: s["step"] >= 50 and s["rows_seen"] + s["bad_rows"] == total,
+            "training past the damaged page",
+            proc,
+        )
         assert s["bad_rows_unreadable"] == s["bad_rows"] > 0
         assert stop(proc) == 0, tail_log(tmp_path)
     finally:
@@ -318,14 +380,22 @@ def test_daemon_rereads_a_deleted_and_recreated_db(tmp_path):
     old = write_random_games(db, "tictactoe", 20, seed=1)
     proc = start_daemon(tmp_path, "--steps", "0", "--max-reuse", "1", *FAST)
     try:
-        s = _stats_where(tmp_path, lambda s: s["rows_seen"] == old and s["state"] == "waiting_for_data",
-                         "the reuse limit on the old DB", proc)
+        s = _stats_where(
+            tmp_path,
+            lambda s: s["rows_seen"] == old and s["state"] == "waiting_for_data",
+            "the reuse limit on the old DB",
+            proc,
+        )
         stuck_samples = s["samples_seen"]
         for p in tmp_path.glob("replay.db*"):
             p.unlink()
         new = write_random_games(db, "tictactoe", 60, seed=2)  # rowids restart at 1, more than before
-        s = _stats_where(tmp_path, lambda s: s["rows_seen"] == old + new and s["samples_seen"] > stuck_samples + 16 * 20,
-                         "training on the new DB's rows", proc)
+        s = _stats_where(
+            tmp_path,
+            lambda s: s["rows_seen"] == old + new and s["samples_seen"] > stuck_samples + 16 * 20,
+            "training on the new DB's rows",
+            proc,
+        )
         assert s["replay_buffer_size"] == new and s["replay_status"] == "ok"
         assert stop(proc) == 0, tail_log(tmp_path)
     finally:

@@ -79,8 +79,10 @@ def test_rust_actor_rows_read_like_the_same_rows_in_sqlite(pg_url, tmp_path):
     bad = _corrupt(games[0])
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(RUST_DDL)
-        conn.execute("INSERT INTO game_metadata VALUES ('connect4', 'Connect 4', 7, 6, 7, 93, 84, 2, now()) "
-                     "ON CONFLICT (env_id) DO NOTHING")
+        conn.execute(
+            "INSERT INTO game_metadata VALUES ('connect4', 'Connect 4', 7, 6, 7, 93, 84, 2, now()) "
+            "ON CONFLICT (env_id) DO NOTHING"
+        )
         for rows in games:
             _rust_insert(conn, rows)
         _rust_insert(conn, bad)
@@ -96,7 +98,8 @@ def test_rust_actor_rows_read_like_the_same_rows_in_sqlite(pg_url, tmp_path):
     pg_parts, sq_parts = _read_all(reader), _read_all(ReplayReader(db, "connect4", chunk_rows=50))
     for field in ("obs", "policy", "value"):
         np.testing.assert_array_equal(
-            np.concatenate([getattr(p, field) for p in pg_parts]), np.concatenate([getattr(p, field) for p in sq_parts])
+            np.concatenate([getattr(p, field) for p in pg_parts]),
+            np.concatenate([getattr(p, field) for p in sq_parts]),
         )
     pg_bad = sum((p.bad for p in pg_parts), start=Counter())
     sq_bad = sum((p.bad for p in sq_parts), start=Counter())
@@ -179,8 +182,12 @@ print(rows)
 
 def test_four_writer_processes_lose_and_duplicate_nothing(pg_url):
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, pg_url, str(k), "15"], cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, pg_url, str(k), "15"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for k in range(4)
     ]
     reader = PgReplayReader(pg_url, "tictactoe", chunk_rows=16)
@@ -243,7 +250,9 @@ def test_writer_adds_model_step_and_upserts_metadata(pg_url):
     assert reader.model_step == 42
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM transitions WHERE done").fetchone()[0] == 2
-        assert conn.execute("SELECT obs_size, display_name FROM game_metadata").fetchall() == [(93, "Connect 4")]
+        assert conn.execute("SELECT obs_size, display_name FROM game_metadata").fetchall() == [
+            (93, "Connect 4")
+        ]
         assert conn.execute("SELECT count(*) FROM transitions WHERE model_step IS NULL").fetchone()[0] > 0
 
 
@@ -257,7 +266,9 @@ def test_big_table_without_seq_is_an_error_until_migrated(pg_url):
     with pytest.raises(SchemaError, match="migrate"):
         reader.probe()
     cmd = [sys.executable, "-m", "trainer.replay.postgres", "migrate", "--db"]
-    bad = subprocess.run(cmd + [pg_url.rsplit("/", 1)[0] + "/no_such_db"], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        cmd + [pg_url.rsplit("/", 1)[0] + "/no_such_db"], cwd=ROOT, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:")
     done = subprocess.run(cmd + [pg_url], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -7,8 +7,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from replay_data import journal_mode, write_random_games
+
 from trainer.games import get_game
 from trainer.replay.codec import encode_action, encode_f32
 from trainer.replay.reader import ReplayReader
@@ -26,7 +26,9 @@ def _read_all(reader: ReplayReader):
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_reads_every_row_in_chunks_from_wal_and_rollback_dbs(tmp_path, journal):
     db = tmp_path / "replay.db"
-    rows = write_random_games(db, "connect4", 30, seed=1, journal=journal, with_model_step=True, model_step=12)
+    rows = write_random_games(
+        db, "connect4", 30, seed=1, journal=journal, with_model_step=True, model_step=12
+    )
     assert not (tmp_path / "replay.db-wal").exists()  # writer closed: a reader must cope without it
     assert journal_mode(db) == journal
     write_random_games(db, "tictactoe", 5, seed=2, journal=journal)  # another game's rows are ignored
@@ -75,8 +77,10 @@ def test_unknown_game_without_metadata_waits(tmp_path):
 def test_missing_column_is_a_schema_error_naming_column_and_file(tmp_path):
     db = tmp_path / "replay.db"
     conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE transitions (id TEXT PRIMARY KEY, env_id TEXT, observation BLOB, action BLOB, "
-                 "mcts_value REAL, game_outcome REAL, timestamp INTEGER)")
+    conn.execute(
+        "CREATE TABLE transitions (id TEXT PRIMARY KEY, env_id TEXT, observation BLOB, action BLOB, "
+        "mcts_value REAL, game_outcome REAL, timestamp INTEGER)"
+    )
     conn.commit()
     conn.close()
     with pytest.raises(SchemaError, match=r"policy_probs") as exc:
@@ -134,7 +138,13 @@ def test_corrupt_rows_are_skipped_and_counted_and_fallbacks_apply(tmp_path):
     reader = ReplayReader(db, "tictactoe")
     parts = _read_all(reader)
     bad = sum((p.bad for p in parts), start=Counter())
-    assert dict(bad) == {"obs_length": 2, "bad_action": 2, "nonfinite": 3, "value_null": 1, "illegal_action": 1}
+    assert dict(bad) == {
+        "obs_length": 2,
+        "bad_action": 2,
+        "nonfinite": 3,
+        "value_null": 1,
+        "illegal_action": 1,
+    }
     total = sum(len(p) for p in parts)
     assert total == good + 4 and sum(p.policy_onehot for p in parts) == 2
     last = parts[-1]

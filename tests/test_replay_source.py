@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from replay_data import write_random_games
+
 from trainer.config.daemon import DaemonConfig
 from trainer.replay.schema import SchemaError
 from trainer.sources.replay_source import ReplaySource
@@ -22,7 +22,9 @@ TESTS_DIR = Path(__file__).parent
 
 
 def _cfg(db, **kw) -> DaemonConfig:
-    base = dict(db=db, env_id="tictactoe", batch_size=16, min_rows=20, max_reuse=0, poll_interval=0.02, seed=0)
+    base = dict(
+        db=db, env_id="tictactoe", batch_size=16, min_rows=20, max_reuse=0, poll_interval=0.02, seed=0
+    )
     base.update(kw)
     return DaemonConfig(**base)
 
@@ -71,7 +73,11 @@ def test_waiting_reasons_until_enough_rows(tmp_path):
         assert src.next_batch() is None and src.waiting_reason.kind == WaitKind.NO_TABLE
         write_random_games(db, "tictactoe", 1, seed=1, with_model_step=True, model_step=3)
         time.sleep(0.1)
-        assert src.next_batch() is None and src.waiting_reason.kind == WaitKind.TOO_FEW_ROWS and "need 60" in str(src.waiting_reason)
+        assert (
+            src.next_batch() is None
+            and src.waiting_reason.kind == WaitKind.TOO_FEW_ROWS
+            and "need 60" in str(src.waiting_reason)
+        )
         write_random_games(db, "tictactoe", 10, seed=2, with_model_step=True, model_step=5)
         _wait_batch(src)
         assert src.waiting_reason is None and src.stats()["actor_model_step"] == 5
@@ -88,7 +94,9 @@ def test_live_writer_process_and_source_never_lock_each_other_out(tmp_path, jour
         from replay_data import write_games_slowly
         print(write_games_slowly({str(db)!r}, "tictactoe", 150, seed=7, journal={journal!r}, pause_s=0.004))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     src = ReplaySource(_cfg(db, batch_size=32, min_rows=old_rows))
     marked = batches = 0
     try:
@@ -215,8 +223,10 @@ def test_rows_seen_keeps_counting_across_restarts(tmp_path):
 def test_schema_error_is_raised_from_next_batch(tmp_path):
     db = tmp_path / "replay.db"
     conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE transitions (id TEXT, env_id TEXT, observation BLOB, policy_probs BLOB, "
-                 "mcts_value REAL, game_outcome REAL, timestamp INTEGER)")
+    conn.execute(
+        "CREATE TABLE transitions (id TEXT, env_id TEXT, observation BLOB, policy_probs BLOB, "
+        "mcts_value REAL, game_outcome REAL, timestamp INTEGER)"
+    )
     conn.commit()
     conn.close()
     src = ReplaySource(_cfg(db))

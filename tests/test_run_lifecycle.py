@@ -16,8 +16,20 @@ from trainer.commands import bc
 from trainer.training.run import LOCK_NAME, PREVIOUS_RUN_PREFIX
 from trainer.training.state import LATEST_NAME, load_checkpoint_file, step_checkpoints
 
-FAST = ["--threads", "1", "--min-rows", "50", "--max-reuse", "0", "--stats-interval", "5", "--log-interval", "50",
-        "--eval-interval", "0"]
+FAST = [
+    "--threads",
+    "1",
+    "--min-rows",
+    "50",
+    "--max-reuse",
+    "0",
+    "--stats-interval",
+    "5",
+    "--log-interval",
+    "50",
+    "--eval-interval",
+    "0",
+]
 BC_FAST = ["--hidden", "16", "--layers", "1", "--batch-size", "32", "--no-progress", "--log-level", "ERROR"]
 
 
@@ -33,7 +45,9 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp
     second = None
     try:
         wait_for_step(tmp_path, 15, 60, first)
-        second = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "10", *FAST, log_name="second.log")
+        second = start_daemon(
+            tmp_path, "--steps", "0", "--checkpoint-interval", "10", *FAST, log_name="second.log"
+        )
         assert second.wait(60) == 2
         errors = [ln for ln in tail_log(tmp_path, "second.log").splitlines() if ln.startswith("error: ")]
         assert len(errors) == 1 and f"pid {first.pid}" in errors[0], tail_log(tmp_path, "second.log")
@@ -41,10 +55,31 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp
         # An offline mode aimed at the daemon's checkpoint folder is refused the same way.
         data = write_jsonl(tmp_path / "t.jsonl", play_games(10, seed=2))
         offline = subprocess.run(
-            [sys.executable, "-m", "trainer", "bc", "--data", str(data), "--epochs", "1", "--fresh",
-             "--model-dir", str(tmp_path / "bc-models"), "--checkpoint-dir", str(tmp_path / "checkpoints"),
-             *BC_FAST], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-        assert offline.returncode == 2 and f"pid {first.pid}" in offline.stderr.splitlines()[-1], offline.stderr
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "bc",
+                "--data",
+                str(data),
+                "--epochs",
+                "1",
+                "--fresh",
+                "--model-dir",
+                str(tmp_path / "bc-models"),
+                "--checkpoint-dir",
+                str(tmp_path / "checkpoints"),
+                *BC_FAST,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert offline.returncode == 2 and f"pid {first.pid}" in offline.stderr.splitlines()[-1], (
+            offline.stderr
+        )
 
         # The refused runs took nothing from the first: it trains on and stops cleanly.
         step = wait_for_step(tmp_path, 30, 60, first)["step"]
@@ -53,15 +88,18 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp
         assert all(load_checkpoint_file(p).step == s for s, p in step_checkpoints(tmp_path / "checkpoints"))
 
         # kill -9 leaves no stale lock behind: the OS drops it with the process.
-        third = start_daemon(tmp_path, "--steps", "0", "--checkpoint-interval", "10", *FAST, log_name="third.log")
+        third = start_daemon(
+            tmp_path, "--steps", "0", "--checkpoint-interval", "10", *FAST, log_name="third.log"
+        )
         try:
             wait_for_step(tmp_path, step + 5, 60, third)
             os.kill(third.pid, signal.SIGKILL)
             third.wait(30)
         finally:
             _kill(third)
-        fourth = start_daemon(tmp_path, "--steps", str(step + 20), "--checkpoint-interval", "10", *FAST,
-                              log_name="fourth.log")
+        fourth = start_daemon(
+            tmp_path, "--steps", str(step + 20), "--checkpoint-interval", "10", *FAST, log_name="fourth.log"
+        )
         assert fourth.wait(90) == 0, tail_log(tmp_path, "fourth.log")
         assert (tmp_path / "checkpoints" / LOCK_NAME).exists()
     finally:

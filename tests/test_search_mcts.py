@@ -8,7 +8,14 @@ import pytest
 from trainer.evaluator import play_games
 from trainer.games import get_game
 from trainer.games.base import GameState
-from trainer.search.mcts import CachedEvaluator, MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
+from trainer.search.mcts import (
+    CachedEvaluator,
+    MCTSConfig,
+    ObsEvaluator,
+    RolloutEvaluator,
+    search,
+    select_action,
+)
 from trainer.search.players import MCTSPlayer, PerfectPlayer, RandomPlayer, make_player
 
 
@@ -58,7 +65,9 @@ def test_dirichlet_noise_only_touches_legal_moves():
     game = get_game("tictactoe")
     s = _ttt("XO. ... ...", 1)
     cfg = MCTSConfig(sims=1, dirichlet_alpha=0.3, dirichlet_weight=0.5)
-    r = search(game, [s], RolloutEvaluator(np.random.default_rng(1)), cfg, np.random.default_rng(1), add_noise=True)[0]
+    r = search(
+        game, [s], RolloutEvaluator(np.random.default_rng(1)), cfg, np.random.default_rng(1), add_noise=True
+    )[0]
     legal = game.legal_mask(s)
     assert not r.priors[~legal].any() and abs(r.priors.sum() - 1) < 1e-9
     assert not np.allclose(r.priors[legal], 1 / legal.sum())
@@ -133,12 +142,23 @@ def test_search_without_reuse_or_cache_is_unchanged_on_fixed_seeds():
     evaluation cache existed: with both off it must still be the same algorithm."""
     game = get_game("connect4")
     roots = _c4_roots()
-    res = search(game, roots, ObsEvaluator(_linear_net), MCTSConfig(sims=50), np.random.default_rng(5), add_noise=True)
+    res = search(
+        game, roots, ObsEvaluator(_linear_net), MCTSConfig(sims=50), np.random.default_rng(5), add_noise=True
+    )
     assert [r.visits.astype(int).tolist() for r in res] == [
-        [4, 0, 38, 0, 0, 0, 8], [0, 0, 42, 4, 0, 4, 0], [0, 6, 38, 0, 0, 6, 0], [2, 0, 32, 6, 8, 0, 2]
+        [4, 0, 38, 0, 0, 0, 8],
+        [0, 0, 42, 4, 0, 4, 0],
+        [0, 6, 38, 0, 0, 6, 0],
+        [2, 0, 32, 6, 8, 0, 2],
     ]
     assert [round(r.value, 6) for r in res] == [0.026977, 0.000276, 0.000113, -7.2e-05]
-    res = search(game, roots[:2], RolloutEvaluator(np.random.default_rng(9)), MCTSConfig(sims=40), np.random.default_rng(9))
+    res = search(
+        game,
+        roots[:2],
+        RolloutEvaluator(np.random.default_rng(9)),
+        MCTSConfig(sims=40),
+        np.random.default_rng(9),
+    )
     assert [r.visits.astype(int).tolist() for r in res] == [[4, 1, 1, 12, 10, 6, 6], [12, 1, 1, 1, 12, 12, 1]]
 
 
@@ -148,7 +168,9 @@ def test_cached_evaluator_searches_the_same_with_fewer_network_positions(max_ent
     roots = _c4_roots() * 2  # each position twice, as when games start together
     plain, cached = CountingNet(), CountingNet()
     cache = CachedEvaluator(ObsEvaluator(cached), max_entries)
-    a = search(game, roots, ObsEvaluator(plain), MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True)
+    a = search(
+        game, roots, ObsEvaluator(plain), MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True
+    )
     b = search(game, roots, cache, MCTSConfig(sims=30), np.random.default_rng(3), add_noise=True)
     for x, y in zip(a, b):
         assert np.array_equal(x.visits, y.visits) and x.value == pytest.approx(y.value, abs=1e-12)
@@ -171,13 +193,22 @@ def test_a_reused_subtree_keeps_its_visits_and_is_topped_up_to_sims():
     kept, clean_priors = tree.N.copy(), tree.priors.copy()
     assert 0 < kept.sum() < cfg.sims
     net = CountingNet()
-    (second,) = search(game, [game.apply(root, a)], ObsEvaluator(net), cfg, np.random.default_rng(1), add_noise=True,
-                       trees=[tree])
+    (second,) = search(
+        game,
+        [game.apply(root, a)],
+        ObsEvaluator(net),
+        cfg,
+        np.random.default_rng(1),
+        add_noise=True,
+        trees=[tree],
+    )
     assert second.visits.sum() == cfg.sims and np.all(second.visits >= kept)
     assert net.positions <= cfg.sims - kept.sum()  # no root evaluation, only the new leaves
     assert abs(second.priors.sum() - 1) < 1e-9 and not np.allclose(second.priors, clean_priors)  # fresh noise
     # A tree already at `sims` visits still gets one new simulation, so fresh noise matters.
-    (third,) = search(game, [game.apply(root, a)], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root])
+    (third,) = search(
+        game, [game.apply(root, a)], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root]
+    )
     assert third.visits.sum() == cfg.sims + 1
     with pytest.raises(ValueError, match="rooted"):
         search(game, [root], ObsEvaluator(net), cfg, np.random.default_rng(2), trees=[second.root])
@@ -186,7 +217,13 @@ def test_a_reused_subtree_keeps_its_visits_and_is_topped_up_to_sims():
 def test_uct_tries_every_move_once_before_repeating_one():
     game = get_game("connect4")
     cfg = MCTSConfig(sims=7, selection="uct")
-    (r,) = search(game, [game.initial_state()], RolloutEvaluator(np.random.default_rng(0)), cfg, np.random.default_rng(0))
+    (r,) = search(
+        game,
+        [game.initial_state()],
+        RolloutEvaluator(np.random.default_rng(0)),
+        cfg,
+        np.random.default_rng(0),
+    )
     assert r.visits.tolist() == [1.0] * 7
 
 
@@ -206,7 +243,9 @@ def test_solver_never_plays_a_proven_loss():
     block = _ttt("XX. .O. ...", 2)
     cfg = MCTSConfig(sims=300, selection="uct", solve=True)
     for seed in range(3):
-        (r,) = search(game, [block], RolloutEvaluator(np.random.default_rng(seed)), cfg, np.random.default_rng(seed))
+        (r,) = search(
+            game, [block], RolloutEvaluator(np.random.default_rng(seed)), cfg, np.random.default_rng(seed)
+        )
         legal = game.legal_mask(block)
         assert all(r.root.proven[a] == -1.0 for a in np.flatnonzero(legal) if a != 2), r.root.proven
         assert r.best_action(np.random.default_rng(seed)) == 2
@@ -229,9 +268,20 @@ def _calibration(sims: int, games: int, seed: int) -> dict:
 
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "mcts_calibration.py"), "--sims", str(sims), "--games", str(games),
-         "--seed", str(seed), "--json"],
-        capture_output=True, text=True, timeout=7200,
+        [
+            sys.executable,
+            str(repo / "benchmarks" / "mcts_calibration.py"),
+            "--sims",
+            str(sims),
+            "--games",
+            str(games),
+            "--seed",
+            str(seed),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=7200,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -253,14 +303,23 @@ def test_rollout_opponent_matches_openspiel_mcts_bot_over_200_games(sims):
 def _actor_games(tmp_path, name: str, **settings) -> dict:
     import threading
 
+    from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
+
     from actor_stub.config import ActorConfig
     from actor_stub.process import run_worker
-    from actor_support import assert_whole_games, publish, read_games, tiny_model_bytes
 
     folder = tmp_path / name
     publish(folder / "models", tiny_model_bytes("connect4", step=3))
-    cfg = ActorConfig(env_id="connect4", db=folder / "replay.db", model_dir=folder / "models", sims=12, episodes=3,
-                      parallel_games=3, seed=4, **settings)
+    cfg = ActorConfig(
+        env_id="connect4",
+        db=folder / "replay.db",
+        model_dir=folder / "models",
+        sims=12,
+        episodes=3,
+        parallel_games=3,
+        seed=4,
+        **settings,
+    )
     run_worker(cfg, cfg.episodes, cfg.seed, 0, threading.Event())
     games = read_games(cfg.db, "connect4")
     assert len(games) == 3

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_for_step
 from replay_data import write_random_games
+
 from trainer.commands.train import schedule_from
 from trainer.config import DaemonConfig
 
@@ -41,8 +41,23 @@ pytestmark = pytest.mark.slow
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 WRITER_KILL_EVERY = 20.0
 SCHEDULE = ["--steps", "0", "--lr-warmup-steps", "200", "--lr-decay-steps", "20000"]
-DAEMON_ARGS = [*SCHEDULE, "--threads", "1", "--min-rows", "100", "--max-reuse", "0", "--checkpoint-interval", "50",
-               "--max-checkpoints", "3", "--stats-interval", "10", "--eval-interval", "0"]
+DAEMON_ARGS = [
+    *SCHEDULE,
+    "--threads",
+    "1",
+    "--min-rows",
+    "100",
+    "--max-reuse",
+    "0",
+    "--checkpoint-interval",
+    "50",
+    "--max-checkpoints",
+    "3",
+    "--stats-interval",
+    "10",
+    "--eval-interval",
+    "0",
+]
 
 # Several games per transaction and a 2-page cache, so the transaction spills pages into the
 # DB file before COMMIT: a kill then leaves a hot journal. The ledger line is written only
@@ -87,9 +102,19 @@ while not os.path.exists(stop_file):
 
 def start_writer(tmp: Path, name: str, spill: bool) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(tmp / "replay.db"), str(tmp / f"{name}.ledger"), name,
-         str(tmp / "writers.stop"), "1" if spill else "0"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.err", "ab"),
+        [
+            sys.executable,
+            "-c",
+            WRITER,
+            str(tmp / "replay.db"),
+            str(tmp / f"{name}.ledger"),
+            name,
+            str(tmp / "writers.stop"),
+            "1" if spill else "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / f"{name}.err", "ab"),
     )
 
 
@@ -116,7 +141,9 @@ def test_soak_killed_writers_and_daemon(tmp_path):
     try:
         wait_for_step(tmp_path, 1, 120, daemon)
         while (now := time.monotonic()) - t_start < SOAK_SECONDS:
-            assert daemon.poll() is None, f"daemon exited on its own ({daemon.returncode})\n{tail_log(tmp_path)}"
+            assert daemon.poll() is None, (
+                f"daemon exited on its own ({daemon.returncode})\n{tail_log(tmp_path)}"
+            )
             assert steady.poll() is None, (tmp_path / "steady.err").read_text()[-2000:]
             if killed is not None and now >= next_writer_kill:
                 killed.send_signal(signal.SIGKILL)

@@ -13,10 +13,33 @@ from replay_data import write_random_games
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-RUN = ["--batch-size", "16", "--min-rows", "50", "--max-reuse", "0", "--threads", "1", "--stats-interval", "5",
-       "--checkpoint-interval", "20", "--eval-interval", "20", "--eval-games", "10"]
-TAGS = ("loss/total", "loss/policy", "loss/value", "train/learning_rate", "throughput/samples_per_sec",
-        "throughput/wait_fraction", "replay/window_size")
+RUN = [
+    "--batch-size",
+    "16",
+    "--min-rows",
+    "50",
+    "--max-reuse",
+    "0",
+    "--threads",
+    "1",
+    "--stats-interval",
+    "5",
+    "--checkpoint-interval",
+    "20",
+    "--eval-interval",
+    "20",
+    "--eval-games",
+    "10",
+]
+TAGS = (
+    "loss/total",
+    "loss/policy",
+    "loss/value",
+    "train/learning_rate",
+    "throughput/samples_per_sec",
+    "throughput/wait_fraction",
+    "replay/window_size",
+)
 
 
 def run_to(data: Path, steps: int) -> dict:
@@ -74,17 +97,32 @@ def test_scalars_at_the_training_steps_across_a_resume_from_an_older_checkpoint(
     # Evaluations at the step of the model they played: each point is an eval_history entry,
     # and the first run's entries (before the resume point) all survive.
     entries = {(e["step"], e["win_rate"]) for e in first["eval_history"] + last["eval_history"]}
-    points = [(e.step, e.value) for e in acc.Scalars("eval/win_rate")] if "eval/win_rate" in acc.Tags()["scalars"] else []
-    assert all(any(s == step and abs(w - win) < 1e-6 for s, w in entries) for step, win in points), (points, entries)
+    points = (
+        [(e.step, e.value) for e in acc.Scalars("eval/win_rate")]
+        if "eval/win_rate" in acc.Tags()["scalars"]
+        else []
+    )
+    assert all(any(s == step and abs(w - win) < 1e-6 for s, w in entries) for step, win in points), (
+        points,
+        entries,
+    )
     assert {e["step"] for e in first["eval_history"]} <= {step for step, _ in points}
+
 
 def test_a_missing_tensorboard_package_is_one_clear_error(tmp_path):
     fake = tmp_path / "site" / "tensorboard"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'tensorboard'\")\n")
     env = {"PYTHONPATH": f"{tmp_path / 'site'}:{REPO}", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(daemon_args(tmp_path, "--tensorboard", str(tmp_path / "tb")), cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        daemon_args(tmp_path, "--tensorboard", str(tmp_path / "tb")),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "--tensorboard" in errors[0] and "pip install" in errors[0], r.stderr

@@ -113,13 +113,24 @@ class Recorder(Hook):
         self.stopped_with = loop.stop_reason
 
 
-def make_loop(source: ScriptedSource, total_steps: int = 0, wait: WaitPolicy | None = None,
-              hooks: list[Hook] | None = None) -> TrainLoop:
+def make_loop(
+    source: ScriptedSource,
+    total_steps: int = 0,
+    wait: WaitPolicy | None = None,
+    hooks: list[Hook] | None = None,
+) -> TrainLoop:
     torch.manual_seed(0)
     objective = PolicyValueObjective(build_network(SPEC, "mlp", 8, 1), lr=1e-3)
     state = TrainState(mode="daemon", env_id=SPEC.env_id, spec={}, network={})
-    return TrainLoop(objective, source, state, LRSchedule(peak=1e-3), total_steps, hooks or [],
-                     wait or WaitPolicy(first=0.001, cap=0.004, brief_cap=0.002))
+    return TrainLoop(
+        objective,
+        source,
+        state,
+        LRSchedule(peak=1e-3),
+        total_steps,
+        hooks or [],
+        wait or WaitPolicy(first=0.001, cap=0.004, brief_cap=0.002),
+    )
 
 
 NO_DB = WaitReason(WaitKind.NO_DB, "no replay DB")
@@ -153,7 +164,9 @@ def test_trains_through_waits_and_stops_at_the_step_limit():
 def test_max_wait_gives_up_on_missing_data_but_not_on_brief_waits():
     # Brief waits alone never time out, however long they last in total.
     source = ScriptedSource([LOADING] * 30 + [batch()])
-    loop = make_loop(source, total_steps=1, wait=WaitPolicy(first=0.001, cap=0.004, brief_cap=0.002, max_wait=0.02))
+    loop = make_loop(
+        source, total_steps=1, wait=WaitPolicy(first=0.001, cap=0.004, brief_cap=0.002, max_wait=0.02)
+    )
     loop.run()
     assert loop.state.step == 1
 
@@ -164,7 +177,9 @@ def test_max_wait_gives_up_on_missing_data_but_not_on_brief_waits():
     with pytest.raises(DataWaitTimeout):
         loop.run()
     assert 0.05 <= time.monotonic() - t0 < 5
-    assert loop.stop_reason.startswith("no usable data after waiting") and rec.stopped_with == loop.stop_reason
+    assert (
+        loop.stop_reason.startswith("no usable data after waiting") and rec.stopped_with == loop.stop_reason
+    )
     assert rec.phases[-1] == STOPPED and loop.state.step == 0
 
 

@@ -51,7 +51,18 @@ from trainer.training.state import (
     step_checkpoints,
 )
 
-FAST = ["--threads", "1", "--min-rows", "50", "--max-reuse", "0", "--stats-interval", "5", "--log-interval", "50"]
+FAST = [
+    "--threads",
+    "1",
+    "--min-rows",
+    "50",
+    "--max-reuse",
+    "0",
+    "--stats-interval",
+    "5",
+    "--log-interval",
+    "50",
+]
 TTT = get_game("tictactoe").spec
 # Finite in float32, but a few of them summed in the first layer overflow to inf.
 HUGE = 3e38
@@ -80,6 +91,7 @@ def blow_up(obs: np.ndarray) -> np.ndarray:
 
 # --- non-finite training --------------------------------------------------------------------
 
+
 def c4_batch(n: int, huge: bool) -> Batch:
     spec = get_game("connect4").spec
     rng = np.random.default_rng(0)
@@ -89,9 +101,15 @@ def c4_batch(n: int, huge: bool) -> Batch:
     legal = torch.ones(n, spec.num_actions, dtype=torch.bool)
     action = torch.from_numpy(rng.integers(0, spec.num_actions, n))
     return Batch(
-        obs=torch.from_numpy(obs), legal_mask=legal, policy=torch.nn.functional.one_hot(action, spec.num_actions).float(),
-        value=torch.zeros(n), action=action, reward=torch.zeros(n), next_obs=torch.from_numpy(obs.copy()),
-        next_legal_mask=legal, done=torch.zeros(n),
+        obs=torch.from_numpy(obs),
+        legal_mask=legal,
+        policy=torch.nn.functional.one_hot(action, spec.num_actions).float(),
+        value=torch.zeros(n),
+        action=action,
+        reward=torch.zeros(n),
+        next_obs=torch.from_numpy(obs.copy()),
+        next_legal_mask=legal,
+        done=torch.zeros(n),
     )
 
 
@@ -133,7 +151,9 @@ def append_huge_rows(db: Path, n: int) -> None:
         r = dict(zip(cols, row))
         r["id"] = f"huge-{uuid.uuid4().hex}-{i}"
         r["observation"] = blow_up(np.frombuffer(r["observation"], np.float32)).tobytes()
-        conn.execute(f"INSERT INTO transitions ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values()))
+        conn.execute(
+            f"INSERT INTO transitions ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values())
+        )
     conn.commit()
     conn.close()
 
@@ -141,7 +161,7 @@ def append_huge_rows(db: Path, n: int) -> None:
 def onnx_outputs(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     obs = np.zeros((4, TTT.obs_size), np.float32)
-    obs[:, TTT.legal_mask_offset:] = 1.0
+    obs[:, TTT.legal_mask_offset :] = 1.0
     logits, value = sess.run(None, {"observation": obs})
     return int(sess.get_modelmeta().custom_metadata_map["step"]), logits, value
 
@@ -153,8 +173,20 @@ def error_lines(text: str) -> list[str]:
 def test_daemon_skips_nonfinite_steps_then_stops_with_the_last_finite_weights(tmp_path):
     db = tmp_path / "replay.db"
     write_random_games(db, "tictactoe", 40, seed=21)
-    proc = start_daemon(tmp_path, "--steps", "0", "--window", "64", "--batch-size", "32",
-                        "--checkpoint-interval", "10", "--max-checkpoints", "50", *FAST)
+    proc = start_daemon(
+        tmp_path,
+        "--steps",
+        "0",
+        "--window",
+        "64",
+        "--batch-size",
+        "32",
+        "--checkpoint-interval",
+        "10",
+        "--max-checkpoints",
+        "50",
+        *FAST,
+    )
     wait_for_step(tmp_path, 30, 90, proc)
     # The actors start writing garbage: the window fills with rows that overflow the net.
     append_huge_rows(db, 200)
@@ -180,13 +212,44 @@ def test_offline_mode_stops_on_nonfinite_training_with_exit_2(tmp_path):
         for p in plies:
             p["obs"], p["next_obs"] = blow_up(p["obs"]), blow_up(p["next_obs"])
     data = write_jsonl(tmp_path / "huge.jsonl", games)
-    cmd = [sys.executable, "-m", "trainer", "cql", "--steps", "500", "--data", str(data), "--model-dir", str(tmp_path / "models"),
-           "--checkpoint-dir", str(tmp_path / "checkpoints"), "--stats", str(tmp_path / "stats.json"),
-           "--batch-size", "16", "--hidden", "32", "--layers", "1", "--threads", "1", "--no-progress"]
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "cql",
+        "--steps",
+        "500",
+        "--data",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
+        "--stats",
+        str(tmp_path / "stats.json"),
+        "--batch-size",
+        "16",
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    run = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert run.returncode == 2, run.stderr[-3000:]
-    assert len(error_lines(run.stderr)) == 1 and "non-finite" in error_lines(run.stderr)[0], run.stderr[-3000:]
+    assert len(error_lines(run.stderr)) == 1 and "non-finite" in error_lines(run.stderr)[0], run.stderr[
+        -3000:
+    ]
     stats = read_stats(tmp_path)
     assert stats["state"] == "stopped" and stats["nonfinite_steps"] == 20 and stats["step"] == 0
     # Nothing trained, so nothing NaN was saved or published.
@@ -198,8 +261,14 @@ def test_offline_mode_stops_on_nonfinite_training_with_exit_2(tmp_path):
 def test_weights_gone_nan_are_never_saved_over_good_checkpoints(tmp_path):
     """Whatever let NaN into the weights (an update that overflowed them), the last good
     checkpoint must survive it."""
-    state = TrainState(mode="daemon", env_id="tictactoe", spec={}, network={}, step=10,
-                       objective={"net": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}})
+    state = TrainState(
+        mode="daemon",
+        env_id="tictactoe",
+        spec={},
+        network={},
+        step=10,
+        objective={"net": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}},
+    )
     save_checkpoint(state, tmp_path, keep=5)
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     state.step = 20
@@ -211,12 +280,19 @@ def test_weights_gone_nan_are_never_saved_over_good_checkpoints(tmp_path):
 
 # --- a full disk under the checkpoints --------------------------------------------------------
 
+
 @contextlib.contextmanager
 def tiny_tmpfs(path: Path, size: str):
     """Mount a tmpfs of `size` at `path`; yields whether that worked (it may be refused)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, check=False).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -241,19 +317,34 @@ def test_a_full_disk_under_the_checkpoints_is_counted_and_training_continues(tmp
     with tiny_tmpfs(ckpt, "4m") as mounted:
         if mounted:
             proc = start_daemon(tmp_path, "--steps", "0", *args)
-            wait_for(lambda: (ckpt / LATEST_NAME).exists() and (ckpt / LATEST_NAME).stat().st_size > 0, 90,
-                     "a first checkpoint", proc, tmp_path)
+            wait_for(
+                lambda: (ckpt / LATEST_NAME).exists() and (ckpt / LATEST_NAME).stat().st_size > 0,
+                90,
+                "a first checkpoint",
+                proc,
+                tmp_path,
+            )
             filler = fill(ckpt)
             good = (ckpt / LATEST_NAME).read_bytes()
             good_step = load_checkpoint_file(ckpt / LATEST_NAME).step
-            failed = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("checkpoint_failures", 0) >= 2 and s,
-                              90, "failed checkpoints counted", proc, tmp_path)
+            failed = wait_for(
+                lambda: (s := read_stats(tmp_path)) and s.get("checkpoint_failures", 0) >= 2 and s,
+                90,
+                "failed checkpoints counted",
+                proc,
+                tmp_path,
+            )
             wait_for_step(tmp_path, failed["step"] + 20, 60, proc)  # still training
             assert (ckpt / LATEST_NAME).read_bytes() == good
             assert not list(ckpt.glob(".*.tmp"))  # no half-written files left to hold the space
             filler.unlink()
-            wait_for(lambda: load_checkpoint_file(ckpt / LATEST_NAME).step > good_step + 10, 60,
-                     "a checkpoint once there is space again", proc, tmp_path)
+            wait_for(
+                lambda: load_checkpoint_file(ckpt / LATEST_NAME).step > good_step + 10,
+                60,
+                "a checkpoint once there is space again",
+                proc,
+                tmp_path,
+            )
             assert stop(proc) == 0, tail_log(tmp_path)
         else:
             # The previous run's checkpoint is on disk; this run may not write a file that large.
@@ -267,10 +358,22 @@ def test_a_full_disk_under_the_checkpoints_is_counted_and_training_continues(tmp
 
             env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
             with open(tmp_path / "capped.log", "wb") as out:
-                proc = subprocess.Popen(daemon_args(tmp_path, "--steps", "0", *args), cwd=REPO, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, preexec_fn=cap_file_size)
-                failed = wait_for(lambda: (s := read_stats(tmp_path)) and s.get("checkpoint_failures", 0) >= 2 and s,
-                                  90, "failed checkpoints counted", proc, tmp_path, "capped.log")
+                proc = subprocess.Popen(
+                    daemon_args(tmp_path, "--steps", "0", *args),
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=cap_file_size,
+                )
+                failed = wait_for(
+                    lambda: (s := read_stats(tmp_path)) and s.get("checkpoint_failures", 0) >= 2 and s,
+                    90,
+                    "failed checkpoints counted",
+                    proc,
+                    tmp_path,
+                    "capped.log",
+                )
                 wait_for_step(tmp_path, failed["step"] + 20, 60, proc)
                 assert stop(proc) == 0, tail_log(tmp_path, "capped.log")
             assert (ckpt / LATEST_NAME).read_bytes() == good
@@ -281,6 +384,7 @@ def test_a_full_disk_under_the_checkpoints_is_counted_and_training_continues(tmp
 
 
 # --- latest.pt cut short -------------------------------------------------------------------
+
 
 def test_truncated_latest_falls_back_to_the_newest_step_file_that_loads(tmp_path):
     write_random_games(tmp_path / "replay.db", "tictactoe", 30, seed=23)
@@ -311,6 +415,7 @@ def test_when_no_checkpoint_loads_the_error_names_latest_and_nothing_is_touched(
 
 
 # --- checkpoint files that are not what they claim ------------------------------------------------
+
 
 class RunsCode:
     def __reduce__(self):

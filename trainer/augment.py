@@ -28,7 +28,7 @@ class Augmenter:
         self.action_index = np.stack([np.asarray(s.action_index, np.int64) for s in symmetries])
 
     @classmethod
-    def for_spec(cls, spec: GameSpec) -> "Augmenter":
+    def for_spec(cls, spec: GameSpec) -> Augmenter:
         """The game's symmetries, or the identity only for a game the trainer does not know
         (or whose DB shapes differ from the known game's), since any other map could be wrong."""
         try:
@@ -52,10 +52,14 @@ class Augmenter:
         choice = rng.integers(0, self.count, obs.shape[0])
         return self.apply_chosen(obs, policy, choice) + (choice,)
 
-    def apply_chosen(self, obs: np.ndarray, policy: np.ndarray, choice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def apply_chosen(
+        self, obs: np.ndarray, policy: np.ndarray, choice: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Row i transformed by symmetry choice[i] (`np.take_along_axis(x, index[choice], 1)`)."""
         rows = np.arange(obs.shape[0])
-        return _take_rows(obs, rows, self.obs_index[choice]), _take_rows(policy, rows, self.action_index[choice])
+        return _take_rows(obs, rows, self.obs_index[choice]), _take_rows(
+            policy, rows, self.action_index[choice]
+        )
 
     def gather(
         self, obs_store: np.ndarray, policy_store: np.ndarray, rows: np.ndarray, rng: np.random.Generator
@@ -63,7 +67,9 @@ class Augmenter:
         """Rows `rows` of the stores, each under a random symmetry, in one gather per array
         (sampling and augmenting a batch without the intermediate copy)."""
         choice = rng.integers(0, self.count, rows.shape[0])
-        return _take_rows(obs_store, rows, self.obs_index[choice]), _take_rows(policy_store, rows, self.action_index[choice])
+        return _take_rows(obs_store, rows, self.obs_index[choice]), _take_rows(
+            policy_store, rows, self.action_index[choice]
+        )
 
 
 def _take_rows(store: np.ndarray, rows: np.ndarray, index: np.ndarray) -> np.ndarray:

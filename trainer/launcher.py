@@ -45,9 +45,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,27 +65,59 @@ class LauncherConfig(BaseModel):
 
     env_id: str = Field("tictactoe", min_length=1, description="Game the actors play and the trainer learns.")
     data: Path = Field(Path("./data"), description="Data folder: replay.db, models/, stats.json.")
-    db: ReplayLocation | None = Field(None, description="Replay: a SQLite file (unset = <data>/replay.db) or a postgresql://user:password@host:port/database URL that remote actors write too.")
+    db: ReplayLocation | None = Field(
+        None,
+        description="Replay: a SQLite file (unset = <data>/replay.db) or a postgresql://user:password@host:port/database URL that remote actors write too.",
+    )
     port: int = Field(8080, ge=1, le=65535, description="Dashboard port.")
-    host: str = Field("127.0.0.1", min_length=1, description="Dashboard address to bind (127.0.0.1 keeps it on this machine).")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Dashboard address to bind (127.0.0.1 keeps it on this machine).",
+    )
     # 2, not 1: on tic-tac-toe the trainer mostly waits for data beside one actor, so a
     # second actor on a 2-core machine nearly doubles the data and shortens the time to a
     # perfect greedy policy (benchmarks/time_to_strength.py).
     actors: int = Field(2, ge=0, le=1024, description="Actor processes writing self-play games.")
-    steps: int | None = Field(None, ge=0, description="Trainer's target step (its --steps); unset = the trainer's default for tictactoe, 0 (until stopped) for other games.")
+    steps: int | None = Field(
+        None,
+        ge=0,
+        description="Trainer's target step (its --steps); unset = the trainer's default for tictactoe, 0 (until stopped) for other games.",
+    )
     # Tic-tac-toe's 5,478 positions cannot be over-fitted by re-reading a window, and the
     # actors are the bottleneck: at the daemon's 4 the trainer waits for data most of the
     # time, and 16 reaches a perfect greedy policy sooner (benchmarks/time_to_strength.py).
-    max_reuse: float | None = Field(None, ge=0, description="Trainer's --max-reuse; unset = 16 for tictactoe, the trainer's default (4) otherwise.")
+    max_reuse: float | None = Field(
+        None,
+        ge=0,
+        description="Trainer's --max-reuse; unset = 16 for tictactoe, the trainer's default (4) otherwise.",
+    )
     # 1: the actors and the trainer already share the cores, and more threads per process
     # only make them compete (Connect Four trained further in the same time with 1).
-    threads: int = Field(1, gt=0, le=1024, description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).")
+    threads: int = Field(
+        1,
+        gt=0,
+        le=1024,
+        description="Compute threads per child (OMP_NUM_THREADS and the actor's and trainer's --threads).",
+    )
     dashboard: bool = Field(True, description="Run the dashboard (--no-dashboard to skip it).")
-    restart_delay: float = Field(1.0, gt=0, description="Seconds before the first restart of a crashed child; doubles per consecutive crash.")
+    restart_delay: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds before the first restart of a crashed child; doubles per consecutive crash.",
+    )
     max_restart_delay: float = Field(30.0, gt=0, description="Upper bound of the restart delay in seconds.")
-    healthy_after: float = Field(30.0, ge=0, description="A child that ran this long (s) before exiting starts its crash count afresh.")
-    max_quick_failures: int = Field(5, ge=0, description="Consecutive quick crashes before giving up on a child; 0 = never give up.")
-    stop_timeout: float = Field(20.0, ge=0, description="Seconds each stage of stopping (actors, then trainer and dashboard) gets to exit after SIGTERM before SIGKILL.")
+    healthy_after: float = Field(
+        30.0, ge=0, description="A child that ran this long (s) before exiting starts its crash count afresh."
+    )
+    max_quick_failures: int = Field(
+        5, ge=0, description="Consecutive quick crashes before giving up on a child; 0 = never give up."
+    )
+    stop_timeout: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds each stage of stopping (actors, then trainer and dashboard) gets to exit after SIGTERM before SIGKILL.",
+    )
 
 
 @dataclass
@@ -95,10 +127,10 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    essential: bool = True         # giving up on it stops the run
-    finishes_run: bool = False     # exit 0 means the run is complete (the trainer at --steps)
-    outlives_run: bool = False     # keeps running after the run is complete (the dashboard)
-    stop_order: int = 0            # stopping goes by ascending order, each stage after the last
+    essential: bool = True  # giving up on it stops the run
+    finishes_run: bool = False  # exit 0 means the run is complete (the trainer at --steps)
+    outlives_run: bool = False  # keeps running after the run is complete (the dashboard)
+    stop_order: int = 0  # stopping goes by ascending order, each stage after the last
 
 
 @dataclass
@@ -106,11 +138,11 @@ class _Child:
     spec: ChildSpec
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
-    restart_at: float | None = 0.0   # when to (re)start; None = not to be started again
-    failures: int = 0                # consecutive quick failures
+    restart_at: float | None = 0.0  # when to (re)start; None = not to be started again
+    failures: int = 0  # consecutive quick failures
     starts: int = 0
-    finished: bool = False           # exited 0 as a `finishes_run` child
-    last_exit: int | None = None     # exit code of the latest run (negative: killed by that signal)
+    finished: bool = False  # exited 0 as a `finishes_run` child
+    last_exit: int | None = None  # exit code of the latest run (negative: killed by that signal)
 
 
 class Console:
@@ -167,8 +199,8 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.console = console or Console()
         self.on_finished = on_finished
-        self.stop_requested = threading.Event()   # set by a signal handler or a test
-        self.force = threading.Event()            # a second Ctrl-C: skip the grace period
+        self.stop_requested = threading.Event()  # set by a signal handler or a test
+        self.force = threading.Event()  # a second Ctrl-C: skip the grace period
         self.run_finished = False
         self.stop_reason = ""
 
@@ -178,8 +210,11 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(
                 # Under parent_death's watcher: a launcher killed outright takes its children along.
-                parent_death.wrap(spec.argv), env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                parent_death.wrap(spec.argv),
+                env={**os.environ, **spec.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 process_group=0,  # Ctrl-C reaches the launcher only; see the module docstring
             )
         except OSError as exc:
@@ -191,8 +226,12 @@ class Supervisor:
         child.started_at = time.monotonic()
         child.restart_at = None
         child.starts += 1
-        threading.Thread(target=self.console.pump, args=(spec.name, child.proc.stdout),
-                         name=f"output-{spec.name}", daemon=True).start()
+        threading.Thread(
+            target=self.console.pump,
+            args=(spec.name, child.proc.stdout),
+            name=f"output-{spec.name}",
+            daemon=True,
+        ).start()
         if child.starts > 1:
             self.console.say(f"{spec.name} restarted (pid {child.proc.pid}, start #{child.starts})")
 
@@ -208,7 +247,11 @@ class Supervisor:
             return
         child.failures = 1 if uptime >= self.healthy_after else child.failures + 1
         what = f"{spec.name} {_describe_exit(code)} after {uptime:.1f} s"
-        if self.max_quick_failures and child.failures >= self.max_quick_failures and uptime < self.healthy_after:
+        if (
+            self.max_quick_failures
+            and child.failures >= self.max_quick_failures
+            and uptime < self.healthy_after
+        ):
             child.restart_at = None
             verdict = "stopping the run" if spec.essential else "leaving it stopped"
             self.console.say(f"{what}; {child.failures} quick failures in a row, giving up: {verdict}")
@@ -316,8 +359,7 @@ class _GiveUp(Exception):
 # --- the run's command lines -------------------------------------------------------------------
 def child_env(threads: int) -> dict[str, str]:
     n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-            "PYTHONUNBUFFERED": "1"}
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "PYTHONUNBUFFERED": "1"}
 
 
 def actor_metrics_port(index: int) -> list[str]:
@@ -339,13 +381,40 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     if is_postgres_url(db):
         db_arg, actor_env, trainer_env = [], {**env, "ACTOR_DB": db}, {**env, "TRAINER_DB": db}
     specs = [
-        ChildSpec(f"actor-{i + 1}", [python, "-m", "actor_stub", "--env-id", cfg.env_id,
-                                     *db_arg, "--model-dir", str(models),
-                                     "--threads", str(cfg.threads), *actor_metrics_port(i)], actor_env)
+        ChildSpec(
+            f"actor-{i + 1}",
+            [
+                python,
+                "-m",
+                "actor_stub",
+                "--env-id",
+                cfg.env_id,
+                *db_arg,
+                "--model-dir",
+                str(models),
+                "--threads",
+                str(cfg.threads),
+                *actor_metrics_port(i),
+            ],
+            actor_env,
+        )
         for i in range(cfg.actors)
     ]
-    trainer = [python, "-m", "trainer", "train", *db_arg, "--model-dir", str(models),
-               "--stats", str(stats), "--env-id", cfg.env_id, "--threads", str(cfg.threads)]
+    trainer = [
+        python,
+        "-m",
+        "trainer",
+        "train",
+        *db_arg,
+        "--model-dir",
+        str(models),
+        "--stats",
+        str(stats),
+        "--env-id",
+        cfg.env_id,
+        "--threads",
+        str(cfg.threads),
+    ]
     # A TRAINER_* variable the user set is the trainer's to read; only fill in what is unset.
     steps = cfg.steps
     if steps is None and cfg.env_id != "tictactoe" and "TRAINER_STEPS" not in os.environ:
@@ -359,11 +428,28 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
         trainer += ["--max-reuse", f"{max_reuse:g}"]
     specs.append(ChildSpec("trainer", trainer, trainer_env, finishes_run=True, stop_order=1))
     if cfg.dashboard:
-        specs.append(ChildSpec(
-            "dashboard", [python, "-m", "trainer.dashboard", "--data", str(data), "--stats", str(stats),
-                          "--host", cfg.host, "--port", str(cfg.port)],
-            env, essential=False, outlives_run=True, stop_order=1,
-        ))
+        specs.append(
+            ChildSpec(
+                "dashboard",
+                [
+                    python,
+                    "-m",
+                    "trainer.dashboard",
+                    "--data",
+                    str(data),
+                    "--stats",
+                    str(stats),
+                    "--host",
+                    cfg.host,
+                    "--port",
+                    str(cfg.port),
+                ],
+                env,
+                essential=False,
+                outlives_run=True,
+                stop_order=1,
+            )
+        )
     return specs
 
 
@@ -397,12 +483,18 @@ def supervise(supervisor: Supervisor) -> int:
             signal.signal(s, handler)
 
 
-def main(argv: Sequence[str] | None = None,
-         build: Callable[[LauncherConfig], list[ChildSpec]] = build_children) -> int:
+def main(
+    argv: Sequence[str] | None = None, build: Callable[[LauncherConfig], list[ChildSpec]] = build_children
+) -> int:
     # LAUNCHER_*, not TRAINER_*: the daemon's variables (TRAINER_THREADS, TRAINER_CONFIG, ...)
     # are the trainer child's to read, and must not change what the actors get.
-    cfg = load_config(LauncherConfig, argv, prog="python -m trainer run", env_prefix=ENV_PREFIX,
-                      description="Run actors, the training daemon and the dashboard together, supervised.")
+    cfg = load_config(
+        LauncherConfig,
+        argv,
+        prog="python -m trainer run",
+        env_prefix=ENV_PREFIX,
+        description="Run actors, the training daemon and the dashboard together, supervised.",
+    )
     console = Console()
     data = cfg.data.expanduser().resolve()
     try:
@@ -413,8 +505,11 @@ def main(argv: Sequence[str] | None = None,
     if cfg.dashboard:
         problem = _port_in_use(cfg.host, cfg.port)
         if problem:
-            print(f"error: dashboard port {cfg.host}:{cfg.port} is not free ({problem}); "
-                  f"pass --port or --no-dashboard", file=sys.stderr)
+            print(
+                f"error: dashboard port {cfg.host}:{cfg.port} is not free ({problem}); "
+                f"pass --port or --no-dashboard",
+                file=sys.stderr,
+            )
             return 1
     specs = build(cfg)
     url = dashboard_url(cfg.host, cfg.port)
@@ -430,9 +525,14 @@ def main(argv: Sequence[str] | None = None,
             console.say(f"training finished; the dashboard stays at {url} until Ctrl-C")
 
     supervisor = Supervisor(
-        specs, restart_delay=cfg.restart_delay, max_restart_delay=cfg.max_restart_delay,
-        healthy_after=cfg.healthy_after, max_quick_failures=cfg.max_quick_failures,
-        stop_timeout=cfg.stop_timeout, console=console, on_finished=finished,
+        specs,
+        restart_delay=cfg.restart_delay,
+        max_restart_delay=cfg.max_restart_delay,
+        healthy_after=cfg.healthy_after,
+        max_quick_failures=cfg.max_quick_failures,
+        stop_timeout=cfg.stop_timeout,
+        console=console,
+        on_finished=finished,
     )
     code = supervise(supervisor)
     console.say("all children stopped" + ("" if code == 0 else f"; exit {code}"))

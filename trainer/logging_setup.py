@@ -21,7 +21,9 @@ from trainer.atomic_files import finite_or_none
 
 LogFormat = Annotated[
     Literal["text", "json"],
-    Field(description="Log lines as text, or as one JSON object per line (time, level, logger, message, fields) for log shippers."),
+    Field(
+        description="Log lines as text, or as one JSON object per line (time, level, logger, message, fields) for log shippers."
+    ),
 ]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -104,8 +104,11 @@ class OnnxPolicy:
         obs_size = _static_dim(ins[0].shape[1])
         # With a dynamic feature axis, a model built for another observation size loads fine
         # and only fails in the trial run, whose message then says where our size came from.
-        obs_size_from = None if obs_size is not None else (
-            f"{spec.env_id}'s obs_size" if spec is not None else "the model's obs_size metadata")
+        obs_size_from = (
+            None
+            if obs_size is not None
+            else (f"{spec.env_id}'s obs_size" if spec is not None else "the model's obs_size metadata")
+        )
         num_actions = _static_dim(outs[0].shape[1])
         if _static_dim(outs[1].shape[1]) not in (None, 1):
             raise ModelContractError(f"{name}: value has shape {outs[1].shape}, expected [batch, 1]")
@@ -146,7 +149,9 @@ class OnnxPolicy:
                     f"{self.path.name}: observation has a dynamic feature axis but the model does not accept "
                     f"{self.obs_size} features ({obs_size_from}): {detail}"
                 ) from e
-            raise ModelContractError(f"{self.path.name}: trial run on {len(obs)} positions failed: {detail}") from e
+            raise ModelContractError(
+                f"{self.path.name}: trial run on {len(obs)} positions failed: {detail}"
+            ) from e
         bad = ~(np.isfinite(logits).all(axis=1) & np.isfinite(values))
         if bad.any():
             raise ModelContractError(
@@ -164,7 +169,9 @@ class OnnxPolicy:
                 f"{self.path.name}: policy_logits came back {list(logits.shape)}, expected [{n}, {self.num_actions}]"
             )
         if values.shape not in ((n, 1), (n,)):
-            raise ModelContractError(f"{self.path.name}: value came back {list(values.shape)}, expected [{n}, 1]")
+            raise ModelContractError(
+                f"{self.path.name}: value came back {list(values.shape)}, expected [{n}, 1]"
+            )
         return logits, values.reshape(n)
 
     def evaluate(self, obs: np.ndarray, legal_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +184,9 @@ class OnnxPolicy:
         return f"OnnxPolicy({self.path.name}, env_id={self.env_id}, step={self.step})"
 
 
-def trial_observations(spec: GameSpec | None, env_id: str | None, obs_size: int, num_actions: int) -> np.ndarray:
+def trial_observations(
+    spec: GameSpec | None, env_id: str | None, obs_size: int, num_actions: int
+) -> np.ndarray:
     """The boards a model must answer with finite numbers before anyone uses it.
 
     With the rules of its game: the initial position and random legal positions (fixed seed,

@@ -11,7 +11,7 @@ import os
 import random
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -14,9 +14,17 @@ from trainer.objectives.cql import CQLObjective
 
 def make_objective(cfg: CQLConfig, spec, net, make_net) -> CQLObjective:
     return CQLObjective(
-        net, make_net, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, gamma=cfg.gamma,
-        alpha=cfg.alpha, target_update_rate=cfg.target_update_rate, policy_temperature=cfg.policy_temperature,
-        value_weight=cfg.value_weight, player_count=spec.player_count,
+        net,
+        make_net,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        gamma=cfg.gamma,
+        alpha=cfg.alpha,
+        target_update_rate=cfg.target_update_rate,
+        policy_temperature=cfg.policy_temperature,
+        value_weight=cfg.value_weight,
+        player_count=spec.player_count,
     )
 
 

@@ -15,8 +15,14 @@ from trainer.objectives.policy_value import PolicyValueObjective
 
 def make_objective(cfg: SupervisedConfig, spec, net, make_net) -> PolicyValueObjective:
     return PolicyValueObjective(
-        net, name=cfg.mode, lr=cfg.lr, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, value_weight=cfg.value_weight,
+        net,
+        name=cfg.mode,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        label_smoothing=cfg.label_smoothing,
+        value_weight=cfg.value_weight,
     )
 
 

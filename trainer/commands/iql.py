@@ -14,9 +14,18 @@ from trainer.objectives.iql import IQLObjective
 
 def make_objective(cfg: IQLConfig, spec, net, make_net) -> IQLObjective:
     return IQLObjective(
-        net, make_net, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, gamma=cfg.gamma,
-        expectile=cfg.expectile, beta=cfg.beta, max_weight=cfg.max_weight,
-        target_update_rate=cfg.target_update_rate, value_weight=cfg.value_weight, player_count=spec.player_count,
+        net,
+        make_net,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        gamma=cfg.gamma,
+        expectile=cfg.expectile,
+        beta=cfg.beta,
+        max_weight=cfg.max_weight,
+        target_update_rate=cfg.target_update_rate,
+        value_weight=cfg.value_weight,
+        player_count=spec.player_count,
     )
 
 

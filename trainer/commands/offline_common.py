@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -77,28 +77,53 @@ class OfflineData:
     validation: EvalBatches | ChunkEvalBatches | None
 
 
-def load_offline_data(cfg: OfflineConfig, device: torch.device, transitions: bool, epochs: int) -> OfflineData:
+def load_offline_data(
+    cfg: OfflineConfig, device: torch.device, transitions: bool, epochs: int
+) -> OfflineData:
     """The checked training source and validation batches for `cfg.data`, in memory or streamed."""
     offsets = parse_action_offsets(getattr(cfg, "action_offsets", None))
     val_data = getattr(cfg, "val_data", None)
     if should_stream(cfg.data, cfg.stream_threshold_mb):
         if val_data is not None:
-            raise OfflineDataError(f"{cfg.data}: --val-data is not supported while streaming; use --val-fraction")
+            raise OfflineDataError(
+                f"{cfg.data}: --val-data is not supported while streaming; use --val-fraction"
+            )
         log.info("streaming %s: checking every chunk before training", cfg.data)
-        chunks = HDF5Chunks(cfg.data, cfg.chunk_rows, transitions=transitions, env_id=cfg.env_id,
-                            num_actions=cfg.num_actions, player_count=cfg.player_count)
+        chunks = HDF5Chunks(
+            cfg.data,
+            cfg.chunk_rows,
+            transitions=transitions,
+            env_id=cfg.env_id,
+            num_actions=cfg.num_actions,
+            player_count=cfg.player_count,
+        )
         spec = chunks.spec
         train_ids, val_ids = split_chunks(chunks.num_chunks, cfg.val_fraction, cfg.seed)
         source = ChunkStreamSource(chunks, train_ids, cfg.batch_size, cfg.seed, epochs, device, transitions)
-        val_batches = ChunkEvalBatches(chunks, val_ids, cfg.batch_size, device, transitions) if val_ids else None
-        log.info("streaming %s: %d rows in %d chunks (%d for validation)", cfg.data, chunks.rows,
-                 chunks.num_chunks, len(val_ids))
+        val_batches = (
+            ChunkEvalBatches(chunks, val_ids, cfg.batch_size, device, transitions) if val_ids else None
+        )
+        log.info(
+            "streaming %s: %d rows in %d chunks (%d for validation)",
+            cfg.data,
+            chunks.rows,
+            chunks.num_chunks,
+            len(val_ids),
+        )
     else:
-        data = load_dataset(cfg.data, transitions=transitions, env_id=cfg.env_id, num_actions=cfg.num_actions,
-                            action_offsets=offsets, player_count=cfg.player_count).to(device)
+        data = load_dataset(
+            cfg.data,
+            transitions=transitions,
+            env_id=cfg.env_id,
+            num_actions=cfg.num_actions,
+            action_offsets=offsets,
+            player_count=cfg.player_count,
+        ).to(device)
         spec = data.spec
         if val_data is not None:
-            val = load_dataset(val_data, transitions=transitions, action_offsets=offsets, spec=spec).to(device)
+            val = load_dataset(val_data, transitions=transitions, action_offsets=offsets, spec=spec).to(
+                device
+            )
             train_idx = torch.arange(len(data), device=device)
             val_idx = torch.arange(len(val), device=device)
         else:
@@ -111,8 +136,15 @@ def load_offline_data(cfg: OfflineConfig, device: torch.device, transitions: boo
         val_batches = EvalBatches(val, val_idx, cfg.batch_size) if len(val_idx) else None
         log.info(
             "%s: %d rows in %d games of %s (obs %d, %d actions); %d training rows, %d validation rows%s",
-            cfg.data, len(data), data.num_episodes, spec.env_id, spec.obs_size, spec.num_actions,
-            len(train_idx), len(val_idx), "" if data.has_values else "; no outcomes: the value head is not trained",
+            cfg.data,
+            len(data),
+            data.num_episodes,
+            spec.env_id,
+            spec.obs_size,
+            spec.num_actions,
+            len(train_idx),
+            len(val_idx),
+            "" if data.has_values else "; no outcomes: the value head is not trained",
         )
 
     return OfflineData(spec, source, val_batches)
@@ -121,8 +153,9 @@ def load_offline_data(cfg: OfflineConfig, device: torch.device, transitions: boo
 def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactory) -> TrainLoop:
     device = setup_torch(cfg.threads, cfg.device, cfg.seed)
     epoch_based = isinstance(cfg, SupervisedConfig)
-    data = load_offline_data(cfg, device, transitions=isinstance(cfg, OfflineRLConfig),
-                             epochs=cfg.epochs if epoch_based else 0)
+    data = load_offline_data(
+        cfg, device, transitions=isinstance(cfg, OfflineRLConfig), epochs=cfg.epochs if epoch_based else 0
+    )
     spec, source, val_batches = data.spec, data.source, data.validation
 
     kind = network_kind(cfg, spec)
@@ -132,11 +165,21 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
         return cfg.build_network(spec, kind).to(device)
 
     objective = make_objective(cfg, spec, make_net(), make_net)
-    state = TrainState(mode=mode, env_id=spec.env_id, spec=dataclasses.asdict(spec), network=network,
-                       config_json=cfg.model_dump_json())
+    state = TrainState(
+        mode=mode,
+        env_id=spec.env_id,
+        spec=dataclasses.asdict(spec),
+        network=network,
+        config_json=cfg.model_dump_json(),
+    )
 
-    policy = StartPolicy(mode=mode, checkpoint_dir=cfg.checkpoint_dir, fresh=cfg.fresh,
-                         init_from=cfg.init_from, resume=cfg.resume)
+    policy = StartPolicy(
+        mode=mode,
+        checkpoint_dir=cfg.checkpoint_dir,
+        fresh=cfg.fresh,
+        init_from=cfg.init_from,
+        resume=cfg.resume,
+    )
     state = start_state(policy, state, objective)
     if state.source:
         source.load_state_dict(state.source)
@@ -146,28 +189,46 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
         total_steps = cfg.epochs * source.steps_per_epoch
         interval = cfg.save_every * source.steps_per_epoch
         cosine = cfg.lr_scheduler == "cosine"
-        base = LRSchedule(peak=cfg.lr, warmup_steps=cfg.lr_warmup_steps, decay_steps=total_steps if cosine else 0,
-                          min_ratio=cfg.lr_min_ratio)
-        plateau = (PlateauSchedule(base, cfg.plateau_factor, cfg.plateau_patience)
-                   if cfg.lr_scheduler == "plateau" and val_batches is not None else None)
+        base = LRSchedule(
+            peak=cfg.lr,
+            warmup_steps=cfg.lr_warmup_steps,
+            decay_steps=total_steps if cosine else 0,
+            min_ratio=cfg.lr_min_ratio,
+        )
+        plateau = (
+            PlateauSchedule(base, cfg.plateau_factor, cfg.plateau_patience)
+            if cfg.lr_scheduler == "plateau" and val_batches is not None
+            else None
+        )
         schedule = plateau or base
         if cfg.patience and val_batches is None:
             log.warning("--patience %d ignored: no validation data", cfg.patience)
     else:
         total_steps, interval = cfg.steps, cfg.checkpoint_interval
-        schedule = LRSchedule(peak=cfg.lr, warmup_steps=cfg.lr_warmup_steps, decay_steps=cfg.steps,
-                              min_ratio=cfg.lr_min_ratio)
+        schedule = LRSchedule(
+            peak=cfg.lr, warmup_steps=cfg.lr_warmup_steps, decay_steps=cfg.steps, min_ratio=cfg.lr_min_ratio
+        )
         plateau = None
 
-    provenance = {"env_id": spec.env_id, "mode": mode, "network": str(network), "data": str(cfg.data),
-                  "trainer_version": __version__}
+    provenance = {
+        "env_id": spec.env_id,
+        "mode": mode,
+        "network": str(network),
+        "data": str(cfg.data),
+        "trainer_version": __version__,
+    }
     hooks: list[Hook] = []
     if val_batches is not None:
-        hooks.append(ValidationHook(
-            val_batches, every=0 if epoch_based else interval, per_epoch=epoch_based,
-            patience=cfg.patience if epoch_based else 0,
-            best_dir=cfg.checkpoint_dir if epoch_based else None, plateau=plateau,
-        ))
+        hooks.append(
+            ValidationHook(
+                val_batches,
+                every=0 if epoch_based else interval,
+                per_epoch=epoch_based,
+                patience=cfg.patience if epoch_based else 0,
+                best_dir=cfg.checkpoint_dir if epoch_based else None,
+                plateau=plateau,
+            )
+        )
     hooks += [
         CheckpointHook(cfg.checkpoint_dir, interval, cfg.max_checkpoints),
         PublishHook(cfg.model_dir, spec, interval, cfg.max_checkpoints, provenance),
@@ -183,10 +244,16 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
     return loop
 
 
-def run_offline(mode: str, config_model: type[OfflineConfig], argv: list[str] | None, doc: str,
-                make_objective: ObjectiveFactory) -> int:
+def run_offline(
+    mode: str,
+    config_model: type[OfflineConfig],
+    argv: list[str] | None,
+    doc: str,
+    make_objective: ObjectiveFactory,
+) -> int:
     """Parse the command line, train, and map bad input to `error: ...` and exit code 2."""
     cfg = load_config(config_model, argv, prog=f"python -m trainer {mode}", description=doc)
     setup_logging(cfg.log_level, cfg.log_format)
-    return execute(lambda: build_offline(mode, cfg, make_objective), cfg.checkpoint_dir,
-                   input_errors=(OfflineDataError,))
+    return execute(
+        lambda: build_offline(mode, cfg, make_objective), cfg.checkpoint_dir, input_errors=(OfflineDataError,)
+    )

@@ -72,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     val = validation_games(len(lines), cfg.val_fraction, cfg.seed)
     with atomic_path(cfg.out_train) as train_tmp, atomic_path(cfg.out_val) as val_tmp:
-        train_tmp.write_bytes(b"".join(l for l, v in zip(lines, val) if not v))
-        val_tmp.write_bytes(b"".join(l for l, v in zip(lines, val) if v))
-    log.info("%s: %d games -> %s (%d) and %s (%d)", cfg.data, len(lines), cfg.out_train,
-             int((~val).sum()), cfg.out_val, int(val.sum()))
+        train_tmp.write_bytes(b"".join(line for line, v in zip(lines, val) if not v))
+        val_tmp.write_bytes(b"".join(line for line, v in zip(lines, val) if v))
+    log.info(
+        "%s: %d games -> %s (%d) and %s (%d)",
+        cfg.data,
+        len(lines),
+        cfg.out_train,
+        int((~val).sum()),
+        cfg.out_val,
+        int(val.sum()),
+    )
     return 0

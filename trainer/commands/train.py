@@ -63,7 +63,9 @@ def wait_for_game_spec(cfg: DaemonConfig) -> GameSpec:
             return known
         waited = time.monotonic() - started
         if cfg.max_wait and waited >= cfg.max_wait:
-            raise DataWaitTimeout(f"no game_metadata row for {cfg.env_id!r} in {redact_url(cfg.db)} after {waited:.0f}s")
+            raise DataWaitTimeout(
+                f"no game_metadata row for {cfg.env_id!r} in {redact_url(cfg.db)} after {waited:.0f}s"
+            )
         log.info("waiting for %s to describe env_id %r (game_metadata)", redact_url(cfg.db), cfg.env_id)
         time.sleep(delay)
         delay = min(30.0, delay * 2)
@@ -84,8 +86,13 @@ def exporter_hooks(cfg: DaemonConfig) -> list[StatsExporter]:
 
 def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None) -> TrainLoop:
     """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
-    policy = StartPolicy(mode="daemon", checkpoint_dir=cfg.checkpoint_dir, fresh=cfg.fresh,
-                         init_from=cfg.init_from, resume_by_default=True)
+    policy = StartPolicy(
+        mode="daemon",
+        checkpoint_dir=cfg.checkpoint_dir,
+        fresh=cfg.fresh,
+        init_from=cfg.init_from,
+        resume_by_default=True,
+    )
     # Claimed before waiting for the DB: a second daemon on these folders is refused at once.
     claim_checkpoint_dir(cfg.checkpoint_dir)
     device = setup_torch(cfg.threads, cfg.device, cfg.seed)
@@ -94,11 +101,18 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
     network = cfg.network_description(kind)
     net = cfg.build_network(spec, kind).to(device)
     objective = PolicyValueObjective(
-        net, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-        policy_weight=cfg.policy_weight, value_weight=cfg.value_weight,
+        net,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        policy_weight=cfg.policy_weight,
+        value_weight=cfg.value_weight,
     )
     state = TrainState(
-        mode="daemon", env_id=cfg.env_id, spec=dataclasses.asdict(spec), network=network,
+        mode="daemon",
+        env_id=cfg.env_id,
+        spec=dataclasses.asdict(spec),
+        network=network,
         config_json=cfg.model_dump_json(),
     )
     state = start_state(policy, state, objective)
@@ -107,21 +121,44 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
     if state.source:
         source.load_state_dict(state.source)
 
-    provenance = {"env_id": cfg.env_id, "mode": "daemon", "network": str(network), "trainer_version": __version__}
+    provenance = {
+        "env_id": cfg.env_id,
+        "mode": "daemon",
+        "network": str(network),
+        "trainer_version": __version__,
+    }
     exporters = exporters or []
     hooks = [
         CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
         PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
         # Also with --eval-interval 0: it keeps the run's eval_history in the checkpoint.
-        EvalHook(cfg.model_dir, cfg.env_id, cfg.eval_interval, cfg.eval_games, seed=cfg.seed,
-                 gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None),
+        EvalHook(
+            cfg.model_dir,
+            cfg.env_id,
+            cfg.eval_interval,
+            cfg.eval_games,
+            seed=cfg.seed,
+            gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None,
+        ),
         *exporters,
-        StatsHook(cfg.stats, cfg.stats_interval, cfg.env_id, "daemon", cfg.steps, cfg.history_size,
-                  listeners=[e.on_stats for e in exporters]),
+        StatsHook(
+            cfg.stats,
+            cfg.stats_interval,
+            cfg.env_id,
+            "daemon",
+            cfg.steps,
+            cfg.history_size,
+            listeners=[e.on_stats for e in exporters],
+        ),
         ProgressLogHook(cfg.log_interval, cfg.steps),
     ]
     loop = TrainLoop(
-        objective, source, state, schedule_from(cfg), cfg.steps, hooks,
+        objective,
+        source,
+        state,
+        schedule_from(cfg),
+        cfg.steps,
+        hooks,
         WaitPolicy(first=cfg.wait_interval, max_wait=cfg.max_wait),
     )
     loop.restore_hooks()

@@ -19,7 +19,8 @@ import os
 import sys
 import tomllib
 import typing
-from typing import Any, Mapping, Sequence, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import annotated_types
 from pydantic import BaseModel, ValidationError
@@ -66,7 +67,9 @@ def add_model_arguments(
 ) -> None:
     """One flag per field; defaults are SUPPRESSed so only flags the user gave are seen."""
     parser.add_argument(
-        "--config", metavar="FILE.toml", default=argparse.SUPPRESS,
+        "--config",
+        metavar="FILE.toml",
+        default=argparse.SUPPRESS,
         help=f"TOML file of settings (keys are the flag names, with - or _); "
         f"also {env_prefix}CONFIG. Precedence: flags > {env_prefix}* env > TOML > defaults.",
     )
@@ -79,13 +82,18 @@ def add_model_arguments(
             help_text += f" [default: {default}; env {env_name(name, env_prefix)}]"
         if _is_bool(field.annotation):
             parser.add_argument(
-                flag_name(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
+                flag_name(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
             choices = _choices(field.annotation)
             parser.add_argument(
-                flag_name(name), dest=name, default=argparse.SUPPRESS,
+                flag_name(name),
+                dest=name,
+                default=argparse.SUPPRESS,
                 metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
                 help=help_text,
             )
@@ -172,10 +180,10 @@ def load_config(
     for the daemon in a shared environment (docker-compose, the launcher) do not leak
     into the actor or the evaluator."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=description,
+        prog=prog,
+        description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_arguments(parser, model, env_prefix)
     ns = parser.parse_args(argv)
     return merge_sources(model, vars(ns), environ, env_prefix)
-

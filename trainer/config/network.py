@@ -21,7 +21,10 @@ MAX_SEED = 2**63 - 1  # torch and numpy take any non-negative int64
 
 
 class NetworkSettings(BaseModel):
-    net: Literal["auto", "mlp", "resnet"] = Field("auto", description="Network type; auto = MLP for small boards (tictactoe) and games described only by their data, ResNet for board games like connect4.")
+    net: Literal["auto", "mlp", "resnet"] = Field(
+        "auto",
+        description="Network type; auto = MLP for small boards (tictactoe) and games described only by their data, ResNet for board games like connect4.",
+    )
     hidden: int = Field(128, gt=0, le=1 << 16, description="MLP hidden width.")
     layers: int = Field(3, gt=0, le=256, description="MLP hidden layers.")
     channels: int = Field(64, gt=0, le=4096, description="ResNet channels.")
@@ -33,7 +36,7 @@ class NetworkSettings(BaseModel):
 
         return describe_network(kind, self.hidden, self.layers, self.channels, self.blocks)
 
-    def build_network(self, spec: "GameSpec", kind: str) -> "nn.Module":
+    def build_network(self, spec: GameSpec, kind: str) -> nn.Module:
         from trainer.model.networks import build_network
 
         return build_network(spec, kind, self.hidden, self.layers, self.channels, self.blocks)

@@ -108,12 +108,27 @@ class DashboardConfig(BaseModel):
 
     data: Path = Field(Path("./data"), description="Data folder of the run (stats.json is read from it).")
     stats: Path | None = Field(None, description="stats.json to serve; default <data>/stats.json.")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header unless --allowed-hosts is given, where a loopback address accepts only loopback names.")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to bind; 0.0.0.0 exposes the dashboard to the network (inside a container only) and accepts any Host header unless --allowed-hosts is given, where a loopback address accepts only loopback names.",
+    )
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
-    allowed_hosts: str | None = Field(None, description="Comma-separated host names the page may be opened by (the Host header, any port), e.g. localhost,127.0.0.1; given, every other Host is refused whatever the bind address; unset = loopback names on a loopback bind, any name otherwise.")
-    request_timeout: float = Field(10.0, gt=0, description="Seconds a connection gets to send a whole request (request line and headers), idle keep-alive time included; then it is closed.")
-    max_connections: int = Field(32, ge=1, description="Connections served at once; one more is answered 503 and closed at once.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level (requests are logged at DEBUG).")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated host names the page may be opened by (the Host header, any port), e.g. localhost,127.0.0.1; given, every other Host is refused whatever the bind address; unset = loopback names on a loopback bind, any name otherwise.",
+    )
+    request_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection gets to send a whole request (request line and headers), idle keep-alive time included; then it is closed.",
+    )
+    max_connections: int = Field(
+        32, ge=1, description="Connections served at once; one more is answered 503 and closed at once."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Logging level (requests are logged at DEBUG)."
+    )
     log_format: LogFormat = "text"
 
     @field_validator("allowed_hosts")
@@ -211,7 +226,7 @@ def host_header_name(value: str) -> str | None:
 
 
 def parse_allowed_hosts(value: str) -> frozenset[str]:
-    """"localhost, [::1]" -> {"localhost", "::1"}; a name that no Host header could carry is an error."""
+    """ "localhost, [::1]" -> {"localhost", "::1"}; a name that no Host header could carry is an error."""
     names = set()
     for item in value.split(","):
         name = host_header_name(item) if item.strip() else None
@@ -245,7 +260,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = None  # reads run against the request deadline instead (see handle_one_request)
-    server: "DashboardServer"
+    server: DashboardServer
 
     def setup(self) -> None:
         super().setup()
@@ -278,8 +293,13 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._route(send_body=False)
 
     def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n",
-                   "text/plain; charset=utf-8", {"Allow": "GET, HEAD"}, send_body=True)
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            b"method not allowed\n",
+            "text/plain; charset=utf-8",
+            {"Allow": "GET, HEAD"},
+            send_body=True,
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 
@@ -298,13 +318,16 @@ class DashboardHandler(BaseHTTPRequestHandler):
             try:
                 body = (STATIC_DIR / name).read_bytes()
             except OSError:
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"page missing from install\n",
-                           "text/plain; charset=utf-8", send_body=send_body)
+                self._send(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    b"page missing from install\n",
+                    "text/plain; charset=utf-8",
+                    send_body=send_body,
+                )
                 return
             self._send(HTTPStatus.OK, body, ctype, send_body=send_body)
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8",
-                       send_body=send_body)
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", send_body=send_body)
 
     # --- responses -------------------------------------------------------------------------
     def _send_stats(self, send_body: bool) -> None:
@@ -314,20 +337,34 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, result.body, "application/json", send_body=send_body)
             return
         body = json.dumps({"status": result.status, "detail": result.detail}).encode()
-        self._send(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json",
-                   {"Retry-After": "2"}, send_body=send_body)
+        self._send(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            body,
+            "application/json",
+            {"Retry-After": "2"},
+            send_body=send_body,
+        )
 
     def _send_health(self, send_body: bool) -> None:
         result = read_stats(self.server.stats_path)
-        body = json.dumps({
-            "ok": True,
-            "stats": result.status,
-            "uptime_s": round(time.monotonic() - self.server.started, 1),
-        }).encode()
+        body = json.dumps(
+            {
+                "ok": True,
+                "stats": result.status,
+                "uptime_s": round(time.monotonic() - self.server.started, 1),
+            }
+        ).encode()
         self._send(HTTPStatus.OK, body, "application/json", send_body=send_body)
 
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str,
-              extra: dict[str, str] | None = None, *, send_body: bool) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        ctype: str,
+        extra: dict[str, str] | None = None,
+        *,
+        send_body: bool,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -367,9 +404,15 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], stats_path: Path, *,
-                 allowed_hosts: frozenset[str] | None = None, request_timeout: float = 10.0,
-                 max_connections: int = 32):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        stats_path: Path,
+        *,
+        allowed_hosts: frozenset[str] | None = None,
+        request_timeout: float = 10.0,
+        max_connections: int = 32,
+    ):
         self.stats_path = stats_path
         self.started = time.monotonic()
         self.request_timeout = request_timeout
@@ -382,7 +425,8 @@ class DashboardServer(ThreadingHTTPServer):
         loopback = LOOPBACK_NAMES | {bound, address[0].lower()} if _is_loopback(bound) else frozenset()
         # None: any Host is accepted (see the module docstring).
         self.allowed_hosts: frozenset[str] | None = (
-            allowed_hosts | loopback if allowed_hosts is not None else loopback or None)
+            allowed_hosts | loopback if allowed_hosts is not None else loopback or None
+        )
 
     def host_problem(self, hosts: list[str]) -> str:
         """Why a request with these Host headers is refused; "" when it is not."""
@@ -445,16 +489,21 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-def make_server(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any) -> DashboardServer:
+def make_server(
+    stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> DashboardServer:
     """`options`: DashboardServer's allowed_hosts, request_timeout, max_connections."""
     return DashboardServer((host, port), Path(stats_path), **options)
 
 
-def serve_in_thread(stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any) -> DashboardServer:
+def serve_in_thread(
+    stats_path: str | Path, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> DashboardServer:
     """Start a server on a background thread (tests, embedding); stop it with .shutdown()."""
     server = make_server(stats_path, host, port, **options)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     name="dashboard", daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dashboard", daemon=True
+    ).start()
     return server
 
 
@@ -465,13 +514,19 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
-        DashboardConfig, argv, prog="python -m trainer.dashboard", env_prefix=ENV_PREFIX,
+        DashboardConfig,
+        argv,
+        prog="python -m trainer.dashboard",
+        env_prefix=ENV_PREFIX,
         description="Serve the training dashboard: one page that polls the run's stats.json.",
     )
     configure_logging(cfg.log_level, cfg.log_format)
     try:
         server = make_server(
-            cfg.stats_path, cfg.host, cfg.port, request_timeout=cfg.request_timeout,
+            cfg.stats_path,
+            cfg.host,
+            cfg.port,
+            request_timeout=cfg.request_timeout,
             max_connections=cfg.max_connections,
             allowed_hosts=None if cfg.allowed_hosts is None else parse_allowed_hosts(cfg.allowed_hosts),
         )

@@ -10,4 +10,12 @@ from trainer.evaluator.match import (
     wilson_interval,
 )
 
-__all__ = ["EvalResult", "GameRecord", "evaluate_model", "play_games", "play_match", "summarise", "wilson_interval"]
+__all__ = [
+    "EvalResult",
+    "GameRecord",
+    "evaluate_model",
+    "play_games",
+    "play_match",
+    "summarise",
+    "wilson_interval",
+]

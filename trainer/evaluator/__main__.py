@@ -49,17 +49,21 @@ class EvaluatorConfig(BaseModel):
     )
     sims: int = Field(0, ge=0, description="MCTS simulations for the model per move; 0 = its raw policy.")
     temperature: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="Model move temperature: softmax(logits / T) for the raw policy, visits^(1/T) with --sims; 0 = greedy.",
     )
     c_puct: float = Field(
-        1.5, gt=0,
+        1.5,
+        gt=0,
         description="PUCT constant of the model's search (and a model:PATH opponent's); the mcts:SIMS opponent is "
         "UCT with c=2 and a solver, like OpenSpiel's MCTSBot.",
     )
     threads: int = Field(1, ge=1, le=1024, description="onnxruntime intra-op threads.")
     seed: int | None = Field(None, description="Random seed (unset = from the OS).")
-    min_score: float | None = Field(None, ge=0, le=1, description="Exit with code 1 if the score is below this.")
+    min_score: float | None = Field(
+        None, ge=0, le=1, description="Exit with code 1 if the score is below this."
+    )
     sprt: str | None = Field(
         None,
         description="ELO0,ELO1: a sequential probability ratio test of H0 'Elo <= ELO0' against H1 'Elo >= ELO1' "
@@ -69,7 +73,9 @@ class EvaluatorConfig(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="SPRT: probability of accepting H1 when H0 holds.")
     beta: float = Field(0.05, gt=0, lt=0.5, description="SPRT: probability of accepting H0 when H1 holds.")
     json: bool = Field(False, description="Print the result as one JSON object instead of the text block.")
-    verbose: bool = Field(False, description="Print every game's moves and final board (to stderr with --json).")
+    verbose: bool = Field(
+        False, description="Print every game's moves and final board (to stderr with --json)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Logging level.")
     log_format: LogFormat = "text"
 
@@ -102,8 +108,11 @@ def _elo_text(elo: float) -> str:
 
 
 def _sprt_lines(s) -> list[str]:
-    decided = {"H1": f"H1 accepted: Elo >= {s.elo1:g}", "H0": f"H0 accepted: Elo <= {s.elo0:g}",
-               "continue": "no decision within --games"}[s.decision]
+    decided = {
+        "H1": f"H1 accepted: Elo >= {s.elo1:g}",
+        "H0": f"H0 accepted: Elo <= {s.elo0:g}",
+        "continue": "no decision within --games",
+    }[s.decision]
     return [
         f"SPRT:              [{s.elo0:g}, {s.elo1:g}] alpha {s.alpha:g} beta {s.beta:g}: {decided}",
         f"                   LLR {s.llr:.2f} (bounds {s.lower:.2f}, {s.upper:.2f}) after {s.pairs} pairs, "
@@ -145,7 +154,13 @@ def format_result(r) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(EvaluatorConfig, argv, prog="python -m trainer.evaluator", description=__doc__.split("\n\n")[0], env_prefix="EVALUATOR_")
+    cfg = load_config(
+        EvaluatorConfig,
+        argv,
+        prog="python -m trainer.evaluator",
+        description=__doc__.split("\n\n")[0],
+        env_prefix="EVALUATOR_",
+    )
     configure_logging(cfg.log_level, cfg.log_format)
     from trainer.evaluator.match import evaluate_model
     from trainer.games import get_game
@@ -153,10 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     records: list = []
     try:
         result = evaluate_model(
-            cfg.model, cfg.env_id, cfg.opponent, cfg.games, cfg.seed,
-            temperature=cfg.temperature, sims=cfg.sims, threads=cfg.threads, db=cfg.db,
-            c_puct=cfg.c_puct, records_out=records if cfg.verbose else None,
-            sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None, alpha=cfg.alpha, beta=cfg.beta,
+            cfg.model,
+            cfg.env_id,
+            cfg.opponent,
+            cfg.games,
+            cfg.seed,
+            temperature=cfg.temperature,
+            sims=cfg.sims,
+            threads=cfg.threads,
+            db=cfg.db,
+            c_puct=cfg.c_puct,
+            records_out=records if cfg.verbose else None,
+            sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
         )
     except (FileNotFoundError, ValueError) as e:  # ModelContractError is a ValueError
         print(f"error: {e}", file=sys.stderr)
@@ -167,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         game = get_game(result.env_id)
         for i, rec in enumerate(records):
             outcome = {1: "model wins", 0: "draw", -1: f"{result.opponent} wins"}[rec.result]
-            print(f"game {i + 1}: model {'first' if rec.model_first else 'second'}, {outcome} in {rec.length} plies, moves {rec.moves}", file=log_to)
+            print(
+                f"game {i + 1}: model {'first' if rec.model_first else 'second'}, {outcome} in {rec.length} plies, moves {rec.moves}",
+                file=log_to,
+            )
             print(game.render(rec.final), end="\n\n", file=log_to)
     if cfg.json:
         print(json.dumps(result.to_dict()))
@@ -176,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.min_score is not None:
         ok = result.score >= cfg.min_score
         if not cfg.json:
-            print(f"{'PASS' if ok else 'FAIL'}: score {result.score:.3f} {'>=' if ok else '<'} --min-score {cfg.min_score}")
+            print(
+                f"{'PASS' if ok else 'FAIL'}: score {result.score:.3f} {'>=' if ok else '<'} --min-score {cfg.min_score}"
+            )
         return 0 if ok else 1
     return 0
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from trainer.games import DRAW, Game, GameState, get_game
 from trainer.model.contract import read_model_metadata
 from trainer.onnx_policy import OnnxPolicy
 from trainer.search.players import Player, make_player, play_in_lockstep
-
 
 # Games between SPRT checks: even, so every batch is whole colour-swapped pairs, and large
 # enough that a model player still batches its evaluations across games.
@@ -125,7 +124,11 @@ def _elo(records: list[GameRecord]):
 
 
 def play_games(
-    game: Game, model: Player, opponent: Player, games: int, keep_moves: bool = False,
+    game: Game,
+    model: Player,
+    opponent: Player,
+    games: int,
+    keep_moves: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[GameRecord]:
     """All games in lockstep (`play_in_lockstep`); game i has the model moving first when i is
@@ -139,8 +142,14 @@ def play_games(
     def keep(i: int, _s: GameState, a: int) -> None:
         moves[i].append(a)
 
-    finals = play_in_lockstep(game, (model, opponent), to_play, [game.initial_state()] * games,
-                              on_move=keep if keep_moves else None, should_stop=should_stop)
+    finals = play_in_lockstep(
+        game,
+        (model, opponent),
+        to_play,
+        [game.initial_state()] * games,
+        on_move=keep if keep_moves else None,
+        should_stop=should_stop,
+    )
     records = []
     for i, s in enumerate(finals):
         model_colour = 1 if model_first[i] else 2
@@ -150,8 +159,15 @@ def play_games(
 
 
 def play_match(
-    game: Game, model: Player, opponent: Player, games: int, sprt_elo: tuple[float, float] | None = None,
-    alpha: float = 0.05, beta: float = 0.05, keep_moves: bool = False, should_stop: Callable[[], bool] | None = None,
+    game: Game,
+    model: Player,
+    opponent: Player,
+    games: int,
+    sprt_elo: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+    beta: float = 0.05,
+    keep_moves: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[GameRecord], SprtResult | None]:
     """`games` games, or with `sprt_elo` (elo0, elo1) batches of colour-swapped pairs until the
     SPRT accepts a hypothesis or `games` are played; the test's final state comes back too."""
@@ -168,7 +184,12 @@ def play_match(
 
 
 def summarise(
-    records: list[GameRecord], model: str, opponent: str, env_id: str, model_step: int | None, elapsed_s: float = 0.0,
+    records: list[GameRecord],
+    model: str,
+    opponent: str,
+    env_id: str,
+    model_step: int | None,
+    elapsed_s: float = 0.0,
     sprt_result: SprtResult | None = None,
 ) -> EvalResult:
     def count(result: int, first: bool | None = None) -> int:
@@ -263,17 +284,32 @@ def evaluate_model(
     root = np.random.default_rng(seed)
     model_rng, opp_rng = (np.random.default_rng(s) for s in root.bit_generator.seed_seq.spawn(2))
     model_spec = f"model-mcts:{sims}" if sims > 0 else "model"
-    model_player = make_player(model_spec, game, model_rng, policy=policy, temperature=temperature, c_puct=c_puct)
+    model_player = make_player(
+        model_spec, game, model_rng, policy=policy, temperature=temperature, c_puct=c_puct
+    )
     kind, _, opp_path = opponent.partition(":")
     if kind == "model":
         opp_policy = OnnxPolicy(opp_path, threads=threads, expected_env_id=env_id, spec=spec)
-        opp_player = make_player(model_spec, game, opp_rng, policy=opp_policy, temperature=temperature, c_puct=c_puct)
+        opp_player = make_player(
+            model_spec, game, opp_rng, policy=opp_policy, temperature=temperature, c_puct=c_puct
+        )
         opp_player.name = f"model:{Path(opp_path).name}"
     else:
         opp_player = make_player(opponent, game, opp_rng, c_puct=c_puct)
 
-    records, verdict = play_match(game, model_player, opp_player, games, sprt_elo, alpha, beta,
-                                  keep_moves=records_out is not None, should_stop=should_stop)
+    records, verdict = play_match(
+        game,
+        model_player,
+        opp_player,
+        games,
+        sprt_elo,
+        alpha,
+        beta,
+        keep_moves=records_out is not None,
+        should_stop=should_stop,
+    )
     if records_out is not None:
         records_out.extend(records)
-    return summarise(records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0, verdict)
+    return summarise(
+        records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0, verdict
+    )

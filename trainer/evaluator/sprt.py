@@ -11,8 +11,9 @@ the variance. Elo is the logistic one: expected score 1 / (1 + 10^(-elo/400)).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -143,13 +144,22 @@ class SprtResult:
 
     def to_dict(self) -> dict:
         return {
-            "elo0": self.elo0, "elo1": self.elo1, "alpha": self.alpha, "beta": self.beta,
-            "llr": self.llr, "lower_bound": self.lower, "upper_bound": self.upper,
-            "result": self.decision, "pairs": self.pairs, "pentanomial": list(self.pentanomial),
+            "elo0": self.elo0,
+            "elo1": self.elo1,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "llr": self.llr,
+            "lower_bound": self.lower,
+            "upper_bound": self.upper,
+            "result": self.decision,
+            "pairs": self.pairs,
+            "pentanomial": list(self.pentanomial),
         }
 
 
-def sprt(pair_results: Sequence[tuple[int, int]], elo0: float, elo1: float, alpha: float = 0.05, beta: float = 0.05) -> SprtResult:
+def sprt(
+    pair_results: Sequence[tuple[int, int]], elo0: float, elo1: float, alpha: float = 0.05, beta: float = 0.05
+) -> SprtResult:
     """The test's state after `pair_results`: H1 (stronger by `elo1`) accepted, H0 (`elo0`)
     accepted, or continue."""
     counts = pentanomial(pair_results)

@@ -61,6 +61,13 @@ def get_game(env_id: str) -> Game:
 
 
 __all__ = [
-    "DRAW", "NO_WINNER", "Game", "GameSpec", "GameState", "Symmetry",
-    "KNOWN_ENV_IDS", "discover_games", "get_game",
+    "DRAW",
+    "NO_WINNER",
+    "Game",
+    "GameSpec",
+    "GameState",
+    "Symmetry",
+    "KNOWN_ENV_IDS",
+    "discover_games",
+    "get_game",
 ]

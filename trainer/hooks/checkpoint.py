@@ -38,7 +38,12 @@ class CheckpointHook(Hook):
         except (OSError, NonFiniteState) as exc:
             self.failures += 1
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            log.error("checkpoint for step %d NOT saved in %s: %s (the previous one is kept)", step, self.folder, reason)
+            log.error(
+                "checkpoint for step %d NOT saved in %s: %s (the previous one is kept)",
+                step,
+                self.folder,
+                reason,
+            )
             return
         self.last_saved_step = step
         log.debug("checkpoint saved: %s", self.last_path)

@@ -22,9 +22,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from trainer.atomic_files import atomic_write_bytes, finite_or_none
 from trainer.evaluator.match import evaluate_model
@@ -55,8 +55,16 @@ class Gate:
 class EvalHook(Hook):
     name = "evaluate"
 
-    def __init__(self, model_dir: Path, env_id: str, every: int, games: int, seed: int | None = None,
-                 opponent: str = "random", gate: Gate | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        env_id: str,
+        every: int,
+        games: int,
+        seed: int | None = None,
+        opponent: str = "random",
+        gate: Gate | None = None,
+    ):
         self.model = Path(model_dir) / LATEST_MODEL_NAME
         self.best = Path(model_dir) / BEST_MODEL_NAME
         self.env_id, self.every, self.games, self.opponent = env_id, every, games, opponent
@@ -86,8 +94,9 @@ class EvalHook(Hook):
             if step == self._last_evaluated_step:
                 return
             t0 = time.monotonic()
-            result = evaluate_model(self.model, self.env_id, self.opponent, self.games, self.seed,
-                                    should_stop=stopping)
+            result = evaluate_model(
+                self.model, self.env_id, self.opponent, self.games, self.seed, should_stop=stopping
+            )
         except PlayStopped:
             log.info("evaluation of step %d dropped: stopping", step)
             return
@@ -105,8 +114,15 @@ class EvalHook(Hook):
             self.last_eval_seconds = time.monotonic() - t0
             self.history.append(entry)
             del self.history[:-MAX_EVAL_HISTORY]
-        log.info("eval step %d vs %s: win %.2f draw %.2f loss %.2f (%d games)", step, self.opponent,
-                 entry["win_rate"], entry["draw_rate"], entry["loss_rate"], entry["games_played"])
+        log.info(
+            "eval step %d vs %s: win %.2f draw %.2f loss %.2f (%d games)",
+            step,
+            self.opponent,
+            entry["win_rate"],
+            entry["draw_rate"],
+            entry["loss_rate"],
+            entry["games_played"],
+        )
         if self.gate is not None:
             try:
                 self._gate(step, stopping)
@@ -123,13 +139,23 @@ class EvalHook(Hook):
         if not self.best.exists():
             self._promote(data, None)
             return
-        fd, name = tempfile.mkstemp(prefix=f".{BEST_MODEL_NAME}.candidate.", suffix=".tmp", dir=self.best.parent)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{BEST_MODEL_NAME}.candidate.", suffix=".tmp", dir=self.best.parent
+        )
         candidate = Path(name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            result = evaluate_model(candidate, self.env_id, f"model:{self.best}", self.gate.games, self.seed,
-                                    temperature=GATE_TEMPERATURE, sprt_elo=self.gate.elo, should_stop=stopping)
+            result = evaluate_model(
+                candidate,
+                self.env_id,
+                f"model:{self.best}",
+                self.gate.games,
+                self.seed,
+                temperature=GATE_TEMPERATURE,
+                sprt_elo=self.gate.elo,
+                should_stop=stopping,
+            )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 candidate.unlink()
@@ -139,12 +165,24 @@ class EvalHook(Hook):
             if stopping():
                 return
             self.last_gate = {
-                "step": result.model_step, "best_step": self.best_step, "result": result.sprt.decision,
-                "promoted": promoted, "llr": result.sprt.llr, "elo": result.elo, "elo_ci": list(result.elo_ci),
+                "step": result.model_step,
+                "best_step": self.best_step,
+                "result": result.sprt.decision,
+                "promoted": promoted,
+                "llr": result.sprt.llr,
+                "elo": result.elo,
+                "elo_ci": list(result.elo_ci),
                 "games_played": result.games_played,
             }
-        log.info("gate step %s vs best step %s: %s (LLR %.2f, Elo %+.0f, %d games)", result.model_step,
-                 self.best_step, result.sprt.decision, result.sprt.llr, result.elo, result.games_played)
+        log.info(
+            "gate step %s vs best step %s: %s (LLR %.2f, Elo %+.0f, %d games)",
+            result.model_step,
+            self.best_step,
+            result.sprt.decision,
+            result.sprt.llr,
+            result.elo,
+            result.games_played,
+        )
         if promoted:
             self._promote(data, result.model_step)
 
@@ -175,8 +213,11 @@ class EvalHook(Hook):
 
     def stats(self) -> dict:
         with self._lock:
-            out = {"last_eval": self.history[-1] if self.history else None, "eval_history": list(self.history),
-                   "last_eval_seconds": round(self.last_eval_seconds, 3)}
+            out = {
+                "last_eval": self.history[-1] if self.history else None,
+                "eval_history": list(self.history),
+                "last_eval_seconds": round(self.last_eval_seconds, 3),
+            }
             if self.gate is not None:
                 out.update(best_model_step=self.best_step, last_gate=finite_or_none(self.last_gate))
             return out

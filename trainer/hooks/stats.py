@@ -61,8 +61,16 @@ class StatsHook(Hook):
     # costs the training thread time, noticeably so for a tiny MLP's fast steps.
     MIN_WRITE_SECONDS = 0.5
 
-    def __init__(self, path: Path, every: int, env_id: str, mode: str, total_steps: int, history_size: int = 400,
-                 listeners: Sequence[Callable[[dict[str, Any]], None]] = ()):
+    def __init__(
+        self,
+        path: Path,
+        every: int,
+        env_id: str,
+        mode: str,
+        total_steps: int,
+        history_size: int = 400,
+        listeners: Sequence[Callable[[dict[str, Any]], None]] = (),
+    ):
         """`listeners` (the Prometheus and TensorBoard exporters) get each dict written."""
         self.path, self.every = Path(path), every
         self.listeners = list(listeners)
@@ -79,13 +87,15 @@ class StatsHook(Hook):
 
     def run(self, loop, metrics) -> None:
         m = loop.last_metrics
-        self.history.append({
-            "step": int(loop.step),
-            "total_loss": float(m.get("total_loss", 0.0)),
-            "policy_loss": float(m.get("policy_loss", 0.0)),
-            "value_loss": float(m.get("value_loss", 0.0)),
-            "learning_rate": float(loop.last_lr),
-        })
+        self.history.append(
+            {
+                "step": int(loop.step),
+                "total_loss": float(m.get("total_loss", 0.0)),
+                "policy_loss": float(m.get("policy_loss", 0.0)),
+                "value_loss": float(m.get("value_loss", 0.0)),
+                "learning_rate": float(loop.last_lr),
+            }
+        )
         self.history = thin_history(self.history, self.history_size)
         if time.monotonic() - self._last_write >= self.MIN_WRITE_SECONDS:
             self.write(loop)
@@ -108,11 +118,19 @@ class StatsHook(Hook):
             old = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
-        if not isinstance(old, dict) or old.get("env_id") != self.env_id or old.get("mode", "daemon") != self.mode:
+        if (
+            not isinstance(old, dict)
+            or old.get("env_id") != self.env_id
+            or old.get("mode", "daemon") != self.mode
+        ):
             return
         hist = old.get("history")
         if isinstance(hist, list):
-            self.history = [h for h in hist if isinstance(h, dict) and isinstance(h.get("step"), int) and h["step"] <= resumed_step]
+            self.history = [
+                h
+                for h in hist
+                if isinstance(h, dict) and isinstance(h.get("step"), int) and h["step"] <= resumed_step
+            ]
 
     # --- the file -------------------------------------------------------------------------
     def build(self, loop: LoopView) -> dict[str, Any]:
@@ -120,7 +138,9 @@ class StatsHook(Hook):
         other hooks report, this hook's extras, and the contract's keys with the contract's
         types. The contract's keys come last, so no figure can shadow one."""
         source, hooks = loop.source_stats(), loop.hook_stats()
-        return finite_or_none({**source, **hooks, **self._extras(loop), **self._contract(loop, source, hooks)})
+        return finite_or_none(
+            {**source, **hooks, **self._extras(loop), **self._contract(loop, source, hooks)}
+        )
 
     def _contract(self, loop: LoopView, source: dict[str, Any], hooks: dict[str, Any]) -> dict[str, Any]:
         """Contract section 4. Integers are Python ints: a float such as 100.0 makes the

@@ -62,7 +62,9 @@ class TensorBoardHook(StatsExporter):
     def on_start(self, loop) -> None:
         self.first_step = loop.step + 1
         self.last_step = self.last_eval_step = self.first_step - 1
-        self.writer = self.writer_class(str(self.log_dir), purge_step=self.first_step, flush_secs=FLUSH_SECONDS)
+        self.writer = self.writer_class(
+            str(self.log_dir), purge_step=self.first_step, flush_secs=FLUSH_SECONDS
+        )
 
     def on_stats(self, stats: dict[str, Any]) -> None:
         if self.writer is None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
-
+from typing import Any
 
 from trainer.hooks.base import Hook
 from trainer.training.batch import Batch
@@ -91,19 +91,30 @@ class ValidationHook(Hook):
             self.best_loss, self.best_epoch, self.bad_epochs = loss, self.epochs_validated, 0
         else:
             self.bad_epochs += 1
-        if self.plateau is not None and not improved and self.bad_epochs > 0 and self.bad_epochs % max(1, self.plateau.patience) == 0:
+        if (
+            self.plateau is not None
+            and not improved
+            and self.bad_epochs > 0
+            and self.bad_epochs % max(1, self.plateau.patience) == 0
+        ):
             old = self.plateau.scale
             self.plateau.scale = max(self.plateau.min_scale, old * self.plateau.factor)
             if self.plateau.scale < old:
                 log.info("validation loss plateaued: LR scale %.3g -> %.3g", old, self.plateau.scale)
-        self.history.append({"step": int(loop.step), "label": label,
-                             **{k: round(v, 6) for k, v in self.latest.items()}})
+        self.history.append(
+            {"step": int(loop.step), "label": label, **{k: round(v, 6) for k, v in self.latest.items()}}
+        )
         self.history = self.history[-200:]
         acc = self.latest.get("val_policy_accuracy", math.nan)
         log.info(
             "%s: val loss %.4f (policy %.4f value %.4f) accuracy %.3f | best %.4f%s",
-            label, loss, self.latest.get("val_policy_loss", math.nan), self.latest.get("val_value_loss", math.nan),
-            acc, self.best_loss, " (new best)" if improved else f" ({self.bad_epochs} without improvement)",
+            label,
+            loss,
+            self.latest.get("val_policy_loss", math.nan),
+            self.latest.get("val_value_loss", math.nan),
+            acc,
+            self.best_loss,
+            " (new best)" if improved else f" ({self.bad_epochs} without improvement)",
         )
         if improved and self.best_dir is not None:
             save_checkpoint_as(loop.snapshot(), self.best_dir / BEST_NAME)
@@ -116,8 +127,12 @@ class ValidationHook(Hook):
     # --- persistence and stats ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "epochs_validated": self.epochs_validated, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "latest": dict(self.latest), "history": list(self.history),
+            "epochs_validated": self.epochs_validated,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "latest": dict(self.latest),
+            "history": list(self.history),
             "lr_scale": self.plateau.scale if self.plateau else 1.0,
         }
 

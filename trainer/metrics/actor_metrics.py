@@ -33,22 +33,63 @@ class ActorMetrics:
         self.player1_wins = Counter("actor_player1_wins", "Games won by the first mover.", registry=r)
         self.player2_wins = Counter("actor_player2_wins", "Games won by the second mover.", registry=r)
         self.draws = Counter("actor_draws", "Drawn games.", registry=r)
-        self.episodes_per_second = Gauge("actor_episodes_per_second", f"Games finished per second over the last {RATE_HORIZON_S:.0f} s.", registry=r)
-        self.episode_seconds = Histogram("actor_episode_duration_seconds", "Wall time of one game, first move to written.", buckets=SLOW_BUCKETS, registry=r)
-        self.episode_steps = Histogram("actor_episode_steps", "Plies per game.", buckets=PLY_BUCKETS, registry=r)
-        self.searches = Counter("actor_mcts_searches", "MCTS searches (one per position searched).", registry=r)
-        self.inference_seconds = Histogram("actor_mcts_inference_seconds", "One batched onnxruntime call over the leaves of every game in flight.", buckets=FAST_BUCKETS, registry=r)
-        self.search_seconds = Histogram("actor_mcts_search_seconds", "One batched search round over every game in flight.", buckets=SLOW_BUCKETS, registry=r)
-        self.simulations = Histogram("actor_mcts_simulations_per_search", "Simulations per MCTS search.", buckets=SIM_BUCKETS, registry=r)
+        self.episodes_per_second = Gauge(
+            "actor_episodes_per_second",
+            f"Games finished per second over the last {RATE_HORIZON_S:.0f} s.",
+            registry=r,
+        )
+        self.episode_seconds = Histogram(
+            "actor_episode_duration_seconds",
+            "Wall time of one game, first move to written.",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.episode_steps = Histogram(
+            "actor_episode_steps", "Plies per game.", buckets=PLY_BUCKETS, registry=r
+        )
+        self.searches = Counter(
+            "actor_mcts_searches", "MCTS searches (one per position searched).", registry=r
+        )
+        self.inference_seconds = Histogram(
+            "actor_mcts_inference_seconds",
+            "One batched onnxruntime call over the leaves of every game in flight.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.search_seconds = Histogram(
+            "actor_mcts_search_seconds",
+            "One batched search round over every game in flight.",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.simulations = Histogram(
+            "actor_mcts_simulations_per_search",
+            "Simulations per MCTS search.",
+            buckets=SIM_BUCKETS,
+            registry=r,
+        )
         self.transitions = Counter("actor_transitions_stored", "Rows written to the replay DB.", registry=r)
-        self.db_write_seconds = Histogram("actor_db_write_seconds", "One game's replay DB transaction.", buckets=FAST_BUCKETS, registry=r)
+        self.db_write_seconds = Histogram(
+            "actor_db_write_seconds", "One game's replay DB transaction.", buckets=FAST_BUCKETS, registry=r
+        )
         self.model_reloads = Counter("actor_model_reloads", "Models loaded from latest.onnx.", registry=r)
-        self.model_load_seconds = Histogram("actor_model_load_seconds", "Loading and checking one latest.onnx.", buckets=FAST_BUCKETS, registry=r)
-        loaded = Gauge("actor_model_loaded", "1 while a published model guides the search, 0 before the first one.", registry=r)
+        self.model_load_seconds = Histogram(
+            "actor_model_load_seconds",
+            "Loading and checking one latest.onnx.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        loaded = Gauge(
+            "actor_model_loaded",
+            "1 while a published model guides the search, 0 before the first one.",
+            registry=r,
+        )
         loaded.set_function(lambda: float(model_loaded()))
         rss = Gauge("actor_memory_rss_bytes", "Resident memory of this actor process.", registry=r)
         rss.set_function(lambda: resident_memory_mb() * 2**20)
-        Info("actor", "The game this actor plays and its id.", registry=r).info({"game": game, "actor_id": actor_id})
+        Info("actor", "The game this actor plays and its id.", registry=r).info(
+            {"game": game, "actor_id": actor_id}
+        )
         self._finished: deque[float] = deque()
 
     def game_finished(self, winner: int, plies: int, seconds: float) -> None:

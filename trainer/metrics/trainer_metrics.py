@@ -43,28 +43,56 @@ class TrainerMetrics:
             "value_loss": gauge("trainer_loss_value", "Value MSE of the last step."),
             "policy_loss": gauge("trainer_loss_policy", "Policy cross-entropy of the last step."),
             "learning_rate": gauge("trainer_learning_rate", "Learning rate of the last step."),
-            "samples_per_sec": gauge("trainer_samples_per_second", "Samples trained per second over the last 30 s."),
-            "steps_per_sec": gauge("trainer_steps_per_second", "Training steps per second over the last 30 s."),
+            "samples_per_sec": gauge(
+                "trainer_samples_per_second", "Samples trained per second over the last 30 s."
+            ),
+            "steps_per_sec": gauge(
+                "trainer_steps_per_second", "Training steps per second over the last 30 s."
+            ),
             "replay_buffer_size": gauge("trainer_replay_buffer_size", "Rows of this game in the replay DB."),
-            "last_publish_seconds": gauge("trainer_checkpoint_duration_seconds", "Export, check and publish time of the last ONNX model."),
+            "last_publish_seconds": gauge(
+                "trainer_checkpoint_duration_seconds",
+                "Export, check and publish time of the last ONNX model.",
+            ),
             "wait_fraction": gauge("trainer_wait_fraction", "Share of the last 30 s spent waiting for data."),
             "window_size": gauge("trainer_window_rows", "Rows in the sampling window."),
             "reuse_ratio": gauge("trainer_reuse_ratio", "Samples trained per row seen."),
         }
-        self.step_seconds = gauge("trainer_step_duration_seconds", "Mean wall time per training step over the last 30 s (waits included).")
+        self.step_seconds = gauge(
+            "trainer_step_duration_seconds",
+            "Mean wall time per training step over the last 30 s (waits included).",
+        )
         self.eval_win_rate = gauge("trainer_eval_win_rate", "Win rate of the last evaluation against random.")
-        self.eval_draw_rate = gauge("trainer_eval_draw_rate", "Draw rate of the last evaluation against random.")
+        self.eval_draw_rate = gauge(
+            "trainer_eval_draw_rate", "Draw rate of the last evaluation against random."
+        )
         self.eval_seconds = gauge("trainer_evaluation_duration_seconds", "Wall time of the last evaluation.")
         self.totals: dict[str, _Total] = {
-            "samples_seen": _Total(Counter("trainer_samples_processed", "Samples trained (stats.json samples_seen).", registry=r)),
-            "models_published": _Total(Counter("trainer_checkpoints_saved", "ONNX models published by this process.", registry=r)),
-            "publish_failures": _Total(Counter("trainer_publish_failures", "Models that failed their check and were not published.", registry=r)),
+            "samples_seen": _Total(
+                Counter("trainer_samples_processed", "Samples trained (stats.json samples_seen).", registry=r)
+            ),
+            "models_published": _Total(
+                Counter("trainer_checkpoints_saved", "ONNX models published by this process.", registry=r)
+            ),
+            "publish_failures": _Total(
+                Counter(
+                    "trainer_publish_failures",
+                    "Models that failed their check and were not published.",
+                    registry=r,
+                )
+            ),
         }
-        bad_rows = Counter("trainer_bad_rows", "Malformed replay rows skipped, by kind.", ["kind"], registry=r)
+        bad_rows = Counter(
+            "trainer_bad_rows", "Malformed replay rows skipped, by kind.", ["kind"], registry=r
+        )
         self.bad_rows = {kind: _Total(bad_rows.labels(kind)) for kind in bad_row_kinds}
-        self.eval_games = Counter("trainer_eval_games", "Games played by the periodic evaluations.", registry=r)
+        self.eval_games = Counter(
+            "trainer_eval_games", "Games played by the periodic evaluations.", registry=r
+        )
         self._last_counted_eval = -1
-        self.state = Enum("trainer_state", "Daemon state (stats.json state).", states=list(STATES), registry=r)
+        self.state = Enum(
+            "trainer_state", "Daemon state (stats.json state).", states=list(STATES), registry=r
+        )
         Info("trainer", "What this daemon trains.", registry=r).info(
             {"env_id": env_id, "device": device, "batch_size": str(batch_size)}
         )

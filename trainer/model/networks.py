@@ -94,8 +94,12 @@ def resolve_net_kind(kind: NetKind, spec: GameSpec) -> str:
 
 
 def build_network(
-    spec: GameSpec, kind: NetKind = "auto", hidden: int = 128, layers: int = 3,
-    channels: int = 64, blocks: int = 4,
+    spec: GameSpec,
+    kind: NetKind = "auto",
+    hidden: int = 128,
+    layers: int = 3,
+    channels: int = 64,
+    blocks: int = 4,
 ) -> nn.Module:
     kind = resolve_net_kind(kind, spec)
     if kind == "mlp":

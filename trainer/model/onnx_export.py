@@ -19,9 +19,10 @@ import io
 import logging
 import threading
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -93,7 +94,7 @@ def export_onnx(
         "env_id": spec.env_id,
         "obs_size": str(spec.obs_size),
         "num_actions": str(spec.num_actions),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainer_version": trainer.__version__,
     }
     props.update({str(k): str(v) for k, v in metadata.items()})
@@ -173,7 +174,9 @@ def _quiet() -> Iterator[None]:
     """Mute the exporters' loggers (the dynamo exporter logs a warning per missing torchvision
     op on each export). Only torch's own export loggers are touched, and C++ prints to fd 2
     are left alone: redirecting the fd would swallow other threads' output too."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    loggers = [
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")
+    ]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -232,7 +235,9 @@ def verify_onnx(
                     f"expected float32{list(shape)}"
                 )
             if w.shape != shape:
-                raise PublishError(f"{path.name}: PyTorch {name} has shape {list(w.shape)}, expected {list(shape)}")
+                raise PublishError(
+                    f"{path.name}: PyTorch {name} has shape {list(w.shape)}, expected {list(shape)}"
+                )
             if not (np.isfinite(g).all() and np.isfinite(w).all()):
                 raise PublishError(f"{path.name}: {name} at batch {batch} has NaN or inf values")
             err = float(np.abs(g - w).max())
@@ -245,7 +250,10 @@ def verify_onnx(
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+        for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def _check_graph(proto: onnx.ModelProto, spec: GameSpec, name: str) -> None:
@@ -282,5 +290,11 @@ def _check_session_io(session, spec: GameSpec, name: str) -> None:
 
 
 __all__ = [
-    "ATOL", "PublishError", "export_onnx", "inference_copy", "read_model_metadata", "sample_observations", "verify_onnx",
+    "ATOL",
+    "PublishError",
+    "export_onnx",
+    "inference_copy",
+    "read_model_metadata",
+    "sample_observations",
+    "verify_onnx",
 ]

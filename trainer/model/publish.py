@@ -35,8 +35,12 @@ _PUBLISH_LOCK = threading.Lock()
 _swept_dirs: set[Path] = set()  # folders whose stale temp files this process has removed
 
 __all__ = [
-    "PublishError", "PublishResult", "publish_model", "prune_step_files",
-    "step_file_name", "step_files",
+    "PublishError",
+    "PublishResult",
+    "publish_model",
+    "prune_step_files",
+    "step_file_name",
+    "step_files",
 ]
 
 
@@ -110,8 +114,13 @@ def publish_model(
 
 
 def _publish_locked(
-    module: nn.Module, spec: GameSpec, model_dir: Path, step: int, metadata: dict[str, str],
-    max_keep: int, exporter: Exporter,
+    module: nn.Module,
+    spec: GameSpec,
+    model_dir: Path,
+    step: int,
+    metadata: dict[str, str],
+    max_keep: int,
+    exporter: Exporter,
 ) -> PublishResult:
     t0 = time.perf_counter()
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ none, and done removes the bootstrap there.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +75,18 @@ class CQLObjective(TwinQObjective):
         pi_loss = -(target_pi * logp).sum(-1).mean()
         v_loss = F.mse_loss(v.squeeze(-1), v_target)
         return {
-            "q_loss": q_loss, "td_loss": td_loss, "penalty": penalty, "pi_loss": pi_loss, "v_loss": v_loss,
-            "net_loss": pi_loss + self.value_weight * v_loss, "q1a": q1a, "y": y, "v_target": v_target,
-            "logp": logp, "q_min": q_min, "legal": legal,
+            "q_loss": q_loss,
+            "td_loss": td_loss,
+            "penalty": penalty,
+            "pi_loss": pi_loss,
+            "v_loss": v_loss,
+            "net_loss": pi_loss + self.value_weight * v_loss,
+            "q1a": q1a,
+            "y": y,
+            "v_target": v_target,
+            "logp": logp,
+            "q_min": q_min,
+            "legal": legal,
         }
 
     def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:

@@ -22,7 +22,7 @@ their own outcome). With one player (`player_count == 1`) the sign is +1. A term
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,16 @@ class IQLObjective(TwinQObjective):
         q1a, q2a = gather(q1, a), gather(q2, a)
         q_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
         return {
-            "net_loss": pi_loss + self.value_weight * v_loss, "q_loss": q_loss, "pi_loss": pi_loss,
-            "v_loss": v_loss, "logp": logp, "q1a": q1a, "y": y, "v": v, "adv": adv, "w": w,
+            "net_loss": pi_loss + self.value_weight * v_loss,
+            "q_loss": q_loss,
+            "pi_loss": pi_loss,
+            "v_loss": v_loss,
+            "logp": logp,
+            "q1a": q1a,
+            "y": y,
+            "v": v,
+            "adv": adv,
+            "w": w,
         }
 
     def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.objectives.policy_value import ILLEGAL_LOGIT
 from trainer.objectives.base import Objective, StepGuard, clip_and_norm, set_lr
+from trainer.objectives.policy_value import ILLEGAL_LOGIT
 from trainer.training.batch import Batch
 
 
@@ -80,7 +81,12 @@ class TwinQObjective(Objective):
         self.q_target = frozen_copy(self.q)
         self.opt_net = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
         self.opt_q = torch.optim.AdamW(self.q.parameters(), lr=lr, weight_decay=weight_decay)
-        self.grad_clip, self.gamma, self.rate, self.value_weight = grad_clip, gamma, target_update_rate, value_weight
+        self.grad_clip, self.gamma, self.rate, self.value_weight = (
+            grad_clip,
+            gamma,
+            target_update_rate,
+            value_weight,
+        )
         self.sign = opponent_sign(player_count)
         self.guard = StepGuard(self.net, self.q)
 

@@ -58,7 +58,7 @@ ReplayLocation = Annotated[str, BeforeValidator(_replay_location)]
 RedactedReplayLocation = Annotated[ReplayLocation, PlainSerializer(redact_url, return_type=str)]
 
 
-def open_replay_reader(db: str | Path, env_id: str, **kw) -> "ReplayReader | PgReplayReader":
+def open_replay_reader(db: str | Path, env_id: str, **kw) -> ReplayReader | PgReplayReader:
     if is_postgres_url(db):
         from trainer.replay.postgres.reader import PgReplayReader
 
@@ -68,7 +68,9 @@ def open_replay_reader(db: str | Path, env_id: str, **kw) -> "ReplayReader | PgR
     return ReplayReader(db, env_id, **kw)
 
 
-def open_replay_writer(db: str | Path, game: Game, with_model_step: bool = True) -> "ReplayWriter | PgReplayWriter":
+def open_replay_writer(
+    db: str | Path, game: Game, with_model_step: bool = True
+) -> ReplayWriter | PgReplayWriter:
     if is_postgres_url(db):
         from trainer.replay.postgres.writer import PgReplayWriter
 

@@ -31,13 +31,27 @@ import numpy as np
 
 from trainer.games import GameSpec
 from trainer.replay.codec import F32, U32
-from trainer.replay.schema import MODEL_STEP_COLUMN, MissingMetadataError, SchemaError, read_game_spec, table_names
+from trainer.replay.schema import (
+    MODEL_STEP_COLUMN,
+    MissingMetadataError,
+    SchemaError,
+    read_game_spec,
+    table_names,
+)
 from trainer.sources.wait_reason import WaitKind, WaitReason
 
 log = logging.getLogger(__name__)
 
 # Columns the reader needs; the other contract columns (state, next_state, ...) are unused.
-REQUIRED_COLUMNS = ("env_id", "observation", "action", "policy_probs", "mcts_value", "game_outcome", "timestamp")
+REQUIRED_COLUMNS = (
+    "env_id",
+    "observation",
+    "action",
+    "policy_probs",
+    "mcts_value",
+    "game_outcome",
+    "timestamp",
+)
 
 # Why a row was skipped; one reason per row, the first that applies in this order.
 BAD_OBS_LENGTH = "obs_length"  # observation blob NULL, not a blob, or the wrong length
@@ -49,8 +63,14 @@ BAD_VALUE_RANGE = "value_range"  # the value (game_outcome, else mcts_value) is 
 BAD_POLICY_MASS = "policy_mass"  # policy_probs' mass on legal moves overflows float32
 BAD_UNREADABLE = "unreadable"  # rowids in a damaged part of the file, skipped without reading them
 BAD_REASONS = (
-    BAD_OBS_LENGTH, BAD_ACTION, BAD_VALUE_NULL, BAD_NONFINITE, BAD_ILLEGAL_ACTION, BAD_VALUE_RANGE,
-    BAD_POLICY_MASS, BAD_UNREADABLE,
+    BAD_OBS_LENGTH,
+    BAD_ACTION,
+    BAD_VALUE_NULL,
+    BAD_NONFINITE,
+    BAD_ILLEGAL_ACTION,
+    BAD_VALUE_RANGE,
+    BAD_POLICY_MASS,
+    BAD_UNREADABLE,
 )
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -145,14 +165,16 @@ class DecodedRows:
         return int(self.rowids.shape[0])
 
     @staticmethod
-    def empty(spec: GameSpec) -> "DecodedRows":
+    def empty(spec: GameSpec) -> DecodedRows:
         return DecodedRows(
-            np.zeros(0, np.int64), np.zeros((0, spec.obs_size), np.float32),
-            np.zeros((0, spec.num_actions), np.float32), np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            np.zeros((0, spec.obs_size), np.float32),
+            np.zeros((0, spec.num_actions), np.float32),
+            np.zeros(0, np.float32),
         )
 
     @staticmethod
-    def concat(parts: list["DecodedRows"], spec: GameSpec) -> "DecodedRows":
+    def concat(parts: list[DecodedRows], spec: GameSpec) -> DecodedRows:
         if not parts:
             return DecodedRows.empty(spec)
         bad: Counter = Counter()
@@ -165,8 +187,10 @@ class DecodedRows:
             np.concatenate([p.obs for p in parts]),
             np.concatenate([p.policy for p in parts]),
             np.concatenate([p.value for p in parts]),
-            bad, sum(p.policy_onehot for p in parts),
-            max(stamps) if stamps else None, steps[-1] if steps else None,
+            bad,
+            sum(p.policy_onehot for p in parts),
+            max(stamps) if stamps else None,
+            steps[-1] if steps else None,
             sum(p.scanned for p in parts),
         )
 
@@ -276,8 +300,15 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
     else:
         sel = np.flatnonzero(good)
     return DecodedRows(
-        rowids[sel], np.ascontiguousarray(obs[sel], dtype=np.float32), policy[sel],
-        value[sel].astype(np.float32), bad, int((onehot & good).sum()), newest_ts, model_step, n,
+        rowids[sel],
+        np.ascontiguousarray(obs[sel], dtype=np.float32),
+        policy[sel],
+        value[sel].astype(np.float32),
+        bad,
+        int((onehot & good).sum()),
+        newest_ts,
+        model_step,
+        n,
     )
 
 
@@ -350,8 +381,11 @@ class ReplayReader:
         self._file_id = (st.st_dev, st.st_ino)
         # isolation_level=None: no implicit transaction stays open between our queries.
         return sqlite3.connect(
-            sqlite_ro_uri(self.db_path), uri=True, timeout=self.busy_timeout_s,
-            isolation_level=None, check_same_thread=False,
+            sqlite_ro_uri(self.db_path),
+            uri=True,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
         )
 
     def probe(self, min_rows: int = 0) -> WaitReason | None:
@@ -467,16 +501,22 @@ class ReplayReader:
             raise
         conn.execute("COMMIT")
 
-    def _fetch_after(self, after: int, limit: int, before: int | None = None) -> tuple[list[tuple], int | None]:
+    def _fetch_after(
+        self, after: int, limit: int, before: int | None = None
+    ) -> tuple[list[tuple], int | None]:
         """Rows of env_id with after < rowid (< before), ascending, at most `limit`; plus
         MAX(rowid) of the same snapshot when the rows ran out before `limit` (and no bound)."""
-        bound, args = ("", (after, self.env_id, limit)) if before is None else (
-            " AND rowid < ?", (after, before, self.env_id, limit))
+        bound, args = (
+            ("", (after, self.env_id, limit))
+            if before is None
+            else (" AND rowid < ?", (after, before, self.env_id, limit))
+        )
         # One snapshot for the rows and MAX(rowid): when the chunk is short we have seen
         # everything up to MAX(rowid), including other games' rows after our last one.
         with self._snapshot() as conn:
             rows = conn.execute(
-                f"{self._select} WHERE rowid > ?{bound} AND env_id = ? ORDER BY rowid LIMIT ?", args,
+                f"{self._select} WHERE rowid > ?{bound} AND env_id = ? ORDER BY rowid LIMIT ?",
+                args,
             ).fetchall()
             end = None
             if len(rows) < limit and before is None:
@@ -525,7 +565,9 @@ class ReplayReader:
     # SQLite reports a damaged page only when a query touches it, so the damage is located by
     # asking which rowid ranges can be read: a range query fails from the first damaged rowid
     # on, and a read that starts after the damage succeeds again.
-    def _read_around_damage(self, limit: int, exc: sqlite3.DatabaseError) -> tuple[list[tuple], int, int | None]:
+    def _read_around_damage(
+        self, limit: int, exc: sqlite3.DatabaseError
+    ) -> tuple[list[tuple], int, int | None]:
         """(rows, rowids skipped, new cursor or None) after a chunk query failed on a damaged
         page: the rows before the damage; once those are all read, the cursor moves past it."""
         start = self.cursor
@@ -551,7 +593,11 @@ class ReplayReader:
         if unreadable:
             log.warning(
                 "replay DB %s: rowids %d..%d cannot be read (the file is damaged there); "
-                "skipped %d, counted as bad rows (unreadable)", self.db_path, first_bad, resume, unreadable,
+                "skipped %d, counted as bad rows (unreadable)",
+                self.db_path,
+                first_bad,
+                resume,
+                unreadable,
             )
         return rows, unreadable, resume
 
@@ -576,10 +622,13 @@ class ReplayReader:
 
     def _fetch_one(self, rowid: int) -> list[tuple] | None:
         """The row (if of env_id) at `rowid`, [] if none, None if it cannot be read."""
-        return self._rows_unless_damaged(f"{self._select} WHERE rowid = ? AND env_id = ?", (rowid, self.env_id))
+        return self._rows_unless_damaged(
+            f"{self._select} WHERE rowid = ? AND env_id = ?", (rowid, self.env_id)
+        )
 
     def _first_damaged(self, start: int) -> int | None:
         """The smallest m > start such that rows in (start, m] cannot be read, or None."""
+
         def fails(m: int) -> bool:
             return not self._readable(f"{self._select} WHERE rowid > ? AND rowid <= ?", (start, m))
 
@@ -618,8 +667,14 @@ class ReplayReader:
             part = decode_rows(rows[::-1], self.spec, self.has_model_step)
             if len(part) > n_valid - have:
                 keep = len(part) - (n_valid - have)
-                part = DecodedRows(part.rowids[keep:], part.obs[keep:], part.policy[keep:], part.value[keep:],
-                                   newest_timestamp=part.newest_timestamp, model_step=part.model_step)
+                part = DecodedRows(
+                    part.rowids[keep:],
+                    part.obs[keep:],
+                    part.policy[keep:],
+                    part.value[keep:],
+                    newest_timestamp=part.newest_timestamp,
+                    model_step=part.model_step,
+                )
             parts.append(part)
             have += len(part)
         out = DecodedRows.concat(parts[::-1], self.spec)
@@ -642,19 +697,27 @@ class ReplayReader:
             error = exc
         damage = self._damage_below(upto)
         if damage is None:
-            log.warning("replay DB %s: rows at or below rowid %d cannot be read (%s)", self.db_path, upto, error)
+            log.warning(
+                "replay DB %s: rows at or below rowid %d cannot be read (%s)", self.db_path, upto, error
+            )
             return [], None
         top_bad, below = damage
         rows = self._fetch_upto(upto, self.chunk_rows, above=top_bad) if top_bad < upto else []
         if len(rows) == self.chunk_rows:
             return rows, rows[-1][0] - 1
-        log.warning("replay DB %s: rowids below %d cannot be read (the file is damaged there); the window "
-                    "refill goes on below rowid %s", self.db_path, top_bad + 1, below)
+        log.warning(
+            "replay DB %s: rowids below %d cannot be read (the file is damaged there); the window "
+            "refill goes on below rowid %s",
+            self.db_path,
+            top_bad + 1,
+            below,
+        )
         return rows, below
 
     def _damage_below(self, upto: int) -> tuple[int, int | None] | None:
         """(the highest damaged rowid <= upto, the highest rowid below it that rows can be
         read down from, or None), or None when no damaged rowid is found."""
+
         def fails(d: int) -> bool:
             return not self._readable(f"{self._select} WHERE rowid <= ? AND rowid > ?", (upto, upto - d))
 
@@ -664,7 +727,9 @@ class ReplayReader:
         top_bad = upto - d + 1
 
         def reads_down_from(e: int) -> bool:
-            return self._readable(f"{self._select} WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (top_bad - e,))
+            return self._readable(
+                f"{self._select} WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (top_bad - e,)
+            )
 
         e = _first_true(reads_down_from, 0, top_bad)
         return top_bad, (None if e is None else top_bad - e)
@@ -685,7 +750,7 @@ class ReplayReader:
         (m,) = self._conn.execute("SELECT MAX(rowid) FROM transitions").fetchone()
         return int(m or 0)
 
-    def __enter__(self) -> "ReplayReader":
+    def __enter__(self) -> ReplayReader:
         return self
 
     def __exit__(self, *exc) -> None:

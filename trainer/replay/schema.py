@@ -52,8 +52,21 @@ MODEL_STEP_COLUMN = "model_step"
 
 # The columns a writer sets, in the order of `writer.game_rows`' tuples.
 TRANSITION_COLUMNS = (
-    "id", "env_id", "episode_id", "step_number", "state", "action", "next_state", "observation",
-    "next_observation", "reward", "done", "timestamp", "policy_probs", "mcts_value", "game_outcome",
+    "id",
+    "env_id",
+    "episode_id",
+    "step_number",
+    "state",
+    "action",
+    "next_state",
+    "observation",
+    "next_observation",
+    "reward",
+    "done",
+    "timestamp",
+    "policy_probs",
+    "mcts_value",
+    "game_outcome",
 )
 
 INSERT_TRANSITION = (
@@ -62,8 +75,14 @@ INSERT_TRANSITION = (
 )
 
 GAME_METADATA_COLUMNS = (
-    "env_id", "display_name", "board_width", "board_height", "num_actions",
-    "obs_size", "legal_mask_offset", "player_count",
+    "env_id",
+    "display_name",
+    "board_width",
+    "board_height",
+    "num_actions",
+    "obs_size",
+    "legal_mask_offset",
+    "player_count",
 )
 
 

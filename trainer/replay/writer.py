@@ -10,10 +10,10 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -134,7 +134,8 @@ class ReplayWriter:
             raise ReplayWriteError(f"cannot write the replay DB {self.db_path}: {exc}") from exc
         except OSError as exc:
             raise ReplayWriteError(
-                f"cannot write the replay DB {self.db_path}: {exc.strerror or exc}") from exc
+                f"cannot write the replay DB {self.db_path}: {exc.strerror or exc}"
+            ) from exc
 
     def _in_transaction(self, work: Callable[[], None]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -174,9 +175,7 @@ class ReplayWriter:
                 time.sleep(delay)
         return fn()
 
-    def write_game(
-        self, episode_id: str, plies: list[PlyRecord], model_step: int | None = None
-    ) -> int:
+    def write_game(self, episode_id: str, plies: list[PlyRecord], model_step: int | None = None) -> int:
         rows = game_rows(
             self.game, episode_id, plies, model_step=model_step if self.with_model_step else None
         )
@@ -189,7 +188,7 @@ class ReplayWriter:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "ReplayWriter":
+    def __enter__(self) -> ReplayWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,8 @@ sigma(q) = (c_visit + max visits) * c_scale * q, with q rescaled to [0, 1] over 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,9 @@ class SequentialHalving:
             # stands in for it (it only places unvisited moves in the rescaling).
             mean_value = float(root.W.sum() / max(root.N.sum(), 1.0))
             scores = self.gumbel + _logits(root) + sigma(completed_q(root, mean_value), root, self.cfg)
-            self.remaining = _top(scores, root.legal, math.ceil(len(self.remaining) / 2), among=self.remaining)
+            self.remaining = _top(
+                scores, root.legal, math.ceil(len(self.remaining) / 2), among=self.remaining
+            )
         if not self.queue:
             per_move = max(1, self.sims // (self.phases * len(self.remaining)))
             self.queue = [a for _ in range(per_move) for a in self.remaining]
@@ -122,8 +124,15 @@ def gumbel_search(
         g = rng.gumbel(size=a) if add_noise else np.zeros(a)
         considered = min(gcfg.considered, int(game.legal_mask(state).sum()), max(cfg.sims, 1))
         schedules.append(SequentialHalving(cfg.sims, considered, g, gcfg))
-    results = search(game, roots, evaluators, cfg, rng, add_noise=False,
-                     root_action=lambda t, root: schedules[t].next_action(root))
+    results = search(
+        game,
+        roots,
+        evaluators,
+        cfg,
+        rng,
+        add_noise=False,
+        root_action=lambda t, root: schedules[t].next_action(root),
+    )
     out = []
     for r, sched in zip(results, schedules):
         root = r.root

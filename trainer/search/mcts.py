@@ -18,8 +18,9 @@ the move it played as the next ply's root (`SearchResult.subtree`; its visits co
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -292,7 +293,11 @@ def search(
             path: list[tuple[Node, int]] = []
             node = root
             while True:
-                a = root_action(t, root) if root_action is not None and node is root else node.select(cfg, rng)
+                a = (
+                    root_action(t, root)
+                    if root_action is not None and node is root
+                    else node.select(cfg, rng)
+                )
                 path.append((node, a))
                 child = node.children.get(a)
                 if child is None:
@@ -344,7 +349,11 @@ def _backup(path: list[tuple[Node, int]], leaf_value: float) -> None:
 
 
 def select_action(
-    visits_or_probs: np.ndarray, legal: np.ndarray, ply: int, temperature_plies: float, rng: np.random.Generator,
+    visits_or_probs: np.ndarray,
+    legal: np.ndarray,
+    ply: int,
+    temperature_plies: float,
+    rng: np.random.Generator,
     temperature: float = 1.0,
 ) -> int:
     """Temperature schedule: for the first `temperature_plies` plies sample from

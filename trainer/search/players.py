@@ -11,14 +11,22 @@ Player specs on the command line: `random`, `perfect` (tic-tac-toe only), `mcts:
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from trainer.games import DRAW, Game, GameState
 from trainer.games.tictactoe import LINES as TICTACTOE_LINES
 from trainer.onnx_policy import OnnxPolicy, masked_softmax
-from trainer.search.mcts import LeafEvaluator, MCTSConfig, ObsEvaluator, RolloutEvaluator, search, select_action
+from trainer.search.mcts import (
+    LeafEvaluator,
+    MCTSConfig,
+    ObsEvaluator,
+    RolloutEvaluator,
+    search,
+    select_action,
+)
 
 
 class Player(Protocol):
@@ -83,7 +91,10 @@ class EpsilonPlayer:
         explore = self.rng.random(len(states)) < self.epsilon
         taught = [s for s, e in zip(states, explore) if not e]
         moves = iter(self.player.choose(taught) if taught else [])
-        return [int(self.rng.choice(self.game.legal_actions(s))) if e else next(moves) for s, e in zip(states, explore)]
+        return [
+            int(self.rng.choice(self.game.legal_actions(s))) if e else next(moves)
+            for s, e in zip(states, explore)
+        ]
 
 
 class PerfectPlayer:
@@ -171,7 +182,9 @@ class MCTSPlayer:
             return [r.best_action(self.rng) for r in results]
         sample_plies = math.inf if self.temperature > 0 else 0  # sample every move, or none
         return [
-            select_action(r.visits, self.game.legal_mask(s), s.ply, sample_plies, self.rng, self.temperature or 1.0)
+            select_action(
+                r.visits, self.game.legal_mask(s), s.ply, sample_plies, self.rng, self.temperature or 1.0
+            )
             for s, r in zip(states, results)
         ]
 
@@ -180,7 +193,14 @@ class PolicyPlayer:
     """The model's raw policy: greedy over legal moves at temperature 0, else sampled from
     softmax(logits / T) over legal moves."""
 
-    def __init__(self, game: Game, policy: OnnxPolicy, rng: np.random.Generator, temperature: float = 0.0, name: str = "model"):
+    def __init__(
+        self,
+        game: Game,
+        policy: OnnxPolicy,
+        rng: np.random.Generator,
+        temperature: float = 0.0,
+        name: str = "model",
+    ):
         self.game, self.policy, self.rng, self.temperature, self.name = game, policy, rng, temperature, name
 
     def choose(self, states: Sequence[GameState]) -> list[int]:
@@ -224,7 +244,13 @@ def make_player(
             if policy is None:
                 raise ValueError("model-mcts needs a model")
             return MCTSPlayer(
-                game, sims, rng, ObsEvaluator(policy.evaluate), c_puct, name=f"model+mcts:{sims}", temperature=temperature
+                game,
+                sims,
+                rng,
+                ObsEvaluator(policy.evaluate),
+                c_puct,
+                name=f"model+mcts:{sims}",
+                temperature=temperature,
             )
         return MCTSPlayer(game, sims, rng, c_puct=c_puct, temperature=temperature)
     if kind == "model":

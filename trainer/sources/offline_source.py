@@ -10,7 +10,8 @@ chunk at a time.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ def validation_games(num_episodes: int, val_fraction: float, seed: int) -> np.nd
 
 def split_rows(data: OfflineDataset, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train row indices, validation row indices) by game, on the data's device."""
-    val_games = torch.from_numpy(validation_games(data.num_episodes, val_fraction, seed)).to(data.episode.device)
+    val_games = torch.from_numpy(validation_games(data.num_episodes, val_fraction, seed)).to(
+        data.episode.device
+    )
     is_val = val_games[data.episode]
     rows = torch.arange(len(data), device=data.episode.device)
     return rows[~is_val], rows[is_val]
@@ -52,7 +55,9 @@ class ShuffledSource:
     number of steps and `steps_per_epoch * epochs` is the run's length.
     """
 
-    def __init__(self, data: OfflineDataset, indices: torch.Tensor, batch_size: int, seed: int, epochs: int = 0):
+    def __init__(
+        self, data: OfflineDataset, indices: torch.Tensor, batch_size: int, seed: int, epochs: int = 0
+    ):
         if len(indices) == 0:
             raise OfflineDataError(f"{data.path}: no training rows left after the validation split")
         self.data, self.indices = data, indices
@@ -75,9 +80,11 @@ class ShuffledSource:
         if self.exhausted:
             return None
         if self._perm is None:
-            self._perm = self.indices[epoch_permutation(self.rows, self.seed, self.epoch).to(self.indices.device)]
+            self._perm = self.indices[
+                epoch_permutation(self.rows, self.seed, self.epoch).to(self.indices.device)
+            ]
         k = self.step_in_epoch * self.batch_size
-        batch = self.data.batch(self._perm[k:k + self.batch_size])
+        batch = self.data.batch(self._perm[k : k + self.batch_size])
         self.step_in_epoch += 1
         if self.step_in_epoch >= self.steps_per_epoch:
             # The epoch counts as complete once its last batch is handed out, so hooks see
@@ -102,8 +109,13 @@ class ShuffledSource:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "rows": self.rows,
-                "batch_size": self.batch_size, "seed": self.seed}
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "rows": self.rows,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("rows") != self.rows or state.get("batch_size") != self.batch_size:
@@ -128,10 +140,11 @@ class EvalBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         for k in range(0, len(self.indices), self.batch_size):
-            yield self.data.batch(self.indices[k:k + self.batch_size])
+            yield self.data.batch(self.indices[k : k + self.batch_size])
 
 
 # --- chunked HDF5 -------------------------------------------------------------------------------
+
 
 def split_chunks(num_chunks: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     val = validation_games(num_chunks, val_fraction, seed)
@@ -143,8 +156,16 @@ class ChunkStreamSource:
     training chunks in a seeded order and each chunk's usable rows in a seeded order.
     Only one chunk is in memory at a time."""
 
-    def __init__(self, chunks: HDF5Chunks, chunk_ids: list[int], batch_size: int, seed: int, epochs: int,
-                 device: torch.device, transitions: bool):
+    def __init__(
+        self,
+        chunks: HDF5Chunks,
+        chunk_ids: list[int],
+        batch_size: int,
+        seed: int,
+        epochs: int,
+        device: torch.device,
+        transitions: bool,
+    ):
         if not chunk_ids:
             raise OfflineDataError(f"{chunks.path}: no training chunks left after the validation split")
         self.chunks, self.chunk_ids = chunks, chunk_ids
@@ -170,7 +191,9 @@ class ChunkStreamSource:
             rows = torch.arange(len(data), device=self.device)
             if self.transitions:
                 rows = rows[data.has_next]
-            perm = rows[epoch_permutation(len(rows), self.seed + 7919 * (cid + 1), self.epoch).to(self.device)]
+            perm = rows[
+                epoch_permutation(len(rows), self.seed + 7919 * (cid + 1), self.epoch).to(self.device)
+            ]
             self._current = (cid, data, perm)
         return self._current[1], self._current[2]
 
@@ -181,7 +204,7 @@ class ChunkStreamSource:
             if self.step_in_chunk < steps:
                 k = self.step_in_chunk * self.batch_size
                 self.step_in_chunk += 1
-                batch = data.batch(perm[k:k + self.batch_size])
+                batch = data.batch(perm[k : k + self.batch_size])
                 if self.step_in_chunk >= steps:
                     self._advance()
                 return batch
@@ -203,12 +226,23 @@ class ChunkStreamSource:
         return bool(self.epochs) and self.epoch >= self.epochs
 
     def stats(self) -> dict[str, Any]:
-        return {"replay_buffer_size": self.rows, "rows_seen": self.chunks.rows, "epoch": self.epoch,
-                "epochs": self.epochs, "streaming_chunks": len(self.chunk_ids)}
+        return {
+            "replay_buffer_size": self.rows,
+            "rows_seen": self.chunks.rows,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "streaming_chunks": len(self.chunk_ids),
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "chunk_pos": self.chunk_pos, "step_in_chunk": self.step_in_chunk,
-                "rows": self.rows, "batch_size": self.batch_size, "seed": self.seed}
+        return {
+            "epoch": self.epoch,
+            "chunk_pos": self.chunk_pos,
+            "step_in_chunk": self.step_in_chunk,
+            "rows": self.rows,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("rows") != self.rows or state.get("batch_size") != self.batch_size:
@@ -226,14 +260,26 @@ class ChunkStreamSource:
 class ChunkEvalBatches:
     """Validation chunks of a streamed file, at most `max_rows` rows per pass."""
 
-    def __init__(self, chunks: HDF5Chunks, chunk_ids: list[int], batch_size: int, device: torch.device,
-                 transitions: bool, max_rows: int = 200_000):
+    def __init__(
+        self,
+        chunks: HDF5Chunks,
+        chunk_ids: list[int],
+        batch_size: int,
+        device: torch.device,
+        transitions: bool,
+        max_rows: int = 200_000,
+    ):
         self.chunks, self.chunk_ids, self.batch_size = chunks, chunk_ids, batch_size
         self.device, self.transitions, self.max_rows = device, transitions, max_rows
 
     def __len__(self) -> int:
-        return min(self.max_rows, sum(min(self.chunks.chunk_rows, self.chunks.rows - i * self.chunks.chunk_rows)
-                                      for i in self.chunk_ids))
+        return min(
+            self.max_rows,
+            sum(
+                min(self.chunks.chunk_rows, self.chunks.rows - i * self.chunks.chunk_rows)
+                for i in self.chunk_ids
+            ),
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
@@ -245,6 +291,6 @@ class ChunkEvalBatches:
             for k in range(0, len(rows), self.batch_size):
                 if seen >= self.max_rows:
                     return
-                idx = rows[k:k + self.batch_size]
+                idx = rows[k : k + self.batch_size]
                 seen += len(idx)
                 yield data.batch(idx)

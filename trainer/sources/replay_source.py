@@ -93,7 +93,9 @@ class ReplaySource:
         self.max_block_s = max_block_s
         # Short busy timeout: the worker retries on its own schedule instead of stalling
         # batch preparation while a rollback-journal writer commits.
-        self._reader = open_replay_reader(cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s)
+        self._reader = open_replay_reader(
+            cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s
+        )
         self._rng = np.random.default_rng(cfg.seed)
         self._max_window = cfg.window if cfg.window > 0 else cfg.window_cap
 
@@ -133,7 +135,9 @@ class ReplaySource:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._status: WaitReason | None = WaitReason(WaitKind.STARTING, "starting: opening the replay DB")  # None while batches are coming
+        self._status: WaitReason | None = WaitReason(
+            WaitKind.STARTING, "starting: opening the replay DB"
+        )  # None while batches are coming
         self._busy = True  # True: loading/preparing, a batch is expected soon
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -302,7 +306,9 @@ class ReplaySource:
         except ConnectionError as exc:
             # A replay server went away (restart, network): train on from the window and
             # reconnect with capped backoff; the reader continues from its cursor.
-            self._reconnect_delay = min(RECONNECT_MAX_S, max(self.cfg.poll_interval, 2 * self._reconnect_delay))
+            self._reconnect_delay = min(
+                RECONNECT_MAX_S, max(self.cfg.poll_interval, 2 * self._reconnect_delay)
+            )
             self._db_unavailable(WaitReason(WaitKind.CONNECTION_LOST, str(exc)))
             return self._reconnect_delay
         except SchemaError as exc:
@@ -330,7 +336,9 @@ class ReplaySource:
         """No new rows can be read. Before the first batch that is the waiting reason; later,
         batches go on from the window and the reason shows once the reuse budget is spent."""
         if self._caught_up and (self._db_problem is None or self._db_problem.kind != reason.kind):
-            log.warning("replay: %s; training goes on from the %d rows in the window", reason, self._window_rows())
+            log.warning(
+                "replay: %s; training goes on from the %d rows in the window", reason, self._window_rows()
+            )
             self._db_problem_logged = True
         self._db_problem = reason
         if not self._caught_up:
@@ -338,7 +346,11 @@ class ReplaySource:
 
     def _db_readable(self) -> None:
         if self._db_problem is not None and self._db_problem_logged:
-            log.info("replay DB %s is readable again (after: %s)", self._reader.db_path, self._db_problem.kind.value)
+            log.info(
+                "replay DB %s is readable again (after: %s)",
+                self._reader.db_path,
+                self._db_problem.kind.value,
+            )
         self._db_problem, self._db_problem_logged = None, False
 
     def _window_rows(self) -> int:
@@ -347,7 +359,9 @@ class ReplaySource:
     def _reopen(self, why: str) -> None:
         log.warning(
             "replay DB %s: %s; re-opening it and reading it from the start "
-            "(rows_seen keeps counting, the window keeps its rows)", self._reader.db_path, why,
+            "(rows_seen keeps counting, the window keeps its rows)",
+            self._reader.db_path,
+            why,
         )
         self._reader.reopen()
         self._cursor, self._pending = 0, []
@@ -363,7 +377,9 @@ class ReplaySource:
         if self._cursor and (why := reader.replaced()) is not None:
             log.warning(
                 "replay DB %s: %s: it was recreated since the checkpoint; reading it from the start "
-                "(rows_seen keeps counting)", reader.db_path, why,
+                "(rows_seen keeps counting)",
+                reader.db_path,
+                why,
             )
             self._cursor = reader.cursor = 0
             self._pending, reader.pending = [], []
@@ -382,7 +398,10 @@ class ReplaySource:
             self._window.add(rows.obs, rows.policy, rows.value)
             log.info(
                 "replay: resumed at rowid %d with %d rows seen; window refilled with %d rows in %.2fs",
-                self._cursor, self._rows_seen, len(rows), time.monotonic() - t0,
+                self._cursor,
+                self._rows_seen,
+                len(rows),
+                time.monotonic() - t0,
             )
         self._ready = True
 
@@ -405,12 +424,18 @@ class ReplaySource:
             if reason is None or reason.kind != WaitKind.DB_UNREADABLE:
                 raise
             # Only a figure for the dashboard: a damaged page must not stop the resume.
-            log.warning("replay: cannot count the rows of %s (%s); showing the rows seen instead", self._reader.db_path, exc)
+            log.warning(
+                "replay: cannot count the rows of %s (%s); showing the rows seen instead",
+                self._reader.db_path,
+                exc,
+            )
             return self._rows_seen
 
     def _current_window(self) -> int:
         c = self.cfg
-        return window_size(self._rows_seen, c.window, c.window_min_rows, c.window_alpha, c.window_beta, c.window_cap)
+        return window_size(
+            self._rows_seen, c.window, c.window_min_rows, c.window_alpha, c.window_beta, c.window_cap
+        )
 
     def _ingest(self) -> bool:
         reader, window = self._reader, self._window
@@ -439,7 +464,10 @@ class ReplaySource:
                 break
             if time.monotonic() - t0 > INGEST_SLICE_S:
                 more = True
-                self._set_status(WaitReason(WaitKind.LOADING, f"loading replay rows ({self._rows_seen} usable so far)"), busy=True)
+                self._set_status(
+                    WaitReason(WaitKind.LOADING, f"loading replay rows ({self._rows_seen} usable so far)"),
+                    busy=True,
+                )
                 break
         if not more:
             self._caught_up = True
@@ -466,7 +494,10 @@ class ReplaySource:
         b = cfg.batch_size
         if self._rows_seen >= cfg.min_rows and window.sample_size == 0:
             self._set_status(
-                WaitReason(WaitKind.NO_USABLE_ROWS, f"no usable rows of env_id {cfg.env_id!r} in {self._reader.db_path} since the resume"),
+                WaitReason(
+                    WaitKind.NO_USABLE_ROWS,
+                    f"no usable rows of env_id {cfg.env_id!r} in {self._reader.db_path} since the resume",
+                ),
                 busy=False,
             )
             return False
@@ -487,7 +518,8 @@ class ReplaySource:
                 if not self._queue:
                     # Waiting for new rows: if they cannot be read, that is the reason to show.
                     self._set_status(
-                        self._db_problem or WaitReason(
+                        self._db_problem
+                        or WaitReason(
                             WaitKind.REUSE_LIMIT,
                             f"reuse limit: {self._samples} samples trained on {self._rows_seen} rows seen "
                             f"(--max-reuse {cfg.max_reuse:g}); waiting for actors to write new rows",

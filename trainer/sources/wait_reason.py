@@ -8,10 +8,10 @@ paths and is only ever shown, never parsed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class WaitKind(str, Enum):
+class WaitKind(StrEnum):
     STARTING = "starting"  # the source has not looked at its data yet
     LOADING = "loading"  # reading a backlog of rows; batches follow shortly
     PREPARING = "preparing"  # batches are being made; one is expected any moment

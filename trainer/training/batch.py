@@ -23,7 +23,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.obs.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         moved = {
             f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
             for f in fields(self)

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 # Phases shown in stats.json `state`.
 STARTING, WAITING, TRAINING, PUBLISHING, STOPPED = (
-    "starting", "waiting_for_data", "training", "publishing", "stopped",
+    "starting",
+    "waiting_for_data",
+    "training",
+    "publishing",
+    "stopped",
 )
 
 
@@ -301,8 +305,12 @@ class TrainLoop:
         self._nonfinite_streak += 1
         now = time.monotonic()
         if self._nonfinite_streak == 1 and now - self._last_nonfinite_log > 30:
-            log.warning("skipped a non-finite training step after step %d (%s); %d skipped so far",
-                        self.state.step, skipped, self.state.nonfinite_steps)
+            log.warning(
+                "skipped a non-finite training step after step %d (%s); %d skipped so far",
+                self.state.step,
+                skipped,
+                self.state.nonfinite_steps,
+            )
             self._last_nonfinite_log = now
         if self._nonfinite_streak >= self.max_nonfinite_streak:
             raise TrainingDiverged(

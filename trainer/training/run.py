@@ -72,6 +72,7 @@ class StartPolicy:
 
 # --- the checkpoint folder ------------------------------------------------------------------
 
+
 def claim_checkpoint_dir(folder: Path) -> None:
     """Lock `folder` for this process, or raise `RunFolderBusy` naming the holder's pid.
 
@@ -130,6 +131,7 @@ def set_aside_previous_run(folder: Path) -> Path | None:
 
 # --- resume / --init-from / --fresh ----------------------------------------------------------
 
+
 def start_state(policy: StartPolicy, state: TrainState, objective: Objective) -> TrainState:
     """The state this run starts from: `state` itself (new run) or the resumed checkpoint's.
 
@@ -183,6 +185,7 @@ def _init_weights(path: Path, state: TrainState, objective: Objective) -> None:
 
 # --- running ---------------------------------------------------------------------------------
 
+
 def run_to_end(loop: TrainLoop) -> None:
     """Train until done or stopped; the source is closed whatever happens."""
     try:
@@ -229,8 +232,14 @@ def execute(
     missing device, data that never came or a diverged run, they end the command with one
     `error:` line and exit code 2. Anything else is a bug and keeps its traceback.
     """
-    usage_errors = (RunFolderBusy, CheckpointError, DataWaitTimeout, TrainingDiverged, DeviceUnavailable,
-                    *input_errors)
+    usage_errors = (
+        RunFolderBusy,
+        CheckpointError,
+        DataWaitTimeout,
+        TrainingDiverged,
+        DeviceUnavailable,
+        *input_errors,
+    )
     with _stop_signals() as stopper:
         try:
             loop = build()

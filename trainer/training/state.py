@@ -77,8 +77,13 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 def _np_state_to_plain(state) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _np_state_from_plain(d: dict[str, Any]):
@@ -90,6 +95,7 @@ def _tuples(x):
 
 
 # --- files ----------------------------------------------------------------------------------
+
 
 def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / f"ckpt_step_{step:06d}.pt"
@@ -170,12 +176,20 @@ def load_checkpoint_file(path: Path) -> TrainState:
     except Exception as exc:  # corrupt or foreign file; the message says which
         raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a trainer checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
+        raise CheckpointError(
+            f"{path} is not a trainer checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})"
+        )
     payload.pop("format")
     fields = TrainState.__dataclass_fields__
-    missing = [k for k, f in fields.items() if k not in payload and f.default is MISSING and f.default_factory is MISSING]
+    missing = [
+        k
+        for k, f in fields.items()
+        if k not in payload and f.default is MISSING and f.default_factory is MISSING
+    ]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks the fields {', '.join(missing)} (damaged or written by another program)")
+        raise CheckpointError(
+            f"checkpoint {path} lacks the fields {', '.join(missing)} (damaged or written by another program)"
+        )
     return TrainState(**{k: v for k, v in payload.items() if k in fields})
 
 
@@ -196,7 +210,11 @@ def _load_failure(exc: Exception) -> str:
 def _refusal_reason(text: str) -> str:
     for paragraph in re.split(r"\n\s*\n", text):
         paragraph = " ".join(paragraph.split("WeightsUnpickler error:")[-1].split())
-        if paragraph and "weights_only" not in paragraph and not paragraph.startswith("Check the documentation"):
+        if (
+            paragraph
+            and "weights_only" not in paragraph
+            and not paragraph.startswith("Check the documentation")
+        ):
             return paragraph.split(". ")[0].rstrip(".")
     return "it holds objects other than tensors and plain containers"
 
@@ -245,7 +263,9 @@ def check_compatible(state: TrainState, env_id: str, spec: dict, network: dict, 
             "use another --checkpoint-dir, or --fresh to start over"
         )
     if state.spec != spec:
-        raise CheckpointError(f"checkpoint {path} has game shapes {state.spec}, this run has {spec}; use --fresh")
+        raise CheckpointError(
+            f"checkpoint {path} has game shapes {state.spec}, this run has {spec}; use --fresh"
+        )
     if state.network != network:
         raise CheckpointError(
             f"checkpoint {path} has network {state.network}, this run asks for {network}; "

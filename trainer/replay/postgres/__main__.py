@@ -17,9 +17,13 @@ from trainer.replay.schema import SchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.replay.postgres", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.replay.postgres", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    migrate = sub.add_parser("migrate", help=f"add the {SEQ_COLUMN!r} column and its index to transitions, whatever its size")
+    migrate = sub.add_parser(
+        "migrate", help=f"add the {SEQ_COLUMN!r} column and its index to transitions, whatever its size"
+    )
     migrate.add_argument("--db", required=True, help="postgresql://user:password@host:port/database")
     args = parser.parse_args(argv)
     if not is_postgres_url(args.db):

@@ -28,7 +28,10 @@ class ConnectionLost(ConnectionError):
 
 # Server messages (libpq gives no SQLSTATE for connection failures) that waiting will not fix.
 _FATAL_PATTERNS = (
-    (r"password authentication failed|no password supplied|authentication failed", "bad user name or password"),
+    (
+        r"password authentication failed|no password supplied|authentication failed",
+        "bad user name or password",
+    ),
     (r'database "[^"]*" does not exist', "no such database"),
     (r'role "[^"]*" does not exist', "no such user"),
     (r"failed to resolve host|could not translate host name", "unknown host"),

@@ -65,9 +65,7 @@ SNAPSHOT_BOUNDS = (
 )
 
 
-NOT_PENDING = (
-    f"NOT EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi) WHERE t.{SEQ_COLUMN} BETWEEN r.lo AND r.hi)"
-)
+NOT_PENDING = f"NOT EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi) WHERE t.{SEQ_COLUMN} BETWEEN r.lo AND r.hi)"
 
 
 def _split(lo: int, hi: int, present: list[int]) -> list[tuple[int, int]]:
@@ -148,7 +146,9 @@ class PgReplayReader:
         try:
             conn = self._connection()
             if "transitions" not in table_names(conn):
-                return WaitReason(WaitKind.NO_TABLE, f"replay database {self.db_path} has no transitions table yet")
+                return WaitReason(
+                    WaitKind.NO_TABLE, f"replay database {self.db_path} has no transitions table yet"
+                )
             if self.spec is None:
                 try:
                     self.open()
@@ -192,7 +192,11 @@ class PgReplayReader:
                 f"(the replay contract requires it); columns found: {', '.join(sorted(cols))}"
             )
         if add_seq_column(conn, self.auto_migrate_max_bytes):
-            log.info("added the %r column to transitions in %s (new rows are tailed by it)", SEQ_COLUMN, self.db_path)
+            log.info(
+                "added the %r column to transitions in %s (new rows are tailed by it)",
+                SEQ_COLUMN,
+                self.db_path,
+            )
         self.has_model_step = MODEL_STEP_COLUMN in cols
         (self._table_oid,) = conn.execute("SELECT to_regclass('transitions')::oid").fetchone()
         self._columns = f"t.{SEQ_COLUMN}, t.observation, t.action, t.policy_probs, t.mcts_value, t.game_outcome, t.timestamp"
@@ -205,7 +209,9 @@ class PgReplayReader:
         table). A lost connection is not this: it raises."""
         if self._table_oid is None or not self.cursor:
             return None
-        (oid,) = self._in_snapshot(lambda conn, *_: conn.execute("SELECT to_regclass('transitions')::oid").fetchone())
+        (oid,) = self._in_snapshot(
+            lambda conn, *_: conn.execute("SELECT to_regclass('transitions')::oid").fetchone()
+        )
         if oid != self._table_oid:
             return "the table was dropped" if oid is None else "the table was recreated"
         if (top := self.max_rowid()) < self.cursor:
@@ -268,20 +274,26 @@ class PgReplayReader:
             filled = conn.execute(
                 f"SELECT {self._columns} FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi) "
                 f"JOIN transitions t ON t.{SEQ_COLUMN} BETWEEN r.lo AND r.hi WHERE t.env_id = %s ORDER BY t.{SEQ_COLUMN}",
-                (*self._pending_bounds(), self.env_id), binary=True,
+                (*self._pending_bounds(), self.env_id),
+                binary=True,
             ).fetchall()
         rows = conn.execute(
             f"{self._select} WHERE {SEQ_COLUMN} > %s AND env_id = %s ORDER BY {SEQ_COLUMN} LIMIT %s",
-            (self.cursor, self.env_id, limit), binary=True,
+            (self.cursor, self.env_id, limit),
+            binary=True,
         ).fetchall()
         # Every seq after the cursor up to where this read stops, of any env_id: the ones
         # missing are the holes (other games' rows are not holes, just not ours).
         upto_clause, args = "", [self.cursor]
         if len(rows) == limit:
             upto_clause, args = f" AND {SEQ_COLUMN} <= %s", [self.cursor, rows[-1][0]]
-        seen = [r[0] for r in conn.execute(
-            f"SELECT {SEQ_COLUMN} FROM transitions WHERE {SEQ_COLUMN} > %s{upto_clause} ORDER BY {SEQ_COLUMN}", args,
-        ).fetchall()]
+        seen = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT {SEQ_COLUMN} FROM transitions WHERE {SEQ_COLUMN} > %s{upto_clause} ORDER BY {SEQ_COLUMN}",
+                args,
+            ).fetchall()
+        ]
         new_cursor = seen[-1] if seen else self.cursor
         return filled, rows, new_cursor, seen, xmin, xmax
 
@@ -309,11 +321,14 @@ class PgReplayReader:
         parts: list[DecodedRows] = []
         have, upto = 0, upto_rowid
         while have < n_valid:
-            rows = self._in_snapshot(lambda conn, *_, upto=upto: conn.execute(
-                f"{self._select} WHERE t.{SEQ_COLUMN} <= %s AND t.env_id = %s AND {NOT_PENDING} "
-                f"ORDER BY t.{SEQ_COLUMN} DESC LIMIT %s",
-                (upto, self.env_id, los, his, self.chunk_rows), binary=True,
-            ).fetchall())
+            rows = self._in_snapshot(
+                lambda conn, *_, upto=upto: conn.execute(
+                    f"{self._select} WHERE t.{SEQ_COLUMN} <= %s AND t.env_id = %s AND {NOT_PENDING} "
+                    f"ORDER BY t.{SEQ_COLUMN} DESC LIMIT %s",
+                    (upto, self.env_id, los, his, self.chunk_rows),
+                    binary=True,
+                ).fetchall()
+            )
             if not rows:
                 break
             upto = rows[-1][0] - 1
@@ -321,8 +336,14 @@ class PgReplayReader:
             part = decode_rows(rows[::-1], self.spec, self.has_model_step)
             if len(part) > n_valid - have:
                 keep = len(part) - (n_valid - have)
-                part = DecodedRows(part.rowids[keep:], part.obs[keep:], part.policy[keep:], part.value[keep:],
-                                   newest_timestamp=part.newest_timestamp, model_step=part.model_step)
+                part = DecodedRows(
+                    part.rowids[keep:],
+                    part.obs[keep:],
+                    part.policy[keep:],
+                    part.value[keep:],
+                    newest_timestamp=part.newest_timestamp,
+                    model_step=part.model_step,
+                )
             parts.append(part)
             have += len(part)
         assert self.spec is not None
@@ -340,6 +361,7 @@ class PgReplayReader:
         if upto_rowid is not None:
             sql += f" AND t.{SEQ_COLUMN} <= %s AND {NOT_PENDING}"
             args += [upto_rowid, *self._pending_bounds()]
+
         def count(conn: psycopg.Connection, *_) -> int:
             conn.execute("SET LOCAL statement_timeout = 0")  # a scan of a big table may take a while
             return int(conn.execute(sql, args).fetchone()[0])
@@ -347,7 +369,9 @@ class PgReplayReader:
         return self._in_snapshot(count)
 
     def max_rowid(self) -> int:
-        (m,) = self._in_snapshot(lambda conn, *_: conn.execute(f"SELECT max({SEQ_COLUMN}) FROM transitions").fetchone())
+        (m,) = self._in_snapshot(
+            lambda conn, *_: conn.execute(f"SELECT max({SEQ_COLUMN}) FROM transitions").fetchone()
+        )
         return int(m or 0)
 
     def __enter__(self) -> PgReplayReader:

@@ -27,7 +27,9 @@ from trainer.replay.writer import PlyRecord, game_rows
 log = logging.getLogger(__name__)
 
 DONE_INDEX = TRANSITION_COLUMNS.index("done")
-ON_CONFLICT = " ON CONFLICT (id) DO UPDATE SET game_outcome = EXCLUDED.game_outcome, mcts_value = EXCLUDED.mcts_value"
+ON_CONFLICT = (
+    " ON CONFLICT (id) DO UPDATE SET game_outcome = EXCLUDED.game_outcome, mcts_value = EXCLUDED.mcts_value"
+)
 
 
 def insert_game_sql(n_rows: int, with_model_step: bool) -> str:
@@ -90,10 +92,15 @@ class PgReplayWriter:
                 self.close()
                 waited = time.monotonic() - started
                 if self.give_up_after_s is not None and waited >= self.give_up_after_s:
-                    raise ConnectionLost(f"replay server {self.where} unreachable for {waited:.0f}s: {exc}") from None
+                    raise ConnectionLost(
+                        f"replay server {self.where} unreachable for {waited:.0f}s: {exc}"
+                    ) from None
                 if not failed:
-                    log.warning("replay server %s unreachable (%s); holding the game and retrying",
-                                self.where, (str(exc).strip().splitlines() or ["?"])[0])
+                    log.warning(
+                        "replay server %s unreachable (%s); holding the game and retrying",
+                        self.where,
+                        (str(exc).strip().splitlines() or ["?"])[0],
+                    )
                 failed = True
                 time.sleep(delay)
                 delay = min(self.max_backoff_s, delay * 2)

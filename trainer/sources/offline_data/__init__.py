@@ -29,6 +29,14 @@ from trainer.sources.offline_data.load import (
 from trainer.sources.offline_data.validate import build_dataset
 
 __all__ = [
-    "HDF5Chunks", "OfflineDataError", "OfflineDataset", "RawData", "build_dataset", "check_file",
-    "data_format", "load_dataset", "parse_action_offsets", "should_stream",
+    "HDF5Chunks",
+    "OfflineDataError",
+    "OfflineDataset",
+    "RawData",
+    "build_dataset",
+    "check_file",
+    "data_format",
+    "load_dataset",
+    "parse_action_offsets",
+    "should_stream",
 ]

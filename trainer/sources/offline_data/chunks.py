@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from trainer.games import GameSpec
 from trainer.sources.offline_data.dataset import OfflineDataError, OfflineDataset
@@ -26,8 +27,16 @@ class HDF5Chunks:
     backfilled only for games that end inside the chunk (store `outcomes` to avoid that).
     """
 
-    def __init__(self, path: Path, chunk_rows: int, *, transitions: bool, env_id: str | None = None,
-                 num_actions: int | None = None, player_count: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        chunk_rows: int,
+        *,
+        transitions: bool,
+        env_id: str | None = None,
+        num_actions: int | None = None,
+        player_count: int | None = None,
+    ):
         self.path, self.chunk_rows, self.transitions = Path(path), chunk_rows, transitions
         check_file(self.path)
         self.file = open_hdf5(self.path)
@@ -52,16 +61,24 @@ class HDF5Chunks:
         start = index * self.chunk_rows
         stop = min(self.rows, start + self.chunk_rows)
         raw = read_hdf5_rows(self.file, self.keys, start, min(self.rows, stop + 1))
-        return build_dataset(raw, str(self.path), transitions=self.transitions, row_offset=start,
-                             keep_rows=stop - start, **how)
+        return build_dataset(
+            raw, str(self.path), transitions=self.transitions, row_offset=start, keep_rows=stop - start, **how
+        )
 
-    def _check_every_chunk(self, env_id: str | None, num_actions: int | None, player_count: int | None) -> GameSpec:
+    def _check_every_chunk(
+        self, env_id: str | None, num_actions: int | None, player_count: int | None
+    ) -> GameSpec:
         """One pass over the file, a chunk in memory at a time, before training: training
         only meets a chunk when its turn comes, possibly after models were published. The
         spec comes from the first chunk, with any action count inferred from max(action)
         over the whole file, or later chunks could hold actions beyond it."""
-        spec = self._build(0, env_id=env_id, num_actions=num_actions, max_action=self._max_action(),
-                           player_count=player_count).spec
+        spec = self._build(
+            0,
+            env_id=env_id,
+            num_actions=num_actions,
+            max_action=self._max_action(),
+            player_count=player_count,
+        ).spec
         for i in range(1, self.num_chunks):
             self._build(i, spec=spec)
         return spec
@@ -70,8 +87,10 @@ class HDF5Chunks:
         """Over the actions column only; anything that is not an integer is left to the row
         checks in build_dataset, which name the row."""
         name = self.keys["actions"]
-        return max(largest_action(read_hdf5_column(self.file, "actions", name, start, start + self.chunk_rows))
-                   for start in range(0, self.rows, self.chunk_rows))
+        return max(
+            largest_action(read_hdf5_column(self.file, "actions", name, start, start + self.chunk_rows))
+            for start in range(0, self.rows, self.chunk_rows)
+        )
 
     def __iter__(self) -> Iterator[OfflineDataset]:
         for i in range(self.num_chunks):

@@ -66,12 +66,16 @@ class OfflineDataset:
         return bool(torch.isfinite(self.value).any())
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
 
-    def to(self, device: torch.device | str) -> "OfflineDataset":
+    def to(self, device: torch.device | str) -> OfflineDataset:
         return replace(self, **{name: t.to(device) for name, t in self._tensors().items()})
 
-    def head(self, rows: int) -> "OfflineDataset":
+    def head(self, rows: int) -> OfflineDataset:
         """The first `rows` rows (a streamed chunk drops its look-ahead row this way)."""
         return replace(self, **{name: t[:rows] for name, t in self._tensors().items()})
 

@@ -19,9 +19,10 @@ beside ours. Only the file's structure is checked here; the numbers are checked 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

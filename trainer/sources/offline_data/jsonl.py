@@ -87,7 +87,9 @@ def parse_action_offsets(text: str | None) -> dict[str, int] | None:
         raise OfflineDataError(f"{where}: expected a non-empty mapping of action_type -> offset")
     for k, v in data.items():
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= INT64_MAX:
-            raise OfflineDataError(f"{where}: offset of action_type {k!r} must be a non-negative integer, got {brief(v)}")
+            raise OfflineDataError(
+                f"{where}: offset of action_type {k!r} must be a non-negative integer, got {brief(v)}"
+            )
     return {str(k): int(v) for k, v in data.items()}
 
 

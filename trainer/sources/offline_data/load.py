@@ -51,8 +51,15 @@ def load_dataset(
         raw = read_hdf5(path)
     else:
         raw = read_jsonl(path, action_offsets)
-    return build_dataset(raw, str(path), transitions=transitions, env_id=env_id,
-                         num_actions=num_actions, spec=spec, player_count=player_count)
+    return build_dataset(
+        raw,
+        str(path),
+        transitions=transitions,
+        env_id=env_id,
+        num_actions=num_actions,
+        spec=spec,
+        player_count=player_count,
+    )
 
 
 def should_stream(path: Path, threshold_mb: float) -> bool:

@@ -78,8 +78,12 @@ def float32_values(a: Any, what: str, rows: Rows, *, missing_is_nan: bool = Fals
         i = first_bad_row(bad)
         value = a[i][bad[i]].flat[0] if a.ndim > 1 else a[i]
         if np.isfinite(value):
-            raise OfflineDataError(f"{rows(i)}: {what} {value:g} is beyond the float32 range (+-{FLOAT32_MAX:.3g})")
-        raise OfflineDataError(f"{rows(i)}: {what} {'has NaN or infinite numbers' if a.ndim > 1 else 'is NaN or infinite'}")
+            raise OfflineDataError(
+                f"{rows(i)}: {what} {value:g} is beyond the float32 range (+-{FLOAT32_MAX:.3g})"
+            )
+        raise OfflineDataError(
+            f"{rows(i)}: {what} {'has NaN or infinite numbers' if a.ndim > 1 else 'is NaN or infinite'}"
+        )
     return narrow
 
 
@@ -121,11 +125,14 @@ def actions_in_range(actions: np.ndarray, num_actions: int, rows: Rows) -> np.nd
     return actions.astype(np.int64)
 
 
-def legal_masks(mask: np.ndarray | None, obs: np.ndarray, spec: GameSpec, mask_in_obs: bool,
-                what: str, rows: Rows) -> np.ndarray:
+def legal_masks(
+    mask: np.ndarray | None, obs: np.ndarray, spec: GameSpec, mask_in_obs: bool, what: str, rows: Rows
+) -> np.ndarray:
     if mask is not None:
         if mask.shape[1] != spec.num_actions:
-            raise OfflineDataError(f"{rows.where}: {what} has {mask.shape[1]} entries, the game has {spec.num_actions} actions")
+            raise OfflineDataError(
+                f"{rows.where}: {what} has {mask.shape[1]} entries, the game has {spec.num_actions} actions"
+            )
         return zero_one(mask, what, rows)
     if mask_in_obs:
         return spec.legal_masks(obs)
@@ -146,8 +153,9 @@ def outcomes_in_range(outcomes: np.ndarray | None, rows: Rows) -> np.ndarray | N
     return outcomes
 
 
-def episode_index(episode_ids: np.ndarray | None, dones: np.ndarray | None, timeouts: np.ndarray | None,
-                  n: int) -> np.ndarray:
+def episode_index(
+    episode_ids: np.ndarray | None, dones: np.ndarray | None, timeouts: np.ndarray | None, n: int
+) -> np.ndarray:
     """0..E-1 per row; explicit ids, else a cut after each done/timeout; rows of a game are
     consecutive."""
     if episode_ids is not None:
@@ -170,7 +178,9 @@ def last_rows(episode: np.ndarray) -> np.ndarray:
     return np.r_[episode[1:] != episode[:-1], True]
 
 
-def backfilled_outcomes(rewards: np.ndarray, dones: np.ndarray, episode: np.ndarray, player_count: int) -> np.ndarray:
+def backfilled_outcomes(
+    rewards: np.ndarray, dones: np.ndarray, episode: np.ndarray, player_count: int
+) -> np.ndarray:
     """The last ply's reward, sign-flipped for the other player's plies; NaN in games that
     do not end with done."""
     n = len(episode)
@@ -182,14 +192,24 @@ def backfilled_outcomes(rewards: np.ndarray, dones: np.ndarray, episode: np.ndar
     return np.clip(outcomes, -1.0, 1.0)
 
 
-def transition_tensors(raw: RawData, obs: np.ndarray, legal: np.ndarray, rewards: np.ndarray | None,
-                       dones: np.ndarray | None, episode: np.ndarray, spec: GameSpec, mask_in_obs: bool,
-                       rows: Rows) -> dict[str, torch.Tensor]:
+def transition_tensors(
+    raw: RawData,
+    obs: np.ndarray,
+    legal: np.ndarray,
+    rewards: np.ndarray | None,
+    dones: np.ndarray | None,
+    episode: np.ndarray,
+    spec: GameSpec,
+    mask_in_obs: bool,
+    rows: Rows,
+) -> dict[str, torch.Tensor]:
     where, n = rows.where, len(obs)
     if rewards is None:
         raise OfflineDataError(f"{where}: offline RL needs rewards (dataset 'rewards')")
     if np.isnan(rewards).any():
-        raise OfflineDataError(f"{rows(int(np.flatnonzero(np.isnan(rewards))[0]))}: no 'reward' (offline RL needs one on every step)")
+        raise OfflineDataError(
+            f"{rows(int(np.flatnonzero(np.isnan(rewards))[0]))}: no 'reward' (offline RL needs one on every step)"
+        )
     if dones is None:
         raise OfflineDataError(
             f"{where}: offline RL needs dataset 'dones' (or 'terminals'): without it a game's last ply "
@@ -198,7 +218,9 @@ def transition_tensors(raw: RawData, obs: np.ndarray, legal: np.ndarray, rewards
     if raw.next_obs is not None:
         next_obs = float32_values(raw.next_obs, "next observation", rows)
         if next_obs.shape[1] != obs.shape[1]:
-            raise OfflineDataError(f"{where}: next observations have {next_obs.shape[1]} numbers, observations {obs.shape[1]}")
+            raise OfflineDataError(
+                f"{where}: next observations have {next_obs.shape[1]} numbers, observations {obs.shape[1]}"
+            )
         next_legal = legal_masks(raw.next_legal, next_obs, spec, mask_in_obs, "next legal mask", rows)
         has_next = np.ones(n, dtype=bool)
     else:
@@ -245,8 +267,9 @@ def build_dataset(
     actions = integer_actions(raw.actions, rows)
     if spec is None:
         top = largest_action(actions) if max_action is None else max_action
-        spec, mask_in_obs = infer_spec(raw, obs.shape[1], top, where, env_id=env_id,
-                                       num_actions=num_actions, player_count=player_count)
+        spec, mask_in_obs = infer_spec(
+            raw, obs.shape[1], top, where, env_id=env_id, num_actions=num_actions, player_count=player_count
+        )
     else:
         mask_in_obs = check_against_spec(raw, obs.shape[1], spec, where)
     actions = actions_in_range(actions, spec.num_actions, rows)
@@ -256,8 +279,12 @@ def build_dataset(
     actions_are_legal(actions, legal, rows)
 
     # 4. per-row numbers and flags
-    rewards = None if raw.rewards is None else float32_values(raw.rewards, "reward", rows, missing_is_nan=jsonl)
-    outcomes = None if raw.outcomes is None else float32_values(raw.outcomes, "outcome", rows, missing_is_nan=jsonl)
+    rewards = (
+        None if raw.rewards is None else float32_values(raw.rewards, "reward", rows, missing_is_nan=jsonl)
+    )
+    outcomes = (
+        None if raw.outcomes is None else float32_values(raw.outcomes, "outcome", rows, missing_is_nan=jsonl)
+    )
     outcomes = outcomes_in_range(outcomes, rows)
     dones = None if raw.dones is None else zero_one(raw.dones, "done", rows)
     timeouts = None if raw.timeouts is None else zero_one(raw.timeouts, "timeout", rows)
@@ -269,7 +296,11 @@ def build_dataset(
     value = outcomes if outcomes is not None else np.full(len(obs), np.nan, dtype=np.float32)
 
     # 7. transitions
-    extra = transition_tensors(raw, obs, legal, rewards, dones, episode, spec, mask_in_obs, rows) if transitions else {}
+    extra = (
+        transition_tensors(raw, obs, legal, rewards, dones, episode, spec, mask_in_obs, rows)
+        if transitions
+        else {}
+    )
 
     ds = OfflineDataset(
         spec=spec,
