@@ -12,6 +12,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A daemon that trains at once on a small replay and reports often.
+DAEMON_FAST = [
+    "--threads",
+    "1",
+    "--min-rows",
+    "50",
+    "--max-reuse",
+    "0",
+    "--stats-interval",
+    "5",
+    "--log-interval",
+    "50",
+]
+
 
 def daemon_args(data: Path, *extra: str) -> list[str]:
     return [

@@ -13,7 +13,16 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
-from daemon_harness import REPO, read_stats, start_daemon, stop, tail_log, wait_for, wait_for_step
+from daemon_harness import (
+    DAEMON_FAST,
+    REPO,
+    read_stats,
+    start_daemon,
+    stop,
+    tail_log,
+    wait_for,
+    wait_for_step,
+)
 from replay_data import write_random_games
 
 from trainer.commands.train import schedule_from
@@ -21,18 +30,7 @@ from trainer.config import DaemonConfig
 from trainer.training.run import run_to_end
 from trainer.training.state import load_checkpoint_file
 
-FAST = [
-    "--threads",
-    "1",
-    "--min-rows",
-    "50",
-    "--max-reuse",
-    "0",
-    "--stats-interval",
-    "5",
-    "--log-interval",
-    "50",
-]
+FAST = DAEMON_FAST
 
 WRITER = r"""
 import random, sys, time

@@ -565,7 +565,8 @@ def test_the_eval_hook_does_not_hold_up_the_daemons_stop(tmp_path, monkeypatch):
     hook.on_stop(loop)
     assert time.monotonic() - t0 < min(STOP_WAIT_S, 2.0)
     assert not hook._thread.is_alive()
-    assert hook.stats() == {"last_eval": None, "eval_history": []}
+    stats = hook.stats()
+    assert stats["last_eval"] is None and stats["eval_history"] == []
 
     # A signal sets the loop's stop event before any on_stop: the evaluation ends by itself.
     hook, loop = EvalHook(tmp_path, "tictactoe", every=1, games=10, opponent="slow"), Loop()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import psycopg
 from actor_support import actor_cmd, actor_env
-from daemon_harness import read_stats, start_daemon, stop, wait_for, wait_for_step
+from daemon_harness import DAEMON_FAST, read_stats, start_daemon, stop, wait_for, wait_for_step
 from replay_data import play_game, random_move
 
 from trainer.config.daemon import DaemonConfig
@@ -16,24 +16,7 @@ from trainer.replay.postgres.writer import PgReplayWriter, insert_game_sql, pg_r
 from trainer.replay.writer import game_rows
 from trainer.sources.replay_source import ReplaySource
 
-FAST = [
-    "--threads",
-    "1",
-    "--min-rows",
-    "50",
-    "--max-reuse",
-    "0",
-    "--stats-interval",
-    "5",
-    "--log-interval",
-    "50",
-    "--batch-size",
-    "32",
-    "--eval-interval",
-    "0",
-    "--poll-interval",
-    "0.2",
-]
+FAST = [*DAEMON_FAST, "--batch-size", "32", "--eval-interval", "0", "--poll-interval", "0.2"]
 
 
 def _episodes(url: str) -> int:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from daemon_harness import REPO, start_daemon, stop, tail_log, wait_for_step
+from daemon_harness import DAEMON_FAST, REPO, start_daemon, stop, tail_log, wait_for_step
 from replay_data import write_random_games
 from test_offline_teacher import play_games, write_jsonl
 
@@ -16,20 +16,7 @@ from trainer.commands import bc
 from trainer.training.run import LOCK_NAME, PREVIOUS_RUN_PREFIX
 from trainer.training.state import LATEST_NAME, load_checkpoint_file, step_checkpoints
 
-FAST = [
-    "--threads",
-    "1",
-    "--min-rows",
-    "50",
-    "--max-reuse",
-    "0",
-    "--stats-interval",
-    "5",
-    "--log-interval",
-    "50",
-    "--eval-interval",
-    "0",
-]
+FAST = [*DAEMON_FAST, "--eval-interval", "0"]
 BC_FAST = ["--hidden", "16", "--layers", "1", "--batch-size", "32", "--no-progress", "--log-level", "ERROR"]
 
 

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from daemon_harness import (
+    DAEMON_FAST,
     REPO,
     daemon_args,
     read_stats,
@@ -51,18 +52,7 @@ from trainer.training.state import (
     step_checkpoints,
 )
 
-FAST = [
-    "--threads",
-    "1",
-    "--min-rows",
-    "50",
-    "--max-reuse",
-    "0",
-    "--stats-interval",
-    "5",
-    "--log-interval",
-    "50",
-]
+FAST = DAEMON_FAST
 TTT = get_game("tictactoe").spec
 # Finite in float32, but a few of them summed in the first layer overflow to inf.
 HUGE = 3e38

@@ -164,6 +164,20 @@ class DecodedRows:
     def __len__(self) -> int:
         return int(self.rowids.shape[0])
 
+    def newest(self, n: int) -> DecodedRows:
+        """The newest n rows (all when there are fewer); what was skipped stays with the chunk."""
+        if len(self) <= n:
+            return self
+        keep = len(self) - n
+        return DecodedRows(
+            self.rowids[keep:],
+            self.obs[keep:],
+            self.policy[keep:],
+            self.value[keep:],
+            newest_timestamp=self.newest_timestamp,
+            model_step=self.model_step,
+        )
+
     @staticmethod
     def empty(spec: GameSpec) -> DecodedRows:
         return DecodedRows(
@@ -665,16 +679,7 @@ class ReplayReader:
             if not rows:
                 continue
             part = decode_rows(rows[::-1], self.spec, self.has_model_step)
-            if len(part) > n_valid - have:
-                keep = len(part) - (n_valid - have)
-                part = DecodedRows(
-                    part.rowids[keep:],
-                    part.obs[keep:],
-                    part.policy[keep:],
-                    part.value[keep:],
-                    newest_timestamp=part.newest_timestamp,
-                    model_step=part.model_step,
-                )
+            part = part.newest(n_valid - have)
             parts.append(part)
             have += len(part)
         out = DecodedRows.concat(parts[::-1], self.spec)

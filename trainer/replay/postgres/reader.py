@@ -334,16 +334,7 @@ class PgReplayReader:
             upto = rows[-1][0] - 1
             assert self.spec is not None
             part = decode_rows(rows[::-1], self.spec, self.has_model_step)
-            if len(part) > n_valid - have:
-                keep = len(part) - (n_valid - have)
-                part = DecodedRows(
-                    part.rowids[keep:],
-                    part.obs[keep:],
-                    part.policy[keep:],
-                    part.value[keep:],
-                    newest_timestamp=part.newest_timestamp,
-                    model_step=part.model_step,
-                )
+            part = part.newest(n_valid - have)
             parts.append(part)
             have += len(part)
         assert self.spec is not None
