@@ -4,6 +4,7 @@ then with the real actor, daemon and launcher: stopping, resuming, Connect Four.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -504,6 +505,27 @@ def test_actors_stop_before_the_trainer(tmp_path):
     assert time.monotonic() - t0 < 4.0
     specs = {s.name: s for s in build_children(LauncherConfig(data=tmp_path, actors=2), python="PY")}
     assert specs["actor-1"].stop_order < specs["trainer"].stop_order == specs["dashboard"].stop_order
+
+
+def test_json_console_keeps_every_line_one_json_object(tmp_path, monkeypatch):
+    out = io.StringIO()
+    console = Console(out, log_format="json")
+    console.line("trainer", json.dumps({"level": "INFO", "logger": "trainer", "message": "step", "step": 5}))
+    console.line("actor-1", "Traceback (most recent call last):")
+    console.say("stopping")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["source"] for r in records] == ["trainer", "actor-1", "launcher"]
+    assert records[0]["step"] == 5 and records[1]["message"].startswith("Traceback")
+    monkeypatch.delenv("ACTOR_LOG_FORMAT", raising=False)
+    monkeypatch.setenv("TRAINER_LOG_FORMAT", "text")  # a child's own setting wins
+    specs = {
+        s.name: s
+        for s in build_children(LauncherConfig(data=tmp_path, actors=1, log_format="json"), python="PY")
+    }
+    assert (
+        specs["actor-1"].env["ACTOR_LOG_FORMAT"] == "json"
+        and "TRAINER_LOG_FORMAT" not in specs["trainer"].env
+    )
 
 
 def test_actors_get_their_own_metrics_ports(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ the actors.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -47,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainer import parent_death
 from trainer.config.loader import load_config
 from trainer.dashboard.server import dashboard_url
+from trainer.logging_setup import LogFormat
 from trainer.model.contract import LATEST_MODEL_NAME
 from trainer.replay.backend import ReplayLocation, is_postgres_url
 
@@ -70,6 +73,7 @@ class LauncherConfig(BaseModel):
         description="Replay: a SQLite file (unset = <data>/replay.db) or a postgresql://user:password@host:port/database URL that remote actors write too.",
     )
     port: int = Field(8080, ge=1, le=65535, description="Dashboard port.")
+    log_format: LogFormat = "text"
     host: str = Field(
         "127.0.0.1",
         min_length=1,
@@ -146,16 +150,40 @@ class _Child:
 
 
 class Console:
-    """Serialises whole lines from the launcher and every child onto one stdout."""
+    """Serialises whole lines from the launcher and every child onto one stdout.
 
-    def __init__(self, stream=None):
+    As text, each line is prefixed with its source. As JSON (`--log-format json`), every
+    line stays one JSON object a shipper can parse: a child's own JSON record gains a
+    `source` field, any other line (a traceback, a child's plain output) is wrapped.
+    """
+
+    def __init__(self, stream=None, log_format: str = "text"):
         self.stream = stream if stream is not None else sys.stdout
+        self.log_format = log_format
         self.lock = threading.Lock()
 
+    def _json_line(self, source: str, text: str) -> str:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "level": "INFO",
+                "logger": source,
+                "message": text,
+            }
+        record.setdefault("source", source)
+        return json.dumps(record, ensure_ascii=False)
+
     def line(self, prefix: str, text: str) -> None:
+        out = (
+            self._json_line(prefix.split(" ")[0], text) if self.log_format == "json" else f"[{prefix}] {text}"
+        )
         with self.lock:
             try:
-                self.stream.write(f"[{prefix}] {text}\n")
+                self.stream.write(out + "\n")
                 self.stream.flush()
             except (ValueError, OSError):
                 pass  # stdout closed under us (a pipe reader went away): nothing to do
@@ -376,6 +404,14 @@ def build_children(cfg: LauncherConfig, python: str = sys.executable) -> list[Ch
     data = cfg.data.expanduser().resolve()
     db, models, stats = cfg.db or str(data / "replay.db"), data / "models", data / "stats.json"
     env = child_env(cfg.threads)
+    if cfg.log_format != "text":  # a child's own variable, if the user set one, still wins
+        env.update(
+            {
+                f"{prefix}LOG_FORMAT": cfg.log_format
+                for prefix in ("ACTOR_", "TRAINER_", "DASHBOARD_")
+                if f"{prefix}LOG_FORMAT" not in os.environ
+            }
+        )
     # A URL goes by environment, not argv: its password would show in every `ps`.
     db_arg, actor_env, trainer_env = ["--db", db], env, env
     if is_postgres_url(db):
@@ -495,7 +531,7 @@ def main(
         env_prefix=ENV_PREFIX,
         description="Run actors, the training daemon and the dashboard together, supervised.",
     )
-    console = Console()
+    console = Console(log_format=cfg.log_format)
     data = cfg.data.expanduser().resolve()
     try:
         (data / "models").mkdir(parents=True, exist_ok=True)
