@@ -265,13 +265,25 @@ def test_big_table_without_seq_is_an_error_until_migrated(pg_url):
     reader.auto_migrate_max_bytes = 0  # as if the table were too big to rewrite under writers
     with pytest.raises(SchemaError, match="migrate"):
         reader.probe()
-    cmd = [sys.executable, "-m", "trainer.replay.postgres", "migrate", "--db"]
-    bad = subprocess.run(
-        cmd + [pg_url.rsplit("/", 1)[0] + "/no_such_db"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:")
+    cmd = [sys.executable, "-m", "trainer", "replay", "migrate", "--db"]
+    not_usable = [
+        pg_url.rsplit("/", 1)[0] + "/no_such_db",
+        "postgresql://user@localhost:notaport/db",
+        str(ROOT / "data" / "replay.db"),  # SQLite: nothing to migrate
+    ]
+    for db in not_usable:
+        bad = subprocess.run(cmd + [db], cwd=ROOT, capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:"), db
     done = subprocess.run(cmd + [pg_url], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    # The older name runs the same code.
+    again = subprocess.run(
+        [sys.executable, "-m", "trainer.replay.postgres", "migrate", "--db", pg_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
     reader.close()
     assert reader.probe() is None and len(np.concatenate([p.rowids for p in _read_all(reader)])) > 0
 

@@ -7,6 +7,7 @@ Commands:
   split      split a JSONL trajectory file into train/validation files
   iql, cql   offline RL from trajectories or HDF5
   run        actor + daemon + dashboard in one supervised command
+  replay     replay maintenance: `replay migrate --db URL` (PostgreSQL)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "iql": "trainer.commands.iql",
     "cql": "trainer.commands.cql",
     "run": "trainer.launcher",
+    "replay": "trainer.replay.postgres.__main__",
 }
 
 

@@ -1,4 +1,6 @@
-"""`python -m trainer.replay.postgres migrate --db URL`: add the trainer's `seq` column once.
+"""`python -m trainer replay migrate --db URL`: add the trainer's `seq` column once.
+
+`python -m trainer.replay.postgres migrate` is the same command under its older name.
 
 Adding it rewrites `transitions` while writers wait (see schema.py), which the trainer does
 by itself only for a small table; run this at a quiet moment for a big one.
@@ -17,9 +19,7 @@ from trainer.replay.schema import SchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.replay.postgres", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m trainer replay", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     migrate = sub.add_parser(
         "migrate", help=f"add the {SEQ_COLUMN!r} column and its index to transitions, whatever its size"
@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--db", required=True, help="postgresql://user:password@host:port/database")
     args = parser.parse_args(argv)
     if not is_postgres_url(args.db):
-        print(f"error: --db {args.db!r} is not a postgresql:// URL", file=sys.stderr)
+        print(
+            f"error: --db {args.db!r} is not a postgresql:// URL (a SQLite replay needs no migration)",
+            file=sys.stderr,
+        )
         return 2
     where = redact_url(args.db)
     try:

@@ -13,7 +13,7 @@ Cost of adding `seq` to an existing table: a column with a volatile default make
 PostgreSQL rewrite the whole table (and build the index) under an ACCESS EXCLUSIVE lock, so
 writers wait for as long as that takes. The reader does it by itself only for tables up to
 `AUTO_MIGRATE_MAX_BYTES`; a bigger one is migrated once, at a quiet moment, with
-`python -m trainer.replay.postgres migrate --db URL`.
+`python -m trainer replay migrate --db URL`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from trainer.replay.schema import (
 
 SEQ_COLUMN = "seq"
 AUTO_MIGRATE_MAX_BYTES = 64 * 1024 * 1024
-MIGRATE_HINT = "python -m trainer.replay.postgres migrate --db URL"
+MIGRATE_HINT = "python -m trainer replay migrate --db URL"
 # Serialises our schema changes across processes (several actors starting at once would
 # otherwise race on CREATE TABLE IF NOT EXISTS); any fixed number unique to this program.
 SCHEMA_LOCK_KEY = 0x5E1F_7A1E
