@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 from trainer.logging_setup import LogFormat
-from trainer.replay.backend import RedactedReplayLocation
+from trainer.replay.backend import RedactedReplayLocation, is_postgres_url
 
 
 class DaemonConfig(NetworkSettings):
@@ -71,6 +71,11 @@ class DaemonConfig(NetworkSettings):
     augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
     poll_interval: float = Field(
         0.5, gt=0, description="Seconds between checks of the DB for new rows while training."
+    )
+    replay_keep_rows: int = Field(
+        0,
+        ge=0,
+        description="Delete --env-id's replay rows beyond the newest N (never fewer than the window plus a margin), in small batches while training; PostgreSQL replays only; 0 = keep every row.",
     )
 
     # --- side effects ----------------------------------------------------------------------
@@ -149,6 +154,17 @@ class DaemonConfig(NetworkSettings):
         from trainer.evaluator.sprt import parse_elo_bounds
 
         parse_elo_bounds(v)
+        return v
+
+    @field_validator("replay_keep_rows")
+    @classmethod
+    def _keep_rows_needs_postgres(cls, v: int, info: ValidationInfo) -> int:
+        db = info.data.get("db")
+        if v and db is not None and not is_postgres_url(db):
+            raise ValueError(
+                "deletes rows, which the trainer does only on a postgresql:// replay (--db is a SQLite file; "
+                "the trainer opens it read-only)"
+            )
         return v
 
     @model_validator(mode="after")

@@ -63,6 +63,15 @@ BUSY_RETRY_S = 0.05  # next poll after "database is locked"
 RECONNECT_MAX_S = 30.0  # cap of the backoff while a replay server is unreachable
 
 
+def _open_retention(cfg: DaemonConfig):
+    """The row deleter for --replay-keep-rows (PostgreSQL; the config refuses SQLite), or None."""
+    if not cfg.replay_keep_rows:
+        return None
+    from trainer.replay.retention import PgRetention
+
+    return PgRetention(cfg.db, cfg.env_id, cfg.replay_keep_rows, interval_s=10 * cfg.poll_interval)
+
+
 class ReplaySource:
     """BatchSource over the replay DB for `cfg.env_id` (see the module docstring)."""
 
@@ -96,6 +105,7 @@ class ReplaySource:
         self._reader = open_replay_reader(
             cfg.db, cfg.env_id, chunk_rows=chunk_rows, busy_timeout_s=busy_timeout_s
         )
+        self._retention = _open_retention(cfg)
         self._rng = np.random.default_rng(cfg.seed)
         self._max_window = cfg.window if cfg.window > 0 else cfg.window_cap
 
@@ -196,6 +206,8 @@ class ReplaySource:
             "actor_model_step": self._reader.model_step,
             "replay_cursor": int(self._cursor),
             "db_busy_retries": int(self._busy_retries),
+            "replay_rows_deleted": int(self._retention.deleted) if self._retention else 0,
+            "replay_table_rows": self._retention.table_rows if self._retention else None,
             "replay_status": problem.kind.value if (problem := self._db_problem) else "ok",
             "replay_error": problem.detail if problem else None,
         }
@@ -287,6 +299,8 @@ class ReplaySource:
                 self._cond.notify_all()
         finally:
             self._reader.close()
+            if self._retention is not None:
+                self._retention.close()
 
     def _poll(self) -> float:
         """Open the DB if needed and ingest new rows; returns seconds until the next poll."""
@@ -300,6 +314,8 @@ class ReplaySource:
                     return BUSY_RETRY_S if reason.kind == WaitKind.DB_BUSY else self.cfg.poll_interval
                 self._setup()
             more = self._ingest()
+            if not more:
+                self._retain()
             self._db_readable()
             self._reconnect_delay = 0.0
             return 0.0 if more else self.cfg.poll_interval
@@ -367,6 +383,16 @@ class ReplaySource:
         self._cursor, self._pending = 0, []
         self._replay_rows = 0
         self._ready = False
+        if self._retention is not None:
+            self._retention.reset()
+
+    def _retain(self) -> None:
+        """Delete rows far behind the window (--replay-keep-rows), never one not read yet."""
+        if self._retention is None or not self._caught_up:
+            return
+        below = min([self._cursor + 1, *(lo for lo, *_ in self._pending)])
+        deleted = self._retention.maybe_run(self._replay_rows or 0, self._current_window(), below)
+        self._replay_rows = max(0, (self._replay_rows or 0) - deleted)
 
     def _setup(self) -> None:
         reader = self._reader
