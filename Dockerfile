@@ -15,9 +15,10 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 # The other dependencies, read from pyproject.toml so that this layer is rebuilt only when
-# they change, not on every source edit. torch==2.13.0 is already satisfied.
+# they change, not on every source edit. torch==2.13.0 is already satisfied. The `postgres`
+# extra too: docker-compose.postgres.yml runs actor and trainer on a PostgreSQL replay.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

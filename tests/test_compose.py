@@ -67,10 +67,14 @@ CLEAN_ENV = {
 }
 
 
-def compose_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def compose_config(
+    path: Path, env: dict[str, str] | None = None, overrides: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`config` of `path` merged with the `overrides` files, in the environment `env`."""
     assert COMPOSE is not None
     cmd, v2 = COMPOSE
-    args = [*cmd, "-f", str(path), "--project-directory", str(path.parent)]
+    files = [arg for f in (path, *overrides) for arg in ("-f", str(f))]
+    args = [*cmd, *files, "--project-directory", str(path.parent)]
     args += ["config", "--format", "json"] if v2 else ["config"]
     return subprocess.run(
         args, capture_output=True, text=True, timeout=60, env={**CLEAN_ENV, **(env or {})}, cwd=path.parent
@@ -115,7 +119,8 @@ def test_compose_file_is_valid_and_wires_the_three_services():
 
     assert actor["command"][:3] == ["python", "-m", "actor_stub"]
     a = actor["command"]
-    assert a[a.index("--db") + 1] == "/data/replay.db" and a[a.index("--model-dir") + 1] == "/data/models"
+    assert actor["environment"]["ACTOR_DB"] == "/data/replay.db" and "--db" not in a
+    assert a[a.index("--model-dir") + 1] == "/data/models"
     assert a[a.index("--env-id") + 1] == "tictactoe"
     assert actor["environment"]["ACTOR_THREADS"] == "1"
 
