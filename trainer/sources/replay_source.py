@@ -30,6 +30,9 @@ the reuse budget allows, `replay_status`/`replay_error` in stats say why no rows
 once the budget is spent that is the waiting reason. A DB replaced under the open connection
 (another file at the path, or fewer rows than the cursor) is re-opened and read from its
 first row; rows_seen keeps counting, so the reuse budget grows with the new rows.
+
+With --replay-keep-rows (PostgreSQL), the worker also deletes rows far behind the window
+between polls, once caught up (`trainer/replay/retention.py`).
 """
 
 from __future__ import annotations
