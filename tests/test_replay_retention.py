@@ -30,27 +30,35 @@ def _episodes_by_seq(url: str) -> list[str]:
 
 
 def _stream_games(
-    url: str, stop_event: threading.Event, written: list[tuple[str, int]], max_games: int
+    url: str, done: threading.Event, written: list[tuple[str, int]], pause: list[float]
 ) -> None:
+    """Writes games until `done`, sleeping pause[0] seconds between them."""
     game, rng = get_game("tictactoe"), np.random.default_rng(11)
     with PgReplayWriter(url, game) as writer:
-        while not stop_event.is_set() and len(written) < max_games:
+        while not done.is_set():
             episode = f"g{len(written):05d}"
             written.append((episode, writer.write_game(episode, play_game(game, random_move, rng))))
-            time.sleep(0.005)
+            time.sleep(pause[0])
+
+
+def _table_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM transitions").fetchone()[0]
 
 
 def test_daemon_keeps_the_newest_rows_while_it_trains_on(pg_url, tmp_path):
     assert rows_to_keep(KEEP, 100) == KEEP  # the window below is too small to raise it
     written: list[tuple[str, int]] = []
-    done = threading.Event()
-    writer = threading.Thread(target=_stream_games, args=(pg_url, done, written, 700), daemon=True)
+    done, pause = threading.Event(), [0.002]
+    writer = threading.Thread(target=_stream_games, args=(pg_url, done, written, pause), daemon=True)
     writer.start()
     args = ["--db", pg_url, "--steps", "0", "--window", "100", "--replay-keep-rows", str(KEEP)]
     proc = start_daemon(
         tmp_path, *args, *DAEMON_FAST, "--batch-size", "32", "--eval-interval", "0", "--poll-interval", "0.2"
     )
     try:
+        wait_for(lambda: sum(n for _, n in written) > 2 * KEEP, 60, "a backlog", proc, tmp_path)
+        pause[0] = 0.05  # a steady stream: a few hundred rows per retention run (every 2 s)
         mid = wait_for(
             lambda: (s := read_stats(tmp_path)) and s.get("replay_rows_deleted", 0) > 0 and s,
             120,
@@ -58,8 +66,16 @@ def test_daemon_keeps_the_newest_rows_while_it_trains_on(pg_url, tmp_path):
             proc,
             tmp_path,
         )
-        writer.join(120)
-        assert not writer.is_alive()
+        sizes, t_end = [], time.monotonic() + 6.0
+        while time.monotonic() < t_end:
+            sizes.append(_table_rows(pg_url))
+            time.sleep(0.5)
+        streamed = read_stats(tmp_path)
+        # Bounded near KEEP while the rows written keep growing, and training goes on.
+        assert max(sizes) < KEEP + 1200 < sum(n for _, n in written), sizes
+        assert streamed["rows_seen"] > mid["rows_seen"] and streamed["step"] > mid["step"]
+        done.set()
+        writer.join(30)
         total = sum(n for _, n in written)
         final = wait_for(
             lambda: (
@@ -73,7 +89,7 @@ def test_daemon_keeps_the_newest_rows_while_it_trains_on(pg_url, tmp_path):
             proc,
             tmp_path,
         )
-        assert final["rows_seen"] == total > mid["rows_seen"] and final["replay_rows_deleted"] == total - KEEP
+        assert final["rows_seen"] == total and final["replay_rows_deleted"] == total - KEEP
         wait_for_step(tmp_path, final["step"] + 10, 60, proc)  # still training
     finally:
         done.set()
