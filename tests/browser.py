@@ -134,7 +134,7 @@ class HeadlessChromium:
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._read_loop, daemon=True).start()
         try:
-            self.call("Browser.getVersion", timeout=20)
+            self.call("Browser.getVersion", timeout=60)
         except Exception:
             self.__exit__(None, None, None)
             raise
