@@ -8,8 +8,12 @@ Prints, for Connect Four games of uniformly random moves:
              reading the same rows from PostgreSQL and from SQLite, and their ratio
   freshness  while 4 writers stream, the time from a game's commit to its last row being
              read into the replay source's window (default poll interval), p50 / p99
+  memory     resident memory of a daemon process (stats.json `rss_mb`) on a table of --rows
+             rows and on the same table copied to 10x the rows, with the same fixed window:
+             it should follow the window, not the table
 
     python benchmarks/postgres_bench.py [--seconds 20] [--rows 50000] [--steps 1500] [--resnet]
+    python benchmarks/postgres_bench.py --only memory --rows 200000
 
 Needs the PostgreSQL server binaries (`apt-get install postgresql`); as root they run as the
 `postgres` user. Run it on a quiet machine: the writers, the server and the daemon share it.
@@ -185,6 +189,61 @@ def bench_freshness(server: PgServer, seconds: float) -> None:
     )
 
 
+def daemon_rss_mb(url: str, work: Path, window: int) -> float:
+    """A fresh daemon process trains 200 steps from the replay; its resident memory at the stop."""
+    import json
+    import subprocess
+
+    run = work / f"run-{time.monotonic_ns()}"
+    args = ["--env-id", ENV_ID, "--steps", "200", "--window", str(window), "--threads", "1"]
+    args += [
+        "--checkpoint-dir",
+        str(run / "ckpt"),
+        "--model-dir",
+        str(run / "models"),
+        "--stats",
+        str(run / "stats.json"),
+    ]
+    args += ["--eval-interval", "0", "--max-reuse", "0", "--log-level", "WARNING"]
+    env = {"TRAINER_DB": url, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env, check=True, timeout=1800)
+    return float(json.loads((run / "stats.json").read_text())["rss_mb"])
+
+
+def bench_memory(server: PgServer, rows: int, window: int = 50_000) -> None:
+    work = Path(tempfile.mkdtemp(prefix="postgres_bench_"))
+    url = server.create_database()
+    game, rng = get_game(ENV_ID), np.random.default_rng(0)
+    written, i = 0, 0
+    with PgReplayWriter(url, game) as pg:
+        while written < rows:
+            written += pg.write_game(f"g{i}", play_game(game, random_move, rng))
+            i += 1
+    small = daemon_rss_mb(url, work, window)
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'transitions' "
+                "AND column_name NOT IN ('id', 'episode_id', 'seq', 'created_at') ORDER BY ordinal_position"
+            )
+        ]
+        names = ", ".join(cols)
+        conn.execute(
+            f"INSERT INTO transitions (id, episode_id, {names}) SELECT id || '-c' || g, episode_id || '-c' || g, "
+            f"{names} FROM transitions, generate_series(1, 9) AS g"
+        )
+        (total,) = conn.execute("SELECT count(*) FROM transitions").fetchone()
+    big = daemon_rss_mb(url, work, window)
+    print(
+        f"\nmemory, window {window} rows: {written} rows -> {small:.0f} MB; {total} rows -> {big:.0f} MB "
+        f"(ratio {big / small:.2f})",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="writing time of each ingest case")
@@ -192,7 +251,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=50_000, help="rows of the daemon comparison's replays")
     ap.add_argument("--steps", type=int, default=1500, help="daemon steps per MLP case")
     ap.add_argument("--resnet", action="store_true", help="also the Connect Four ResNet")
-    ap.add_argument("--only", choices=["ingest", "daemon", "freshness"], help="run one part")
+    ap.add_argument("--only", choices=["ingest", "daemon", "freshness", "memory"], help="run one part")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -204,6 +263,8 @@ def main() -> None:
             bench_daemon(server, args.rows, args.steps, ["mlp", "resnet"] if args.resnet else ["mlp"])
         if args.only in (None, "freshness"):
             bench_freshness(server, args.seconds)
+        if args.only == "memory":  # builds a 10x table: minutes, so only when asked
+            bench_memory(server, args.rows)
     finally:
         server.stop()
         server.cleanup()
