@@ -97,27 +97,32 @@ class _Clock(Hook):
         self.t_last, self.step_last = now, loop.step
 
 
+def bench_config(env_id: str, batch: int, steps: int, db: Path, work: Path, **extra) -> DaemonConfig:
+    """The daemon's settings for a timed run in `work`; `extra` adds or overrides settings."""
+    return DaemonConfig(
+        db=db,
+        model_dir=work / "models",
+        stats=work / "stats.json",
+        env_id=env_id,
+        steps=steps,
+        batch_size=batch,
+        max_reuse=0,
+        fresh=True,
+        checkpoint_interval=max(100, steps // 3),
+        stats_interval=25,
+        log_interval=10**9,
+        # The end-to-end figure is sampling + publishing + stats; the periodic
+        # evaluation (a second thread playing games) is a separate, optional cost.
+        eval_interval=0,
+        log_level="WARNING",
+        **extra,
+    )
+
+
 def daemon(env_id: str, net: str, batch: int, steps: int, db: Path) -> tuple[float, float]:
     work = Path(tempfile.mkdtemp(prefix="daemon_bench_"))
     try:
-        cfg = DaemonConfig(
-            db=db,
-            model_dir=work / "models",
-            stats=work / "stats.json",
-            env_id=env_id,
-            steps=steps,
-            batch_size=batch,
-            net=net,
-            max_reuse=0,
-            fresh=True,
-            checkpoint_interval=max(100, steps // 3),
-            stats_interval=25,
-            log_interval=10**9,
-            # The end-to-end figure is sampling + publishing + stats; the periodic
-            # evaluation (a second thread playing games) is a separate, optional cost.
-            eval_interval=0,
-            log_level="WARNING",
-        )
+        cfg = bench_config(env_id, batch, steps, db, work, net=net)
         t0 = time.perf_counter()
         loop = build_daemon(cfg)
         clock = _Clock()

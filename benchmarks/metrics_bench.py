@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon_bench import _Clock, build_db
+from daemon_bench import _Clock, bench_config, build_db
 
 from trainer.commands.train import build_daemon, exporter_hooks
-from trainer.config import DaemonConfig
 
 VARIANTS = ("plain", "metrics", "metrics+tb")
 
@@ -59,20 +58,12 @@ def run(variant: str, env_id: str, batch: int, steps: int, db: Path, scrape_inte
     stop = threading.Event()
     try:
         port = free_port() if variant != "plain" else 0
-        cfg = DaemonConfig(
-            db=db,
-            model_dir=work / "models",
-            stats=work / "stats.json",
-            env_id=env_id,
-            steps=steps,
-            batch_size=batch,
-            max_reuse=0,
-            fresh=True,
-            checkpoint_interval=max(100, steps // 3),
-            stats_interval=25,
-            log_interval=10**9,
-            eval_interval=0,
-            log_level="WARNING",
+        cfg = bench_config(
+            env_id,
+            batch,
+            steps,
+            db,
+            work,
             metrics_port=port,
             tensorboard=work / "tb" if variant == "metrics+tb" else None,
         )

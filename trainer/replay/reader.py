@@ -88,6 +88,15 @@ def _primary_code(exc: BaseException) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
+def too_few_rows(n: int, min_rows: int, env_id: str, where: object) -> WaitReason | None:
+    """The wait while a replay holds fewer than --min-rows rows of the game (either backend)."""
+    if n >= min_rows:
+        return None
+    return WaitReason(
+        WaitKind.TOO_FEW_ROWS, f"{n} rows of env_id {env_id!r} in {where}, need {min_rows} (--min-rows)"
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """A lock/busy error that goes away by itself (a writer is committing)."""
     if not isinstance(exc, sqlite3.OperationalError):
@@ -426,11 +435,7 @@ class ReplayReader:
                     "SELECT COUNT(*) FROM (SELECT 1 FROM transitions WHERE env_id = ? LIMIT ?)",
                     (self.env_id, min_rows),
                 ).fetchone()
-                if n < min_rows:
-                    return WaitReason(
-                        WaitKind.TOO_FEW_ROWS,
-                        f"{n} rows of env_id {self.env_id!r} in {self.db_path}, need {min_rows} (--min-rows)",
-                    )
+                return too_few_rows(n, min_rows, self.env_id, self.db_path)
             return None
         except (FileNotFoundError, sqlite3.DatabaseError) as exc:
             if isinstance(exc, FileNotFoundError):  # deleted between exists() and the stat

@@ -51,6 +51,7 @@ from trainer.replay.reader import (
     REQUIRED_COLUMNS,
     DecodedRows,
     decode_rows,
+    too_few_rows,
 )
 from trainer.replay.schema import MODEL_STEP_COLUMN, MissingMetadataError, SchemaError
 from trainer.sources.wait_reason import WaitKind, WaitReason
@@ -159,11 +160,7 @@ class PgReplayReader:
                     "SELECT count(*) FROM (SELECT 1 FROM transitions WHERE env_id = %s LIMIT %s) t",
                     (self.env_id, min_rows),
                 ).fetchone()
-                if n < min_rows:
-                    return WaitReason(
-                        WaitKind.TOO_FEW_ROWS,
-                        f"{n} rows of env_id {self.env_id!r} in {self.db_path}, need {min_rows} (--min-rows)",
-                    )
+                return too_few_rows(n, min_rows, self.env_id, self.db_path)
             return None
         except (psycopg.Error, ConnectionLost) as exc:
             if not is_connection_error(exc):
