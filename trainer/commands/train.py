@@ -4,6 +4,9 @@ Waits for the replay DB, trains AlphaZero-style on a moving window of it, publis
 models the actors hot-reload, checkpoints everything a resume needs, and keeps
 stats.json current. Stop it with Ctrl-C or SIGTERM: it finishes the step, saves,
 publishes and exits 0. Run it again and it continues where it stopped.
+
+Under torchrun every rank trains on its own batches from the replay and gradients are
+averaged (trainer/distributed/); rank 0 alone writes checkpoints, models and stats.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ import time
 
 from trainer import __version__
 from trainer.config import DaemonConfig, load_config
+from trainer.distributed.agreement import Agreement
+from trainer.distributed.ddp import training_forward
+from trainer.distributed.process_group import DistContext, env_rank, init_from_env
+from trainer.distributed.rank_source import RankSource
+from trainer.distributed.ranks import rank_seed
 from trainer.evaluator.sprt import parse_elo_bounds
 from trainer.games import GameSpec, get_game
 from trainer.hooks.checkpoint import CheckpointHook
@@ -30,7 +38,7 @@ from trainer.runtime import setup_logging, setup_torch
 from trainer.sources.replay_source import ReplaySource
 from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
 from trainer.training.lr_schedule import LRSchedule
-from trainer.training.run import StartPolicy, claim_checkpoint_dir, execute, start_state
+from trainer.training.run import StartPolicy, claim_checkpoint_dir, execute, start_state_on_ranks
 from trainer.training.state import TrainState
 
 log = logging.getLogger("trainer")
@@ -84,8 +92,24 @@ def exporter_hooks(cfg: DaemonConfig) -> list[StatsExporter]:
     return hooks
 
 
-def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None) -> TrainLoop:
-    """Everything the daemon runs, resumed from the latest checkpoint unless --fresh."""
+def rank_source(cfg: DaemonConfig, ctx: DistContext, device) -> RankSource:
+    """This rank's replay reader: its own RNG stream, its share of the global reuse budget."""
+    rank_cfg = cfg.model_copy(
+        update={"seed": rank_seed(cfg.seed, ctx.rank), "max_reuse": cfg.max_reuse / ctx.world_size}
+    )
+    return RankSource(ReplaySource(rank_cfg, device=device), ctx, cfg.batch_size, cfg.seed)
+
+
+def build_daemon(
+    cfg: DaemonConfig, exporters: list[StatsExporter] | None = None, ctx: DistContext | None = None
+) -> TrainLoop:
+    """Everything the daemon runs, resumed from the latest checkpoint unless --fresh.
+
+    Under torchrun (`ctx`) each rank builds the same net and its own source; rank 0 alone
+    claims and reads the checkpoint folder and has hooks (checkpoints, publish, stats,
+    evaluation, logs): the other ranks never touch those folders.
+    """
+    ctx = ctx or DistContext.single()
     policy = StartPolicy(
         mode="daemon",
         checkpoint_dir=cfg.checkpoint_dir,
@@ -94,8 +118,9 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
         resume_by_default=True,
     )
     # Claimed before waiting for the DB: a second daemon on these folders is refused at once.
-    claim_checkpoint_dir(cfg.checkpoint_dir)
-    device = setup_torch(cfg.threads, cfg.device, cfg.seed)
+    if ctx.is_main:
+        claim_checkpoint_dir(cfg.checkpoint_dir)
+    device = setup_torch(cfg.threads, ctx.device(cfg.device), rank_seed(cfg.seed, ctx.rank))
     spec = wait_for_game_spec(cfg)
     kind = resolve_net_kind(cfg.net, spec)
     network = cfg.network_description(kind)
@@ -115,11 +140,20 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
         network=network,
         config_json=cfg.model_dump_json(),
     )
-    state = start_state(policy, state, objective)
+    state = start_state_on_ranks(policy, state, objective, ctx)
+    if ctx.distributed or cfg.amp != "off":
+        objective.wrap_for_training(lambda net: training_forward(net, ctx, device, cfg.amp))
+    if ctx.distributed:
+        log.info(
+            "data-parallel: %d ranks x batch %d = global batch %d",
+            ctx.world_size,
+            cfg.batch_size,
+            ctx.world_size * cfg.batch_size,
+        )
 
-    source = ReplaySource(cfg, device=device)
+    source = rank_source(cfg, ctx, device)
     if state.source:
-        source.load_state_dict(state.source)
+        source.load_state_dict(state.source, state.step)
 
     provenance = {
         "env_id": cfg.env_id,
@@ -128,30 +162,34 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
         "trainer_version": __version__,
     }
     exporters = exporters or []
-    hooks = [
-        CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
-        PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
-        # Also with --eval-interval 0: it keeps the run's eval_history in the checkpoint.
-        EvalHook(
-            cfg.model_dir,
-            cfg.env_id,
-            cfg.eval_interval,
-            cfg.eval_games,
-            seed=cfg.seed,
-            gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None,
-        ),
-        *exporters,
-        StatsHook(
-            cfg.stats,
-            cfg.stats_interval,
-            cfg.env_id,
-            "daemon",
-            cfg.steps,
-            cfg.history_size,
-            listeners=[e.on_stats for e in exporters],
-        ),
-        ProgressLogHook(cfg.log_interval, cfg.steps),
-    ]
+    hooks = (
+        []
+        if not ctx.is_main
+        else [
+            CheckpointHook(cfg.checkpoint_dir, cfg.checkpoint_interval, cfg.max_checkpoints),
+            PublishHook(cfg.model_dir, spec, cfg.checkpoint_interval, cfg.max_checkpoints, provenance),
+            # Also with --eval-interval 0: it keeps the run's eval_history in the checkpoint.
+            EvalHook(
+                cfg.model_dir,
+                cfg.env_id,
+                cfg.eval_interval,
+                cfg.eval_games,
+                seed=cfg.seed,
+                gate=Gate(cfg.gate_games, parse_elo_bounds(cfg.gate_sprt)) if cfg.gate else None,
+            ),
+            *exporters,
+            StatsHook(
+                cfg.stats,
+                cfg.stats_interval,
+                cfg.env_id,
+                "daemon",
+                cfg.steps,
+                cfg.history_size,
+                listeners=[e.on_stats for e in exporters],
+            ),
+            ProgressLogHook(cfg.log_interval, cfg.steps),
+        ]
+    )
     loop = TrainLoop(
         objective,
         source,
@@ -160,6 +198,7 @@ def build_daemon(cfg: DaemonConfig, exporters: list[StatsExporter] | None = None
         cfg.steps,
         hooks,
         WaitPolicy(first=cfg.wait_interval, max_wait=cfg.max_wait),
+        Agreement(ctx, device),
     )
     loop.restore_hooks()
     return loop
@@ -169,6 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(
         DaemonConfig, argv, prog="python -m trainer [train]", description=__doc__.split("\n\n")[0]
     )
-    setup_logging(cfg.log_level, cfg.log_format)
-    exporters = exporter_hooks(cfg)
-    return execute(lambda: build_daemon(cfg, exporters), cfg.checkpoint_dir, input_errors=(SchemaError,))
+    main_rank = env_rank() == 0
+    # Progress is rank 0's to log; the other ranks still say what goes wrong.
+    setup_logging(
+        cfg.log_level if main_rank else max(cfg.log_level, "WARNING", key=_LEVELS.index), cfg.log_format
+    )
+    exporters = exporter_hooks(cfg) if main_rank else []
+
+    def build() -> TrainLoop:
+        ctx = init_from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
+        return build_daemon(cfg, exporters, ctx)
+
+    return execute(build, cfg.checkpoint_dir, input_errors=(SchemaError,))
+
+
+_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]

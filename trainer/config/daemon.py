@@ -34,7 +34,9 @@ class DaemonConfig(NetworkSettings):
 
     # --- length and schedule -------------------------------------------------------------
     steps: int = Field(5000, ge=0, description="Global target step across restarts; 0 runs until stopped.")
-    batch_size: int = Field(256, gt=0, le=MAX_BATCH, description="Samples per training step.")
+    batch_size: int = Field(
+        256, gt=0, le=MAX_BATCH, description="Samples per training step (per rank under torchrun)."
+    )
     lr: float = Field(2e-3, gt=0, le=MAX_LR, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Global-norm gradient clip; 0 disables it.")
@@ -138,6 +140,19 @@ class DaemonConfig(NetworkSettings):
         description="torch intra-op threads (1 is fastest beside an actor on 2 cores).",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (unset = from the OS).")
+    amp: Literal["off", "bf16"] = Field(
+        "off",
+        description="Mixed precision for the training forward pass: bf16 autocast (weights stay float32).",
+    )
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend under torchrun; auto = NCCL with --device cuda, else gloo."
+    )
+    dist_timeout: float = Field(
+        120.0,
+        ge=5,
+        le=3600,
+        description="Seconds a rank waits for the others in a collective before exiting with an error (under torchrun).",
+    )
     fresh: bool = Field(
         False,
         description="Start from scratch; the checkpoint folder's previous run is moved to previous-<time>/ there.",

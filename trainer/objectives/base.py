@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,11 @@ class Objective(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def wrap_for_training(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run training forward passes through `wrap(net)` (DDP, autocast); weights, exports
+        and evaluation keep the plain net."""
+        raise NotImplementedError(f"the {self.name} objective cannot train data-parallel or with --amp")
 
     def load_policy_weights(self, net_state: dict[str, Any]) -> None:
         """Initialise from another run's policy/value network (--init-from)."""

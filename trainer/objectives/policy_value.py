@@ -69,6 +69,7 @@ class PolicyValueObjective(Objective):
     ):
         self.name = name
         self.net = net
+        self.train_net = net  # what train_step calls: the net, or a wrapper of it (DDP)
         opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
         # foreach: one fused update over all tensors, faster for the small MLPs on CPU,
         # where PyTorch otherwise picks the per-tensor loop.
@@ -79,8 +80,8 @@ class PolicyValueObjective(Objective):
         self.value_weight = value_weight
         self.guard = StepGuard(net)
 
-    def losses(self, batch: Batch, smoothing: float) -> dict[str, torch.Tensor]:
-        logits, value = self.net(batch.obs)
+    def losses(self, batch: Batch, smoothing: float, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        logits, value = (net or self.net)(batch.obs)
         logp = masked_log_softmax(logits, batch.legal_mask)
         target = smoothed_targets(batch.policy, batch.legal_mask, smoothing)
         policy_loss = -(target * logp).sum(-1).mean()
@@ -101,7 +102,7 @@ class PolicyValueObjective(Objective):
             self.net.train()
         set_lr(self.optimizer, lr)
         self.guard.begin()
-        out = self.losses(batch, self.label_smoothing)
+        out = self.losses(batch, self.label_smoothing, self.train_net)
         self.optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
         grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
@@ -115,6 +116,9 @@ class PolicyValueObjective(Objective):
         """Unsmoothed: a validation loss measures the data's own moves."""
         self.net.eval()
         return self._metrics(self.losses(batch, 0.0), batch)
+
+    def wrap_for_training(self, wrap) -> None:
+        self.train_net = wrap(self.net)
 
     def export_module(self) -> nn.Module:
         return self.net

@@ -1,6 +1,6 @@
 """The one training loop every mode runs: pull a batch, step the objective, call hooks.
 
-    while not done:
+    while not done:                          # decided by every rank together (agreement)
         batch = source.next_batch()          # None -> wait (with a reason) and retry
         lr = schedule(state.step)            # pure function of the global step
         metrics = objective.train_step(batch, lr)
@@ -21,10 +21,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.distributed.agreement import Agreement, StepFlags
+from trainer.distributed.process_group import DistContext
 from trainer.hooks.base import Hook
 from trainer.objectives.base import NonFiniteStep, Objective
 from trainer.sources import BatchSource
-from trainer.sources.wait_reason import NO_BATCH, WaitKind
+from trainer.sources.wait_reason import NO_BATCH, WaitKind, WaitReason
+from trainer.training.batch import Batch
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import TrainState
 
@@ -38,6 +41,10 @@ STARTING, WAITING, TRAINING, PUBLISHING, STOPPED = (
     "publishing",
     "stopped",
 )
+
+
+# What a rank that has its batch shows while another rank waits for data: a brief wait.
+PEER_WAITING = WaitReason(WaitKind.PREPARING, "another rank is waiting for data")
 
 
 class DataWaitTimeout(RuntimeError):
@@ -95,6 +102,9 @@ class Throughput:
             "steps_per_sec": (len(self.events) - 1) / span,
             "wait_fraction": min(1.0, max(0.0, self.waited - first_waited) / span),
         }
+
+
+_STOP = object()  # `_agreed_batch`: every rank stops
 
 
 class HookView:
@@ -188,6 +198,7 @@ class TrainLoop:
         total_steps: int,  # 0 = until stopped or the source is exhausted
         hooks: list[Hook],
         wait: WaitPolicy | None = None,
+        agree: Agreement | None = None,  # data-parallel: stop, wait and train together
     ):
         self.objective = objective
         self.source = source
@@ -196,6 +207,12 @@ class TrainLoop:
         self.total_steps = total_steps
         self.hooks = hooks
         self.wait = wait or WaitPolicy()
+        self.agree = agree or Agreement(DistContext.single())
+        # Every rank trains a batch of this size per step: counters and rates are global.
+        self.world_size = self.agree.ctx.world_size
+        # A batch this rank drew in a round where another rank had none: trained next round.
+        self._held: Batch | None = None
+        self._wait_expired = ""  # why this rank's wait ran past --max-wait; "" while it has not
         self.stop_event = threading.Event()
         self.stop_reason = ""
         self.phase = STARTING
@@ -257,14 +274,10 @@ class TrainLoop:
         for hook in self.hooks:
             hook.on_start(self.view)
         try:
-            while not self.done():
-                batch = self.source.next_batch()
+            while (batch := self._agreed_batch()) is not _STOP:
                 if batch is None:
-                    if self.source.exhausted:
-                        continue
-                    self._wait_for_data()
                     continue
-                self._waiting_started, self.wait_kind = None, None
+                self._waiting_started, self.wait_kind, self._wait_expired = None, None, ""
                 if self.phase != TRAINING:
                     self.set_phase(TRAINING)
                 lr = self.schedule(self.state.step)
@@ -275,10 +288,10 @@ class TrainLoop:
                     continue
                 self._nonfinite_streak = 0
                 self.state.step += 1
-                self.state.samples_trained += len(batch)
+                self.state.samples_trained += len(batch) * self.world_size
                 self.last_lr, self.last_metrics = lr, metrics
                 now = time.monotonic()
-                self.throughput.add(now, len(batch), self._waited_since_step)
+                self.throughput.add(now, len(batch) * self.world_size, self._waited_since_step)
                 self._waited_since_step = 0.0
                 for hook in self.hooks:
                     hook.after_step(self.view, metrics)
@@ -294,6 +307,41 @@ class TrainLoop:
                     log.exception("hook %s failed while stopping", type(hook).__name__)
             # Only now: `stopped` in stats.json promises the checkpoint and model are on disk.
             self.set_phase(STOPPED, self.stop_reason or "stopped")
+
+    def _agreed_batch(self) -> Batch | None | object:
+        """This round's batch once every rank agrees to train; None after a wait; `_STOP`.
+
+        Each rank brings its own flags (done, no batch, waited too long) and all act on the
+        same merged ones, so every rank stops, waits or steps together. A non-finite step
+        needs no agreement: the gradient norm is of the averaged gradients, the same on every
+        rank, so all skip it alike.
+        """
+        local_done = self.done()
+        batch: Batch | None = None
+        if not local_done:
+            batch = self._held if self._held is not None else self.source.next_batch()
+            self._held = None
+        agreed = self.agree(
+            StepFlags(
+                stop=local_done,
+                no_batch=batch is None,
+                wait_expired=bool(self._wait_expired) and batch is None,
+            )
+        )
+        if agreed.stop:
+            self.stop_reason = self.stop_reason or "another rank stopped"
+            return _STOP
+        if agreed.wait_expired:
+            self.stop_reason = self._wait_expired or "another rank waited for data past --max-wait"
+            raise DataWaitTimeout(self.stop_reason)
+        if agreed.no_batch:
+            self._held = batch
+            if batch is not None:
+                self._wait_for_data(PEER_WAITING)
+            elif not self.source.exhausted:  # an exhausted source stops at the next round
+                self._wait_for_data(self.source.waiting_reason or NO_BATCH)
+            return None
+        return batch
 
     def _skip_nonfinite(self, skipped: NonFiniteStep) -> None:
         """Count a refused step; stop once they come `max_nonfinite_streak` in a row.
@@ -319,8 +367,7 @@ class TrainLoop:
                 "published. Check the data for extreme values, or lower --lr"
             )
 
-    def _wait_for_data(self) -> None:
-        reason = self.source.waiting_reason or NO_BATCH
+    def _wait_for_data(self, reason: WaitReason) -> None:
         now = time.monotonic()
         if self._waiting_started is None:
             self._waiting_started, self._wait_attempt = now, 0
@@ -336,8 +383,9 @@ class TrainLoop:
         brief = reason.brief
         waited = now - self._waiting_started
         if self.wait.max_wait and not brief and waited >= self.wait.max_wait:
-            self.stop_reason = f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}"
-            raise DataWaitTimeout(self.stop_reason)
+            # Raised by the next round, on every rank at once.
+            self._wait_expired = f"no usable data after waiting {waited:.0f}s (--max-wait): {reason}"
+            return
         for hook in self.hooks:
             hook.on_wait(self.view)
         delay = self.wait.delay(self._wait_attempt, brief, waited)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.distributed.process_group import DistContext, DistSetupError, PeerLost, shutdown
+from trainer.distributed.ranks import share_from_main
 from trainer.hooks.validation import BEST_NAME
 from trainer.objectives.base import Objective
 from trainer.runtime import DeviceUnavailable, install_stop_signals
@@ -49,6 +51,10 @@ PREVIOUS_RUN_PREFIX = "previous-"
 # process's, not a run's: building a second loop on the same folder in one process (a
 # resume in the same test, say) shares it instead of locking itself out.
 _claimed: dict[Path, int] = {}
+
+
+class MainRankFailed(RuntimeError):
+    """Rank 0 could not start the run (its error is in the message); the other ranks exit too."""
 
 
 class RunFolderBusy(RuntimeError):
@@ -158,6 +164,32 @@ def start_state(policy: StartPolicy, state: TrainState, objective: Objective) ->
     return state
 
 
+def start_state_on_ranks(
+    policy: StartPolicy, state: TrainState, objective: Objective, ctx: DistContext
+) -> TrainState:
+    """`start_state` on rank 0; every other rank takes rank 0's state and weights.
+
+    Only rank 0 reads the checkpoint folder (on another host it may not exist); the others
+    receive what it resumed, or the error it stopped on, so no rank waits for a start that
+    never comes.
+    """
+    if not ctx.distributed:
+        return start_state(policy, state, objective)
+    failure = ""
+    if ctx.is_main:
+        try:
+            state = start_state(policy, state, objective)
+        except Exception as exc:
+            share_from_main((None, f"{type(exc).__name__}: {exc}"), ctx)
+            raise
+    state, failure = share_from_main((state, failure), ctx)
+    if failure:
+        raise MainRankFailed(f"rank 0 could not start the run ({failure})")
+    if not ctx.is_main and state.objective:
+        objective.load_state_dict(state.objective)
+    return state
+
+
 def _resume(mode: str, folder: Path, state: TrainState, objective: Objective) -> TrainState:
     path, loaded = load_latest_checkpoint(folder)  # not None: the caller found a checkpoint there
     if loaded.mode != mode:
@@ -238,6 +270,8 @@ def execute(
         DataWaitTimeout,
         TrainingDiverged,
         DeviceUnavailable,
+        DistSetupError,
+        MainRankFailed,
         *input_errors,
     )
     with _stop_signals() as stopper:
@@ -250,6 +284,10 @@ def execute(
         except usage_errors as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except PeerLost as exc:  # the checkpoint and model on disk are those of the last save
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             release_checkpoint_dir(checkpoint_dir)
+            shutdown()
     return 0

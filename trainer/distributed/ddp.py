@@ -1,0 +1,48 @@
+"""The training forward pass as data-parallel training runs it.
+
+Only the forward and backward passes go through the wrapper: the objective keeps its plain
+net for weights, checkpoints, ONNX export and evaluation, so a checkpoint has the same keys
+with or without DDP and a 2-rank run resumes in one process and back.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.distributed.process_group import DistContext
+
+Amp = Literal["off", "bf16"]
+
+
+class AutocastForward(nn.Module):
+    """Runs `net` under bf16 autocast and hands back float32 outputs, so the losses (log-softmax
+    over masked logits, the value MSE) are computed in full precision."""
+
+    def __init__(self, net: nn.Module, device_type: str):
+        super().__init__()
+        self.net, self.device_type = net, device_type
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.net(*args, **kwargs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def training_forward(net: nn.Module, ctx: DistContext, device: torch.device, amp: Amp = "off") -> nn.Module:
+    """`net` as the training step should call it: under autocast with --amp bf16, and in
+    DistributedDataParallel (gradients averaged over ranks) under torchrun.
+
+    DDP broadcasts rank 0's parameters and buffers when it is built, so every rank starts
+    from the same weights, and rank 0's BatchNorm statistics again on each forward pass.
+    """
+    module = AutocastForward(net, device.type) if amp == "bf16" else net
+    if not ctx.distributed:
+        return module
+    device_ids = (
+        [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    )
+    return DistributedDataParallel(module, device_ids=device_ids)
