@@ -41,6 +41,11 @@ class Agreement:
         stop, no_batch, expired = (bool(v) for v in t.tolist())
         return StepFlags(stop=stop, no_batch=no_batch, wait_expired=expired)
 
+    def collective(self, step, *args, **kwargs):
+        """Run `step` (a training step: its backward all-reduces the gradients), turning a
+        lost peer into `PeerLost`; a plain call in a single process."""
+        return guarded(step, *args, **kwargs) if self.ctx.distributed else step(*args, **kwargs)
+
 
 def guarded(collective, *args, **kwargs):
     """Run a collective; a peer that died or hung past the timeout becomes `PeerLost`."""

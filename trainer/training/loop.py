@@ -282,7 +282,7 @@ class TrainLoop:
                     self.set_phase(TRAINING)
                 lr = self.schedule(self.state.step)
                 try:
-                    metrics = self.objective.train_step(batch, lr)
+                    metrics = self.agree.collective(self.objective.train_step, batch, lr)
                 except NonFiniteStep as skipped:
                     self._skip_nonfinite(skipped)
                     continue

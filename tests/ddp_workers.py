@@ -1,0 +1,114 @@
+"""The code each spawned rank of tests/test_distributed.py runs, kept apart from the tests so
+that a rank imports only what it needs (every import is paid once per rank)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from test_train_loop import SPEC, ScriptedSource
+
+from trainer.distributed.agreement import Agreement
+from trainer.distributed.ddp import training_forward
+from trainer.distributed.process_group import DistContext, init_from_env, shutdown
+from trainer.model.networks import build_network
+from trainer.objectives.policy_value import PolicyValueObjective
+from trainer.sources.wait_reason import WaitKind, WaitReason
+from trainer.training.batch import Batch
+from trainer.training.loop import TrainLoop, WaitPolicy
+from trainer.training.lr_schedule import LRSchedule
+from trainer.training.state import TrainState
+
+WORLD = 2
+
+
+def rank_env(rank: int, port: int, world: int = WORLD) -> dict[str, str]:
+    """What torchrun sets for each worker."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def daemon_rank(rank: int, port: int, argv: list[str], out: str) -> None:
+    os.environ.update(rank_env(rank, port))
+    from trainer.commands.train import build_daemon  # the daemon's imports, in its ranks only
+    from trainer.config import DaemonConfig, load_config
+    from trainer.training.run import run_to_end
+
+    cfg = load_config(DaemonConfig, argv)
+    loop = build_daemon(cfg, None, init_from_env(cfg.device, timeout_s=30))
+    run_to_end(loop)
+    torch.save(
+        {"net": loop.objective.net.state_dict(), "step": loop.state.step, "source": loop.source.stats()},
+        out,
+    )
+    shutdown()
+
+
+def deterministic_batches(n: int, size: int) -> list[Batch]:
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(n):
+        policy = torch.rand(size, SPEC.num_actions, generator=g)
+        out.append(
+            Batch(
+                obs=torch.rand(size, SPEC.obs_size, generator=g),
+                legal_mask=torch.ones(size, SPEC.num_actions, dtype=torch.bool),
+                policy=policy / policy.sum(-1, keepdim=True),
+                value=torch.rand(size, generator=g) * 2 - 1,
+            )
+        )
+    return out
+
+
+def train_on(script: list, steps: int, ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
+    ctx = ctx or DistContext.single()
+    torch.manual_seed(0)
+    net = build_network(SPEC, "mlp", hidden=32, layers=2)
+    objective = PolicyValueObjective(net, lr=1e-2, weight_decay=1e-4, grad_clip=0.5)
+    objective.wrap_for_training(lambda n: training_forward(n, ctx, torch.device("cpu")))
+    state = TrainState(mode="daemon", env_id="tictactoe", spec={}, network={})
+    schedule = LRSchedule(peak=1e-2, warmup_steps=2, decay_steps=steps, min_ratio=0.1)
+    loop = TrainLoop(
+        objective,
+        ScriptedSource(script, ends=True),
+        state,
+        schedule,
+        steps,
+        [],
+        WaitPolicy(first=0.01),
+        Agreement(ctx),
+    )
+    loop.run()
+    assert loop.state.step == steps
+    return net.state_dict()
+
+
+def loop_rank(rank: int, port: int, steps: int, half: int, out: str) -> None:
+    os.environ.update(rank_env(rank, port))
+    ctx = init_from_env("cpu", timeout_s=30)
+    script: list = [b for b in _halves(steps, half, rank)]
+    if rank == 1:  # a rank without data for a while: the other holds its batch and waits too
+        script.insert(2, WaitReason(WaitKind.TOO_FEW_ROWS, "not yet"))
+        script.insert(5, WaitReason(WaitKind.TOO_FEW_ROWS, "not yet"))
+    torch.save(train_on(script, steps, ctx), out)
+    shutdown()
+
+
+def _halves(steps: int, half: int, rank: int) -> list[Batch]:
+    return [
+        Batch(
+            **{
+                k: getattr(b, k)[rank * half : (rank + 1) * half]
+                for k in ("obs", "legal_mask", "policy", "value")
+            }
+        )
+        for b in deterministic_batches(steps, 2 * half)
+    ]
