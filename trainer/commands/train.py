@@ -15,6 +15,8 @@ import dataclasses
 import logging
 import time
 
+import torch
+
 from trainer import __version__
 from trainer.config import DaemonConfig, load_config
 from trainer.distributed.agreement import Agreement
@@ -92,12 +94,13 @@ def exporter_hooks(cfg: DaemonConfig) -> list[StatsExporter]:
     return hooks
 
 
-def rank_source(cfg: DaemonConfig, ctx: DistContext, device) -> RankSource:
+def rank_source(cfg: DaemonConfig, ctx: DistContext, device: torch.device) -> RankSource:
     """This rank's replay reader: its own RNG stream, its share of the global reuse budget."""
     rank_cfg = cfg.model_copy(
         update={"seed": rank_seed(cfg.seed, ctx.rank), "max_reuse": cfg.max_reuse / ctx.world_size}
     )
-    return RankSource(ReplaySource(rank_cfg, device=device), ctx, cfg.batch_size, cfg.seed)
+    # Built on the CPU: RankSource copies each batch to the device from pinned memory.
+    return RankSource(ReplaySource(rank_cfg, device="cpu"), ctx, cfg.batch_size, cfg.seed, device)
 
 
 def build_daemon(

@@ -7,11 +7,17 @@ and the checkpoint stores the global sample count, so a run resumed with another
 of ranks keeps the same budget. Only rank 0's sampler state is saved; another rank keeps
 the cursor and counters (the same DB, so the same rows) and derives its RNG stream from
 the seed, its rank and the step (`ranks.derived_rng_state`).
+
+On a GPU the batches are built on the CPU by the source's worker and copied here, from
+pinned memory and without blocking, so the copy overlaps the previous step's kernels.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
+
+import torch
 
 from trainer.distributed.process_group import DistContext
 from trainer.distributed.ranks import derived_rng_state
@@ -26,13 +32,22 @@ _RNG_KEYS = ("rng", "rng_burst", "rng_skip")
 class RankSource:
     """`BatchSource` wrapping one rank's source (see the module docstring)."""
 
-    def __init__(self, inner: BatchSource, ctx: DistContext, batch_size: int, seed: int | None):
+    def __init__(
+        self,
+        inner: BatchSource,
+        ctx: DistContext,
+        batch_size: int,
+        seed: int | None,
+        device: torch.device | str = "cpu",
+    ):
         self.inner, self.ctx = inner, ctx
         self.batch_size, self.seed = batch_size, seed
+        self.device = torch.device(device)
 
     # --- BatchSource: the rank's own -----------------------------------------------------
     def next_batch(self) -> Batch | None:
-        return self.inner.next_batch()
+        batch = self.inner.next_batch()
+        return None if batch is None else to_device(batch, self.device)
 
     @property
     def waiting_reason(self) -> WaitReason | None:
@@ -74,3 +89,17 @@ class RankSource:
         if not self.ctx.is_main and "rng" in state:
             state.update(rng=derived_rng_state(self.seed, self.ctx.rank, step), rng_burst=0, rng_skip=0)
         self.inner.load_state_dict(state)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device`: through pinned memory, without blocking, for CUDA."""
+    if device.type == "cpu" or batch.obs.device == device:
+        return batch
+    if device.type == "cuda":
+        batch = Batch(
+            **{
+                f.name: v.pin_memory() if isinstance(v := getattr(batch, f.name), torch.Tensor) else v
+                for f in fields(batch)
+            }
+        )
+    return batch.to(device)  # non_blocking
