@@ -11,11 +11,12 @@ from test_train_loop import SPEC, ScriptedSource
 from trainer.distributed.agreement import Agreement
 from trainer.distributed.ddp import training_forward
 from trainer.distributed.process_group import DistContext, init_from_env, shutdown
+from trainer.hooks.base import Hook
 from trainer.model.networks import build_network
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.sources.wait_reason import WaitKind, WaitReason
 from trainer.training.batch import Batch
-from trainer.training.loop import TrainLoop, WaitPolicy
+from trainer.training.loop import DataWaitTimeout, TrainLoop, WaitPolicy
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import TrainState
 
@@ -68,7 +69,13 @@ def deterministic_batches(n: int, size: int) -> list[Batch]:
     return out
 
 
-def train_on(script: list, steps: int, ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
+def train_on(
+    script: list,
+    steps: int,
+    ctx: DistContext | None = None,
+    hooks: list[Hook] | None = None,
+    max_wait: float = 0.0,
+) -> TrainLoop:
     ctx = ctx or DistContext.single()
     torch.manual_seed(0)
     net = build_network(SPEC, "mlp", hidden=32, layers=2)
@@ -82,13 +89,25 @@ def train_on(script: list, steps: int, ctx: DistContext | None = None) -> dict[s
         state,
         schedule,
         steps,
-        [],
-        WaitPolicy(first=0.01),
+        hooks or [],
+        WaitPolicy(first=0.01, max_wait=max_wait),
         Agreement(ctx),
     )
     loop.run()
-    assert loop.state.step == steps
-    return net.state_dict()
+    return loop
+
+
+class StopAt(Hook):
+    """A stop asked for on one rank only, as a signal to that rank would."""
+
+    name = "stop_at"
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def after_step(self, loop, metrics) -> None:
+        if loop.step == self.at:
+            loop.request_stop("SIGTERM")
 
 
 def loop_rank(rank: int, port: int, steps: int, half: int, out: str) -> None:
@@ -98,7 +117,18 @@ def loop_rank(rank: int, port: int, steps: int, half: int, out: str) -> None:
     if rank == 1:  # a rank without data for a while: the other holds its batch and waits too
         script.insert(2, WaitReason(WaitKind.TOO_FEW_ROWS, "not yet"))
         script.insert(5, WaitReason(WaitKind.TOO_FEW_ROWS, "not yet"))
-    torch.save(train_on(script, steps, ctx), out)
+    result: dict = {"net": train_on(script, steps, ctx).objective.net.state_dict()}
+    # A stop on rank 1 alone stops both at the same step.
+    stopped = train_on(_halves(steps, half, rank), steps, ctx, hooks=[StopAt(3)] if rank == 1 else [])
+    result["stopped_at"] = stopped.state.step
+    # Rank 1 never gets data: both give up after --max-wait, though rank 0 has batches.
+    no_data = [WaitReason(WaitKind.NO_DB, "no db")] * 1000 if rank == 1 else []
+    try:
+        train_on(no_data, steps, ctx, max_wait=0.3)
+        result["gave_up"] = ""
+    except DataWaitTimeout as exc:
+        result["gave_up"] = str(exc)
+    torch.save(result, out)
     shutdown()
 
 

@@ -118,15 +118,21 @@ def test_two_ranks_beside_a_live_writer_train_the_same_weights_and_only_rank_0_w
 # --- the loop's arithmetic: 2 ranks x B == 1 process x 2B -------------------------------------
 
 
-def test_two_ranks_of_batch_b_train_the_weights_of_one_process_with_batch_2b(tmp_path):
+def test_two_ranks_of_batch_b_train_the_weights_of_one_process_with_batch_2b_and_stop_together(tmp_path):
     steps, half = 12, 8
     port = free_port()
     run_spawned(loop_rank, [(r, port, steps, half, str(tmp_path / f"r{r}.pt")) for r in range(WORLD)])
-    single = train_on(list(deterministic_batches(steps, 2 * half)), steps)
-    for r in range(WORLD):
-        got = torch.load(tmp_path / f"r{r}.pt", weights_only=True)
+    loop = train_on(list(deterministic_batches(steps, 2 * half)), steps)
+    assert loop.state.step == steps
+    single = loop.objective.net.state_dict()
+    results = [torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in range(WORLD)]
+    for got in results:
         for name, want in single.items():
-            torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(got["net"][name], want, rtol=1e-4, atol=1e-5, msg=name)
+    # Stops and give-ups are decided together: a stop asked on rank 1 alone stops both at
+    # its step, and rank 0, which had batches, gives up with rank 1.
+    assert [r["stopped_at"] for r in results] == [3, 3]
+    assert all("--max-wait" in r["gave_up"] for r in results) and "no db" in results[1]["gave_up"], results
     # Not trivially equal: training moved the weights.
     torch.manual_seed(0)
     start = build_network(SPEC, "mlp", hidden=32, layers=2).state_dict()
@@ -270,3 +276,16 @@ def test_amp_bf16_trains_a_float32_net_on_the_cpu(amp):
     assert all(v.dtype == torch.float32 for v in net.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert metrics["total_loss"] > 0
+
+
+def test_an_offline_command_refuses_to_run_as_one_of_several_ranks(tmp_path, monkeypatch, capsys):
+    from trainer import __main__ as trainer_main
+
+    for name, value in rank_env(1, 1).items():
+        monkeypatch.setenv(name, value)
+    code = trainer_main.main(
+        ["bc", "--data", str(tmp_path / "d.jsonl"), "--checkpoint-dir", str(tmp_path / "ck")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "torchrun" in err[0], err
+    assert not (tmp_path / "ck").exists()

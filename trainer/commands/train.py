@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
         return build_daemon(cfg, exporters, ctx)
 
-    return execute(build, cfg.checkpoint_dir, input_errors=(SchemaError,))
+    return execute(build, cfg.checkpoint_dir, input_errors=(SchemaError,), data_parallel=True)
 
 
 _LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
