@@ -289,3 +289,30 @@ def test_an_offline_command_refuses_to_run_as_one_of_several_ranks(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "torchrun" in err[0], err
     assert not (tmp_path / "ck").exists()
+
+
+def test_each_rank_keeps_the_run_s_global_sample_count_and_its_own_rng_stream(tmp_path):
+    from trainer.commands.train import rank_source
+    from trainer.config import DaemonConfig
+    from trainer.distributed.process_group import DistContext
+
+    write_random_games(tmp_path / "replay.db", "tictactoe", 5, seed=1)
+    cfg = DaemonConfig(db=tmp_path / "replay.db", model_dir=tmp_path / "models", seed=3, max_reuse=4)
+    ranks = [DistContext(rank=r, world_size=WORLD, local_rank=r, backend="gloo") for r in range(WORLD)]
+    sources = [rank_source(cfg, ctx, torch.device("cpu")) for ctx in ranks]
+    saved = {**sources[0].state_dict(), "samples": 1000}  # as a checkpoint holds it: global
+    try:
+        assert [s.inner.cfg.max_reuse for s in sources] == [2.0, 2.0]  # the budget, shared out
+        for s in sources:
+            s.load_state_dict(saved, step=40)
+            assert s.inner.state_dict()["samples"] == 500 and s.state_dict()["samples"] == 1000
+        assert sources[0].state_dict()["rng"] == saved["rng"]
+        assert sources[1].state_dict()["rng"] != saved["rng"]
+        again = rank_source(cfg, ranks[1], torch.device("cpu"))
+        sources.append(again)
+        again.load_state_dict(saved, step=40)
+        assert again.state_dict()["rng"] == sources[1].state_dict()["rng"]  # re-derived, repeatably
+        assert sources[0].stats()["global_batch_size"] == WORLD * cfg.batch_size
+    finally:
+        for s in sources:
+            s.close()
