@@ -123,7 +123,8 @@ def build_daemon(
     # Claimed before waiting for the DB: a second daemon on these folders is refused at once.
     if ctx.is_main:
         claim_checkpoint_dir(cfg.checkpoint_dir)
-    device = setup_torch(cfg.threads, ctx.device(cfg.device), rank_seed(cfg.seed, ctx.rank))
+    setup_torch(cfg.threads, cfg.device, rank_seed(cfg.seed, ctx.rank))
+    device = torch.device(ctx.device(cfg.device))  # with several GPUs, the local rank's
     spec = wait_for_game_spec(cfg)
     kind = resolve_net_kind(cfg.net, spec)
     network = cfg.network_description(kind)
