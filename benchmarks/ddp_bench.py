@@ -165,7 +165,10 @@ def main() -> None:
     if args.quick:
         args.steps, args.batch, args.rows = 30, 64, 20_000
     db = build_db("connect4", args.rows)
-    print(f"Connect Four, {args.rows} rows, batch {args.batch} per rank, {args.steps} steps per run")
+    print(
+        f"Connect Four, {args.rows} rows, batch {args.batch} per rank, {args.steps} steps per run "
+        f"({STEPS_FACTOR['mlp']}x that for the MLP)"
+    )
     print(f"{'net':<12} {'1x1':>9} {'1x2':>9} {'2x1':>9} {'2x1/1x1':>8} {'2x1/1x2':>8}  (samples/s)")
     for net in NETS:
         rate = {
