@@ -122,9 +122,9 @@ def loop_rank(rank: int, port: int, steps: int, half: int, out: str) -> None:
     stopped = train_on(_halves(steps, half, rank), steps, ctx, hooks=[StopAt(3)] if rank == 1 else [])
     result["stopped_at"] = stopped.state.step
     # Rank 1 never gets data: both give up after --max-wait, though rank 0 has batches.
-    no_data = [WaitReason(WaitKind.NO_DB, "no db")] * 1000 if rank == 1 else []
+    script = [WaitReason(WaitKind.NO_DB, "no db")] * 1000 if rank == 1 else _halves(steps, half, rank)
     try:
-        train_on(no_data, steps, ctx, max_wait=0.3)
+        train_on(script, steps, ctx, max_wait=0.3)
         result["gave_up"] = ""
     except DataWaitTimeout as exc:
         result["gave_up"] = str(exc)
