@@ -71,6 +71,16 @@ class DaemonConfig(NetworkSettings):
         4.0, ge=0, description="Samples trained per new row inserted before waiting for data; 0 disables."
     )
     augment: bool = Field(True, description="Random board symmetry per sample (--no-augment to disable).")
+    value_target_mix: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a: train the value on (1-a)*z + a*q, z the game outcome, q the row's mcts_value (the search's root value); rows without a usable mcts_value keep z. 0 = the outcome only.",
+    )
+    average_positions: bool = Field(
+        False,
+        description="Sample each distinct position of the window once, with the mean policy and value target of its rows, instead of every row (repeated openings count once).",
+    )
     poll_interval: float = Field(
         0.5, gt=0, description="Seconds between checks of the DB for new rows while training."
     )

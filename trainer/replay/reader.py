@@ -164,6 +164,9 @@ class DecodedRows:
     obs: np.ndarray  # float32 [n, obs_size]
     policy: np.ndarray  # float32 [n, num_actions], sums to 1 over legal moves, 0 elsewhere
     value: np.ndarray  # float32 [n], game outcome from the mover's view
+    # float32 [n], the row's own mcts_value (the search's root value, mover's view); NaN where
+    # it is NULL or outside [-1, 1], so the value target falls back to the outcome there.
+    search_value: np.ndarray
     bad: Counter = field(default_factory=Counter)  # reason -> rows skipped
     policy_onehot: int = 0  # usable rows whose policy_probs was NULL/wrong/empty: one-hot of action
     newest_timestamp: int | None = None
@@ -183,9 +186,18 @@ class DecodedRows:
             self.obs[keep:],
             self.policy[keep:],
             self.value[keep:],
+            self.search_value[keep:],
             newest_timestamp=self.newest_timestamp,
             model_step=self.model_step,
         )
+
+    def value_target(self, mix: float) -> np.ndarray:
+        """The value head's target `(1 - mix) * z + mix * q`: z the outcome, q the search's
+        value. A row without a usable q keeps z (a row without z already holds q as z)."""
+        if mix == 0.0:
+            return self.value
+        q = np.where(np.isfinite(self.search_value), self.search_value, self.value)
+        return ((1.0 - mix) * self.value + mix * q).astype(np.float32)
 
     @staticmethod
     def empty(spec: GameSpec) -> DecodedRows:
@@ -193,6 +205,7 @@ class DecodedRows:
             np.zeros(0, np.int64),
             np.zeros((0, spec.obs_size), np.float32),
             np.zeros((0, spec.num_actions), np.float32),
+            np.zeros(0, np.float32),
             np.zeros(0, np.float32),
         )
 
@@ -210,6 +223,7 @@ class DecodedRows:
             np.concatenate([p.obs for p in parts]),
             np.concatenate([p.policy for p in parts]),
             np.concatenate([p.value for p in parts]),
+            np.concatenate([p.search_value for p in parts]),
             bad,
             sum(p.policy_onehot for p in parts),
             max(stamps) if stamps else None,
@@ -268,6 +282,9 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
     policy = _join_fixed(pol_b, pol_given, 4 * a, F32, a)
 
     value = _floats(tuple(o if o is not None else m for o, m in zip(outcome, mcts)))
+    search_value = _floats(mcts)
+    with np.errstate(invalid="ignore"):
+        search_value[~(np.abs(search_value) <= 1.0)] = np.nan
     value_null = np.array([o is None and m is None for o, m in zip(outcome, mcts)])
 
     pol_finite = np.isfinite(policy).all(axis=1)
@@ -327,6 +344,7 @@ def decode_rows(rows: list[tuple], spec: GameSpec, has_model_step: bool) -> Deco
         np.ascontiguousarray(obs[sel], dtype=np.float32),
         policy[sel],
         value[sel].astype(np.float32),
+        search_value[sel].astype(np.float32),
         bad,
         int((onehot & good).sum()),
         newest_ts,

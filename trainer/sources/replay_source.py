@@ -416,7 +416,9 @@ class ReplaySource:
             self._check_same_game(spec)
             self._ready = True
             return
-        self._window = ReplayWindow(spec.obs_size, spec.num_actions, self._max_window)
+        self._window = ReplayWindow(
+            spec.obs_size, spec.num_actions, self._max_window, average_positions=self.cfg.average_positions
+        )
         self._augmenter = Augmenter.for_spec(spec) if self.cfg.augment else None
         self._legal = spec.legal_slice
         self._replay_rows = self._count_rows() if self._cursor else 0
@@ -424,7 +426,7 @@ class ReplaySource:
             w = self._current_window()
             self._window.set_window(w)
             rows = reader.read_newest(w, self._cursor)
-            self._window.add(rows.obs, rows.policy, rows.value)
+            self._window.add(rows.obs, rows.policy, rows.value_target(self.cfg.value_target_mix))
             log.info(
                 "replay: resumed at rowid %d with %d rows seen; window refilled with %d rows in %.2fs",
                 self._cursor,
@@ -485,7 +487,7 @@ class ReplaySource:
             self._policy_onehot += chunk.policy_onehot
             self._replay_rows = (self._replay_rows or 0) + chunk.scanned
             window.set_window(self._current_window())
-            window.add(chunk.obs, chunk.policy, chunk.value)
+            window.add(chunk.obs, chunk.policy, chunk.value_target(self.cfg.value_target_mix))
             self._cursor, self._pending = reader.cursor, list(reader.pending)
             loaded += chunk.scanned
             if chunk.scanned < reader.chunk_rows and not damaged:
@@ -571,16 +573,17 @@ class ReplaySource:
         return True
 
     def _make_batches(self, n: int) -> list[Batch]:
-        """`n` batches from one vectorised draw: uniform rows of the window, each under a
-        random symmetry."""
+        """`n` batches from one vectorised draw: uniform rows (or distinct positions) of the
+        window, each under a random symmetry."""
         window, b = self._window, self.cfg.batch_size
         assert window is not None
         rows = window.sample_indices(self._rng, n * b)
+        obs_store, policy_store, value_store = window.sample_arrays()
         if self._augmenter is not None:
-            obs, policy = self._augmenter.gather(window.obs, window.policy, rows, self._rng)
+            obs, policy = self._augmenter.gather(obs_store, policy_store, rows, self._rng)
         else:
-            obs, policy = window.obs[rows], window.policy[rows]
-        tensors = [torch.from_numpy(x) for x in (obs, obs[:, self._legal] > 0.5, policy, window.value[rows])]
+            obs, policy = obs_store[rows], policy_store[rows]
+        tensors = [torch.from_numpy(x) for x in (obs, obs[:, self._legal] > 0.5, policy, value_store[rows])]
         batches = []
         for i in range(n):
             part = [t[i * b : (i + 1) * b] for t in tensors]
