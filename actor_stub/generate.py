@@ -55,7 +55,11 @@ class GenerateConfig(BaseModel):
     batch_games: int = Field(
         64, ge=1, le=65536, description="Games played at once (an MCTS teacher searches them in one batch)."
     )
-    c_puct: float = Field(1.5, gt=0, description="PUCT constant of an mcts teacher.")
+    c_puct: float = Field(
+        1.5,
+        gt=0,
+        description="Ignored: the mcts teacher is rollout UCT (c = 2) with MCTS-Solver, like OpenSpiel's MCTSBot (the evaluator's mcts:SIMS); accepted so older command lines still run.",
+    )
     progress: bool = Field(True, description="Progress line with rate and ETA on stderr.")
 
     @field_validator("output")

@@ -52,6 +52,36 @@ class GameInFlight:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class SearchedMove:
+    action: int
+    policy: np.ndarray  # the policy target written to policy_probs
+    value: float  # root value, side-to-move view (mcts_value)
+    subtree: Node | None  # the played move's subtree, to search the next ply from (--reuse-tree)
+
+
+def search_moves(
+    game: Game,
+    states: list[GameState],
+    evaluators: list[LeafEvaluator],
+    trees: list[Node | None],
+    cfg: ActorConfig,
+    mcts: MCTSConfig,
+    rng: np.random.Generator,
+) -> list[SearchedMove]:
+    """One searched self-play move per position, as `cfg` (--search, --reuse-tree, --sims)
+    says; `trees` are the positions' kept subtrees (None: search from scratch)."""
+    if cfg.search == "gumbel":
+        found = gumbel_search(game, states, evaluators, mcts, rng)
+        return [SearchedMove(r.action, r.policy, r.value, None) for r in found]
+    results = search(game, states, evaluators, mcts, rng, add_noise=True, trees=trees)
+    out = []
+    for state, r in zip(states, results):
+        a = select_action(r.visits, game.legal_mask(state), state.ply, mcts.temperature_plies, rng)
+        out.append(SearchedMove(a, r.policy, r.value, r.subtree(a) if cfg.reuse_tree else None))
+    return out
+
+
 def default_actor_id() -> str:
     return f"py-{socket.gethostname()}-{os.getpid()}"
 
@@ -108,33 +138,21 @@ class SelfPlayWorker:
     def _choose_moves(self, games: list[GameInFlight]) -> list[tuple[int, np.ndarray | None, float]]:
         """(action, policy target or None for uniform, root value) per game."""
         g = self.game
-        if self.cfg.sims > 0 and self.cfg.search == "gumbel":
-            t0 = time.monotonic()
-            found = gumbel_search(
-                g, [x.state for x in games], [x.evaluator for x in games], self.mcts, self.rng
-            )
-            self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
-            return [(r.action, r.policy, r.value) for r in found]
         if self.cfg.sims > 0:
             t0 = time.monotonic()
-            results = search(
+            moves = search_moves(
                 g,
                 [x.state for x in games],
                 [x.evaluator for x in games],
+                [x.tree for x in games],
+                self.cfg,
                 self.mcts,
                 self.rng,
-                add_noise=True,
-                trees=[x.tree for x in games],
             )
             self.metrics.searched(time.monotonic() - t0, len(games), self.cfg.sims)
-            out = []
-            for x, r in zip(games, results):
-                a = select_action(
-                    r.visits, g.legal_mask(x.state), x.state.ply, self.mcts.temperature_plies, self.rng
-                )
-                x.tree = r.subtree(a) if self.cfg.reuse_tree else None
-                out.append((a, r.policy, r.value))
-            return out
+            for x, m in zip(games, moves):
+                x.tree = m.subtree
+            return [(m.action, m.policy, m.value) for m in moves]
         # No search: uniform random without a model (uniform policy_probs, per the contract),
         # the raw policy with one.
         out = []

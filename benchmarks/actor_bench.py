@@ -1,6 +1,7 @@
 """Actor and evaluator throughput, one process, onnxruntime with 1 intra-op thread.
 
     python benchmarks/actor_bench.py [--seconds 4] [--sims 16] [--parallel-games 8] [--c4-model trained.onnx]
+    python benchmarks/actor_bench.py --only defaults --try sims=16,search=gumbel --try reuse_tree=true
 
 For each game, self-play without a model (random-rollout MCTS) and with the daemon's default
 network for that game (MLP 128x3 for tictactoe, ResNet 64x4 for connect4, untrained, exported
@@ -8,9 +9,11 @@ like the trainer publishes it, or --c4-model), then the evaluator's raw-policy g
 random. Numbers are per process: with --workers N the actor scales with the free cores.
 
 With a model, each row also shows the positions the network evaluated per second and the
-share of the wall time spent in the network. The Connect Four model is then played side by
-side under the old actor settings (no evaluation cache, no subtree reuse) and the actor's
-current defaults, and with subtree reuse on, in the same run.
+share of the wall time spent in the network. Then, per game and with the same model, the
+actor's settings as they were before the per-game defaults (`TODAY`, spelled out here so the
+comparison survives a change of the defaults) side by side with the actor's defaults now
+(and any `--try` settings), in the same run: plies/s and its ratio to `TODAY`.
+`benchmarks/actor_strength.py` plays such settings against each other for strength.
 
 The daemon's default periodic evaluation (100 greedy games against random) cost ~0.02 s of
 one core for tic-tac-toe and ~0.25 s for Connect Four.
@@ -36,6 +39,39 @@ from trainer.games import get_game  # noqa: E402
 from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
 from trainer.onnx_policy import OnnxPolicy  # noqa: E402
 from trainer.replay.writer import ReplayWriter  # noqa: E402
+
+# The actor's settings on main before the per-game defaults (both games played with these).
+TODAY: dict[str, object] = dict(
+    sims=50,
+    search="puct",
+    reuse_tree=False,
+    eval_cache=100_000,
+    parallel_games=8,
+    c_puct=1.5,
+    dirichlet_alpha=0.3,
+    dirichlet_weight=0.25,
+    temperature_plies=4,
+)
+
+
+def parse_settings(text: str) -> dict[str, object]:
+    """`sims=16,search=gumbel` -> ActorConfig fields over TODAY (ActorConfig validates them)."""
+    out = dict(TODAY)
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def settings_label(settings: dict[str, object]) -> str:
+    """The settings that differ from TODAY, or "today"."""
+    return ",".join(f"{k}={v}" for k, v in settings.items() if str(TODAY.get(k)) != str(v)) or "today"
+
+
+def default_settings(env_id: str) -> dict[str, object]:
+    """The actor's defaults now for `env_id`, in TODAY's fields."""
+    cfg = ActorConfig(env_id=env_id)
+    return {k: getattr(cfg, k) for k in TODAY}
 
 
 def export_default_model(env_id: str, folder: Path) -> Path:
@@ -78,19 +114,10 @@ class NetworkTimer:
 
 
 def bench_actor(
-    env_id: str, model_dir: Path, db: Path, seconds: float, sims: int, parallel: int, **settings
+    env_id: str, model_dir: Path, db: Path, seconds: float, **settings
 ) -> tuple[float, float, int, float, float]:
     """(games/s, plies/s, games, network positions/s, share of time in the network)."""
-    cfg = ActorConfig(
-        env_id=env_id,
-        db=db,
-        model_dir=model_dir,
-        sims=sims,
-        parallel_games=parallel,
-        seed=0,
-        log_interval=1e9,
-        **settings,
-    )
+    cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, seed=0, log_interval=1e9, **settings)
     stop = threading.Event()
     worker = SelfPlayWorker(cfg, 0, 0, stop)
     writer = ReplayWriter(db, get_game(env_id))
@@ -118,6 +145,19 @@ def _row(env_id: str, label: str, row: tuple[float, float, int, float, float]) -
     return f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d} {eps:8.0f} {100 * share:8.0f}%"
 
 
+def compare_defaults(env_id: str, model_dir: Path, db: Path, seconds: float, tries: list[str]) -> None:
+    """TODAY vs the defaults now (and `tries`) with one model, side by side: plies/s ratios."""
+    rows = [("today's defaults", dict(TODAY)), ("defaults now", default_settings(env_id))]
+    rows += [(settings_label(parse_settings(t)), parse_settings(t)) for t in tries if env_id == "connect4"]
+    base = None
+    for label, settings in rows:
+        row = bench_actor(env_id, model_dir, db, seconds, **settings)
+        base = base or row[1]
+        print(
+            f"{_row(env_id, label[:22], row)} {row[1] / base:6.2f}x  {settings_label(settings)}", flush=True
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="self-play time per configuration")
@@ -127,52 +167,59 @@ def main() -> int:
     ap.add_argument(
         "--c4-model", type=Path, default=None, help="a trained Connect Four model instead of an untrained one"
     )
+    ap.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        default=[],
+        help="more Connect Four actor settings to compare with today's, e.g. sims=16,search=gumbel (repeatable)",
+    )
+    ap.add_argument("--only", choices=["throughput", "defaults", "evaluator"], default=None)
     args = ap.parse_args()
     logging.getLogger("actor_stub").setLevel(logging.WARNING)
-
-    print(
-        f"actor: {args.sims} sims/move, {args.parallel_games} parallel games, 1 process, 1 onnxruntime thread"
-    )
     header = f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6} {'evals/s':>8} {'net share':>9}"
-    print(header)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {}
+        models, nets = {}, {}
         for env_id in ("tictactoe", "connect4"):
-            empty = tmp / f"{env_id}-none"
             with_model = tmp / f"{env_id}-model"
             with_model.mkdir()
             if env_id == "connect4" and args.c4_model is not None:
                 models[env_id] = with_model / LATEST_MODEL_NAME
                 shutil.copyfile(args.c4_model, models[env_id])
-                net = "given model"
+                nets[env_id] = "given model"
             else:
                 models[env_id] = export_default_model(env_id, with_model)
-                net = "MLP 128x3" if env_id == "tictactoe" else "ResNet 64x4"
-            for label, folder in (("none (rollouts)", empty), (net, with_model)):
-                row = bench_actor(
-                    env_id, folder, tmp / f"{env_id}.db", args.seconds, args.sims, args.parallel_games
-                )
-                print(_row(env_id, label, row), flush=True)
+                nets[env_id] = "MLP 128x3" if env_id == "tictactoe" else "ResNet 64x4"
 
-        print(f"\nconnect4 side by side, one model, {args.sims} sims/move")
-        print(header)
-        for label, settings in (
-            ("old (no cache/reuse)", dict(eval_cache=0, reuse_tree=False)),
-            ("defaults", {}),
-            ("defaults + reuse", dict(reuse_tree=True)),
-        ):
-            row = bench_actor(
-                "connect4",
-                models["connect4"].parent,
-                tmp / "side.db",
-                args.seconds,
-                args.sims,
-                args.parallel_games,
-                **settings,
+        if args.only in (None, "throughput"):
+            print(
+                f"actor: {args.sims} sims/move, {args.parallel_games} parallel games, 1 process, 1 onnxruntime thread"
             )
-            print(_row("connect4", label, row), flush=True)
+            print(header)
+            for env_id in ("tictactoe", "connect4"):
+                for label, folder in (
+                    ("none (rollouts)", tmp / f"{env_id}-none"),
+                    (nets[env_id], models[env_id].parent),
+                ):
+                    row = bench_actor(
+                        env_id,
+                        folder,
+                        tmp / f"{env_id}.db",
+                        args.seconds,
+                        sims=args.sims,
+                        parallel_games=args.parallel_games,
+                    )
+                    print(_row(env_id, label, row), flush=True)
 
+        if args.only in (None, "defaults"):
+            print("\nbefore/after: today's defaults vs the defaults now, one model per game, side by side")
+            print(f"{header} {'vs today':>7}  settings")
+            for env_id in ("tictactoe", "connect4"):
+                compare_defaults(env_id, models[env_id].parent, tmp / "side.db", args.seconds, args.tries)
+
+        if args.only not in (None, "evaluator"):
+            return 0
         print("\nevaluator: raw policy (greedy) vs opponent")
         print(f"{'game':<10} {'opponent':<10} {'games':>6} {'games/s':>8}")
         for env_id, opponent, games in (

@@ -118,3 +118,21 @@ def test_bad_teacher_and_suffix_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--output", str(tmp_path / "x.csv")])
     assert e.value.code == 2
+
+
+def test_c_puct_leaves_the_rollout_mcts_teacher_as_it_is(tmp_path):
+    """The mcts teacher is the evaluator's rollout UCT: --c-puct is accepted and changes nothing."""
+
+    def moves(c_puct: float) -> list[int]:
+        cfg = GenerateConfig(
+            env_id="connect4",
+            games=2,
+            teacher="mcts:8",
+            output=tmp_path / f"{c_puct}.jsonl",
+            seed=4,
+            progress=False,
+            c_puct=c_puct,
+        )
+        return generate(cfg)["actions"].tolist()
+
+    assert moves(0.1) == moves(8.0)

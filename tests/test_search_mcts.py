@@ -340,3 +340,26 @@ def test_actor_cache_changes_nothing_but_the_cost_and_reuse_still_writes_whole_g
     for rows in reused.values():
         for r in rows:
             assert np.allclose(r["policy_probs"] * 12, np.round(r["policy_probs"] * 12), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "settings, moves",
+    [
+        (
+            {},
+            [
+                [6, 5, 4, 5, 1, 5, 5, 6, 2, 3, 0, 0, 1, 3, 6, 4],
+                [4, 6, 4, 4, 2, 6, 0, 3, 1, 3, 1, 0, 3, 3, 0, 6, 2, 6],
+                [3, 2, 0, 5, 1, 3, 3, 2, 6, 1, 0, 0, 3, 5, 3, 3, 2, 6, 6, 4, 2, 4],
+            ],
+        ),
+        (
+            {"search": "gumbel"},
+            [[3, 3, 0, 3, 4, 3, 2, 3], [4, 1, 2, 6, 2, 4, 3, 4, 5], [4, 3, 3, 3, 2, 1, 0, 5, 1, 6, 2, 2, 0]],
+        ),
+    ],
+)
+def test_actor_self_play_is_unchanged_on_fixed_seeds(tmp_path, settings, moves):
+    """The actor's moves recorded before its search step was shared with the strength bench."""
+    games = _actor_games(tmp_path, "golden", **settings)
+    assert [[r["action"] for r in rows] for rows in games.values()] == moves
