@@ -12,7 +12,10 @@ With a model, each row also shows the positions the network evaluated per second
 share of the wall time spent in the network. Then, per game and with the same model, the
 actor's settings as they were before the per-game defaults (`TODAY`, spelled out here so the
 comparison survives a change of the defaults) side by side with the actor's defaults now
-(and any `--try` settings), in the same run: plies/s and its ratio to `TODAY`.
+(and, for Connect Four, any `--try` settings), in the same run, with the ratios to `TODAY`
+of plies/s and of plies per CPU second of the process. Plies are moves made within
+`--seconds`. On a quiet machine the two ratios agree; on a busy one the CPU-time ratio is
+the steadier (the wall-time one depends on the share of the cores a process gets).
 `benchmarks/actor_strength.py` plays such settings against each other for strength.
 
 The daemon's default periodic evaluation (100 greedy games against random) cost ~0.02 s of
@@ -115,34 +118,52 @@ class NetworkTimer:
 
 def bench_actor(
     env_id: str, model_dir: Path, db: Path, seconds: float, **settings
-) -> tuple[float, float, int, float, float]:
-    """(games/s, plies/s, games, network positions/s, share of time in the network)."""
+) -> tuple[float, float, int, float, float, float]:
+    """(games/s, plies/s, games, network positions/s, share of time in the network, plies per
+    CPU second of the process), all counted over the first `seconds`: plies are moves made,
+    so the games still in flight at the end (more of them with more parallel games) neither
+    count nor cost."""
     cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, seed=0, log_interval=1e9, **settings)
     stop = threading.Event()
     worker = SelfPlayWorker(cfg, 0, 0, stop)
     writer = ReplayWriter(db, get_game(env_id))
+    choose_moves = worker._choose_moves
+    plies = 0
+    # At the stop: wall time, CPU time, games, positions, net seconds.
+    window: tuple[float, float, int, int, float] | None = None
+
+    def counted(games):
+        nonlocal plies, window
+        if stop.is_set() and window is None:
+            window = (
+                time.perf_counter() - t0,
+                time.process_time() - cpu0,
+                worker.games_written,
+                net.positions,
+                net.seconds,
+            )
+        if window is None:
+            plies += len(games)
+        return choose_moves(games)
+
+    worker._choose_moves = counted
     timer = threading.Timer(seconds, stop.set)
-    t0 = time.perf_counter()
-    timer.start()
     try:
         with NetworkTimer() as net:
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            timer.start()
             worker.run(writer)  # finishes the games in flight after `stop`
     finally:
         timer.cancel()
         writer.close()
-    dt = time.perf_counter() - t0
-    return (
-        worker.games_written / dt,
-        worker.plies_written / dt,
-        worker.games_written,
-        net.positions / dt,
-        net.seconds / dt,
-    )
+    assert window is not None, "the stop came after the last move"
+    dt, cpu, games, positions, net_seconds = window
+    return games / dt, plies / dt, games, positions / dt, net_seconds / dt, plies / max(cpu, 1e-9)
 
 
-def _row(env_id: str, label: str, row: tuple[float, float, int, float, float]) -> str:
-    gps, pps, n, eps, share = row
-    return f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d} {eps:8.0f} {100 * share:8.0f}%"
+def _row(env_id: str, label: str, row: tuple[float, float, int, float, float, float]) -> str:
+    gps, pps, n, eps, share, per_cpu = row
+    return f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d} {eps:8.0f} {100 * share:8.0f}% {per_cpu:11.1f}"
 
 
 def compare_defaults(env_id: str, model_dir: Path, db: Path, seconds: float, tries: list[str]) -> None:
@@ -152,10 +173,9 @@ def compare_defaults(env_id: str, model_dir: Path, db: Path, seconds: float, tri
     base = None
     for label, settings in rows:
         row = bench_actor(env_id, model_dir, db, seconds, **settings)
-        base = base or row[1]
-        print(
-            f"{_row(env_id, label[:22], row)} {row[1] / base:6.2f}x  {settings_label(settings)}", flush=True
-        )
+        base = base or row
+        ratios = f"{row[1] / base[1]:8.2f}x {row[5] / base[5]:5.2f}x"
+        print(f"{_row(env_id, label[:22], row)} {ratios}  {settings_label(settings)}", flush=True)
 
 
 def main() -> int:
@@ -177,7 +197,10 @@ def main() -> int:
     ap.add_argument("--only", choices=["throughput", "defaults", "evaluator"], default=None)
     args = ap.parse_args()
     logging.getLogger("actor_stub").setLevel(logging.WARNING)
-    header = f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6} {'evals/s':>8} {'net share':>9}"
+    header = (
+        f"{'game':<10} {'model':<22} {'games/s':>8} {'plies/s':>9} {'games':>6} {'evals/s':>8} "
+        f"{'net share':>9} {'plies/cpu-s':>11}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models, nets = {}, {}
@@ -214,7 +237,7 @@ def main() -> int:
 
         if args.only in (None, "defaults"):
             print("\nbefore/after: today's defaults vs the defaults now, one model per game, side by side")
-            print(f"{header} {'vs today':>7}  settings")
+            print(f"{header} {'vs today':>9} {'(cpu)':>6}  settings")
             for env_id in ("tictactoe", "connect4"):
                 compare_defaults(env_id, models[env_id].parent, tmp / "side.db", args.seconds, args.tries)
 
