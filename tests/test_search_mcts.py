@@ -363,3 +363,19 @@ def test_actor_self_play_is_unchanged_on_fixed_seeds(tmp_path, settings, moves):
     """The actor's moves recorded before its search step was shared with the strength bench."""
     games = _actor_games(tmp_path, "golden", **settings)
     assert [[r["action"] for r in rows] for rows in games.values()] == moves
+
+
+def test_a_position_searches_the_same_alone_or_among_many_games():
+    """More games at once only batches their leaves together: each tree's search is its own
+    (without noise and rollouts nothing random is shared between the trees)."""
+    game = get_game("connect4")
+    roots = _c4_roots() * 8  # 32 positions, as the Connect Four actor plays at once
+    for net in (_linear_net, CountingUniform()):
+        cfg = MCTSConfig(sims=40)
+        together = search(game, roots, ObsEvaluator(net), cfg, np.random.default_rng(0))
+        for root, r in zip(roots[:4], together[:4]):
+            (alone,) = search(game, [root], ObsEvaluator(net), cfg, np.random.default_rng(1))
+            assert np.array_equal(alone.visits, r.visits) and alone.value == pytest.approx(r.value, abs=1e-12)
+            assert [c.N.tolist() for c in alone.root.children.values()] == [
+                c.N.tolist() for c in r.root.children.values()
+            ]
