@@ -30,8 +30,10 @@ The end-to-end measurements use the CLI (numbers in the README's table):
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +109,8 @@ def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
     print(f"wrote {moves} teacher moves ({episode} games) to {path}")
 
 
-def make_objective(mode: str, spec, device):
-    make = lambda: build_network(spec).to(device)  # noqa: E731  the daemon's default nets
+def make_objective(mode: str, spec, device, net: str = "auto"):
+    make = lambda: build_network(spec, net).to(device)  # noqa: E731  the daemon's default nets
     if mode == "imitation":
         return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adam")
     if mode == "bc":
@@ -148,13 +150,162 @@ def bench(env_id: str, mode: str, updates: int, batch: int, device: torch.device
     return updates / (time.perf_counter() - t0)
 
 
+# --- side by side with d3rlpy ----------------------------------------------------------------
+
+
+def openspiel_planes(board: tuple[int, ...], mover: int) -> np.ndarray:
+    """OpenSpiel's Connect Four observation: the mover's stones, the opponent's, the empty
+    cells, as three 6x7 planes (126 floats)."""
+    b = np.asarray(board)
+    return np.concatenate([b == mover, b == 3 - mover, b == 0]).astype(np.float32)
+
+
+def tactical_move(game, state, legal: np.ndarray, rng: np.random.Generator) -> int:
+    """A one-ply teacher: win if it can, else block the opponent's win, else a random move."""
+    moves = np.flatnonzero(legal)
+    for a in moves:
+        if game.apply(state, int(a)).winner == state.to_move:
+            return int(a)
+    blocker = replace(state, to_move=3 - state.to_move)
+    for a in moves:
+        if game.apply(blocker, int(a)).winner == blocker.to_move:
+            return int(a)
+    return int(rng.choice(moves))
+
+
+def mixed_connect4(moves: int, epsilon: float = 0.3, seed: int = 0) -> RawData:
+    """At least `moves` plies of Connect Four between two epsilon-greedy tactical players,
+    with OpenSpiel's 126-float observations and explicit legal masks (so the trainer sees
+    generic data: its default network is the MLP, as for d3rlpy)."""
+    game, rng = get_game("connect4"), np.random.default_rng(seed)
+    obs, legal, actions, rewards, dones, episodes = [], [], [], [], [], []
+    episode = 0
+    while len(obs) < moves:
+        state = game.initial_state()
+        while not state.is_terminal:
+            mask = game.legal_mask(state)
+            if rng.random() < epsilon:
+                a = int(rng.choice(np.flatnonzero(mask)))
+            else:
+                a = tactical_move(game, state, mask, rng)
+            after = game.apply(state, a)
+            obs.append(openspiel_planes(state.board, state.to_move))
+            legal.append(mask)
+            actions.append(a)
+            rewards.append(game.reward_for_mover(state, after))
+            dones.append(after.is_terminal)
+            episodes.append(episode)
+            state = after
+        episode += 1
+    return RawData(
+        obs=np.stack(obs),
+        actions=np.asarray(actions),
+        legal=np.stack(legal),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        dones=np.asarray(dones),
+        episode_ids=np.asarray(episodes),
+        attrs={"player_count": 2},
+    )
+
+
+def timed(update, updates: int, rounds: int) -> float:
+    """Median updates/s over `rounds` runs of `updates` calls, after a short warm-up."""
+    for _ in range(5):
+        update()
+    rates = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            update()
+        rates.append(updates / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def ours(mode: str, data, batch: int, seed: int = 0):
+    """One update of ours as the loop does it: next_batch() + train_step(batch, lr)."""
+    rows = torch.arange(len(data))
+    if mode in ("iql", "cql"):
+        rows = rows[data.has_next]
+    source = ShuffledSource(data, rows, batch, seed=seed)
+    obj = make_objective(mode, data.spec, torch.device("cpu"), "mlp")
+    return lambda: obj.train_step(source.next_batch(), 1e-3)
+
+
+def d3rlpy_update(kind: str, raw: RawData, batch: int, hidden: list[int] | None, presampled: int = 64):
+    """One d3rlpy `update(batch)` (its numpy -> torch conversion included) on batches drawn
+    beforehand: d3rlpy samples in Python per transition, which would dominate otherwise."""
+    import d3rlpy
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=raw.obs,
+        actions=raw.actions.astype(np.int64),
+        rewards=raw.rewards.astype(np.float32),
+        terminals=raw.dones.astype(np.float32),
+        action_space=d3rlpy.constants.ActionSpace.DISCRETE,
+        action_size=int(raw.legal.shape[1]),
+    )
+    extra = (
+        {} if hidden is None else {"encoder_factory": d3rlpy.models.VectorEncoderFactory(hidden_units=hidden)}
+    )
+    config = d3rlpy.algos.DiscreteBCConfig if kind == "bc" else d3rlpy.algos.DiscreteCQLConfig
+    algo = config(batch_size=batch, **extra).create(device="cpu:0")
+    algo.build_with_dataset(dataset)
+    batches = [dataset.sample_transition_batch(batch) for _ in range(presampled)]
+    counter = iter(range(10**12))
+    return lambda: algo.update(batches[next(counter) % presampled])
+
+
+def compare(updates: int, rounds: int, batch: int, moves: int) -> None:
+    t0 = time.perf_counter()
+    raw = mixed_connect4(moves)
+    print(
+        f"data: {len(raw.obs)} Connect Four plies (epsilon 0.3 tactical play), {time.perf_counter() - t0:.0f} s"
+    )
+    supervised = build_dataset(raw, "mixed", transitions=False)
+    transitions = build_dataset(raw, "mixed", transitions=True)
+    rates: dict[str, float] = {}
+    for mode in ("imitation", "bc", "iql", "cql"):
+        rates[f"ours {mode} (mlp 128x3)"] = timed(
+            ours(mode, transitions if mode in ("iql", "cql") else supervised, batch), updates, rounds
+        )
+    try:
+        import d3rlpy  # noqa: F401  optional: requirements-bench.txt
+    except ImportError:
+        d3rlpy_rows = []
+    else:
+        d3rlpy_rows = [
+            ("bc", None, "default 256x2"),
+            ("cql", None, "default 256x2"),
+            ("bc", [128] * 3, "mlp 128x3"),
+            ("cql", [128] * 3, "mlp 128x3"),
+        ]
+    for kind, hidden, net in d3rlpy_rows:
+        name = f"d3rlpy Discrete{kind.upper()} ({net})"
+        rates[name] = timed(d3rlpy_update(kind, raw, batch, hidden), updates, rounds)
+    bc_ref = rates.get("d3rlpy DiscreteBC (default 256x2)")
+    cql_ref = rates.get("d3rlpy DiscreteCQL (default 256x2)")
+    print(f"{'':<36} {'updates/s':>10} {'vs d3rlpy':>10}")
+    for name, rate in rates.items():
+        ref = bc_ref if ("imitation" in name or "bc" in name.lower()) else cql_ref
+        ratio = f"{rate / ref:9.2f}x" if ref else "-"
+        print(f"{name:<36} {rate:10.1f} {ratio:>10}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--updates", type=int, default=30)
+    p.add_argument("--updates", type=int, default=200, help="Timed updates per round.")
+    p.add_argument("--rounds", type=int, default=3, help="Rounds per contender; the median is shown.")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--games", default="tictactoe,connect4")
+    p.add_argument("--moves", type=int, default=100_000, help="Plies of the side-by-side data.")
+    p.add_argument("--device", default="cpu", help="For the per-game table (the comparison is on CPU).")
+    p.add_argument(
+        "--games",
+        default="",
+        help="Also time every mode on random games of these (e.g. tictactoe,connect4) with the daemon's nets.",
+    )
     p.add_argument("--modes", default="imitation,bc,iql,cql")
     p.add_argument(
         "--write-teacher-data",
@@ -168,12 +319,15 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
     print(
-        f"batch {args.batch_size}, {args.updates} timed updates, torch {torch.__version__}, "
-        f"{args.threads} thread(s), device {device}"
+        f"batch {args.batch_size}, {args.rounds} x {args.updates} timed updates, torch {torch.__version__}, "
+        f"{args.threads} thread(s)"
     )
-    print(f"{'game':<10} {'mode':<10} {'net':<12} {'updates/s':>10} {'samples/s':>10}")
+    compare(args.updates, args.rounds, args.batch_size, args.moves)
+    if not args.games:
+        return 0
+    device = torch.device(args.device)
+    print(f"\n{'game':<10} {'mode':<10} {'net':<12} {'updates/s':>10} {'samples/s':>10}  (device {device})")
     for env_id in args.games.split(","):
         net = "mlp 128x3" if get_game(env_id).spec.cells < 16 else "resnet 64x4"
         for mode in args.modes.split(","):

@@ -218,3 +218,19 @@ def test_imitation_learns_the_outcomes(datasets, tmp_path):
 
     untrained, trained = value_error(None), value_error(state.objective["net"])
     assert trained < 0.6 * untrained, (untrained, trained)
+
+
+@pytest.mark.parametrize("mode", ["bc", "cql"])
+def test_logging_less_often_trains_the_same_weights(mode, datasets, tmp_path):
+    """stats.json and the log every step or once at the end: the same checkpoint, bit for bit."""
+    _, _, fmt, _, _, _ = MODES[mode]
+    states = []
+    for name, every in (("often", "1"), ("rarely", "1000")):
+        out = tmp_path / name
+        args = [*argv(mode, datasets[fmt], out), "--stats-interval", every, "--log-interval", every]
+        assert MODES[mode][0].main(args) == 0
+        states.append(objective_tensors(load_checkpoint_file(out / "checkpoints" / "latest.pt")))
+    often, rarely = states
+    assert often.keys() == rarely.keys() and ".net.policy_head.weight" in often
+    for k in often:
+        assert torch.equal(often[k], rarely[k]), k

@@ -33,6 +33,10 @@ class MLPNet(nn.Module):
         h = self.trunk(obs)
         return self.policy_head(h), torch.tanh(self.value_head(h))
 
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy head alone: a twin-Q critic reads only its Q(s, .), not the value."""
+        return self.policy_head(self.trunk(obs))
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
@@ -74,15 +78,22 @@ class ResNet(nn.Module):
         side = obs[:, self.side_offset : self.side_offset + 2].reshape(b, 2, 1, 1)
         return torch.cat([stones, side.expand(b, 2, self.h, self.w)], dim=1)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
         x = self.planes(obs)
         if self.training and x.device.type == "cpu":
             # CPU convolution kernels are faster in channels-last layout.
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.tower(self.stem(x))
+        return self.tower(self.stem(x))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.features(obs)
         p = self.policy_fc(self.policy_conv(x).flatten(1))
         v = torch.tanh(self.value_fc(self.value_conv(x).flatten(1)))
         return p, v
+
+    def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy head alone: a twin-Q critic reads only its Q(s, .), not the value."""
+        return self.policy_fc(self.policy_conv(self.features(obs)).flatten(1))
 
 
 def resolve_net_kind(kind: NetKind, spec: GameSpec) -> str:

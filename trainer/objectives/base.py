@@ -63,12 +63,25 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def adam(params, *, lr: float, weight_decay: float, decoupled: bool = True) -> torch.optim.Optimizer:
+    """AdamW (or Adam) with PyTorch's fused kernel where it has one (CPU, CUDA): one update
+    over all tensors instead of a dozen small ops per tensor."""
+    params = list(params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    fast = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {"foreach": True}
+    return cls(params, lr=lr, weight_decay=weight_decay, **fast)
+
+
 def clip_and_norm(params, max_norm: float) -> float:
-    """Global-norm clip; returns the pre-clip norm (recorded in stats)."""
-    params = [p for p in params if p.grad is not None]
+    """Global-norm clip; returns the pre-clip norm (recorded in stats). The arithmetic of
+    `clip_grad_norm_`, in fused ops: on CPU it would loop over the tensors."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return float(norm)
 
 
 class NonFiniteStep(ArithmeticError):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.objectives.policy_value import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
+from trainer.objectives.step_metrics import Values
 from trainer.objectives.twin_q import TwinQObjective, gather, masked_max
 from trainer.training.batch import Batch
 
@@ -49,10 +50,7 @@ class CQLObjective(TwinQObjective):
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         a, legal, next_legal = batch.action, batch.legal_mask, batch.next_legal_mask
         with torch.no_grad():
-            was_training = self.q.training
-            self.q.eval()
-            n1, n2 = self.q(batch.next_obs)
-            self.q.train(was_training)
+            n1, n2 = self.eval_forward(self.q, batch.next_obs)
             best_next = ((n1 + n2) / 2).masked_fill(~next_legal, ILLEGAL_LOGIT).argmax(-1)
             t1, t2 = self.q_target(batch.next_obs)
             opp_value = gather((t1 + t2) / 2, best_next)
@@ -89,18 +87,18 @@ class CQLObjective(TwinQObjective):
             "legal": legal,
         }
 
-    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> Values:
         greedy = out["q_min"].masked_fill(~out["legal"], ILLEGAL_LOGIT).argmax(-1)
         return {
-            "total_loss": (out["q_loss"] + out["net_loss"]).item(),
-            "policy_loss": out["pi_loss"].item(),
-            "value_loss": out["v_loss"].item(),
-            "q_loss": out["q_loss"].item(),
-            "td_loss": out["td_loss"].item(),
-            "cql_penalty": out["penalty"].item(),
-            "q_mean": out["q1a"].mean().item(),
-            "q_target_mean": out["y"].mean().item(),
-            "q_max_legal_mean": out["v_target"].mean().item(),
-            "greedy_matches_data": (greedy == batch.action).float().mean().item(),
+            "total_loss": out["q_loss"] + out["net_loss"],
+            "policy_loss": out["pi_loss"],
+            "value_loss": out["v_loss"],
+            "q_loss": out["q_loss"],
+            "td_loss": out["td_loss"],
+            "cql_penalty": out["penalty"],
+            "q_mean": out["q1a"].mean(),
+            "q_target_mean": out["y"].mean(),
+            "q_max_legal_mean": out["v_target"].mean(),
+            "greedy_matches_data": (greedy == batch.action).float().mean(),
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.objectives.policy_value import masked_log_softmax, policy_metrics
+from trainer.objectives.step_metrics import Values
 from trainer.objectives.twin_q import TwinQObjective, gather
 from trainer.training.batch import Batch
 
@@ -54,10 +55,7 @@ class IQLObjective(TwinQObjective):
         with torch.no_grad():
             tq1, tq2 = self.q_target(batch.obs)
             q_data = torch.min(gather(tq1, a), gather(tq2, a))
-            was_training = self.net.training
-            self.net.eval()
-            v_next = self.net(batch.next_obs)[1].squeeze(-1)
-            self.net.train(was_training)
+            v_next = self.eval_forward(self.net, batch.next_obs)[1].squeeze(-1)
             y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * v_next
 
         logits, v = self.net(batch.obs)
@@ -66,7 +64,7 @@ class IQLObjective(TwinQObjective):
         weight = torch.abs(self.expectile - (diff < 0).float())
         v_loss = (weight * diff * diff).mean()
 
-        adv = (q_data - v).detach()
+        adv = diff.detach()
         w = torch.exp(self.beta * adv).clamp(max=self.max_weight)
         logp = masked_log_softmax(logits, batch.legal_mask)
         pi_loss = -(w * gather(logp, a)).mean()
@@ -87,19 +85,19 @@ class IQLObjective(TwinQObjective):
             "w": w,
         }
 
-    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> Values:
         adv, w = out["adv"], out["w"]
         return {
-            "total_loss": (out["net_loss"] + out["q_loss"]).item(),
-            "policy_loss": out["pi_loss"].item(),
-            "value_loss": out["v_loss"].item(),
-            "q_loss": out["q_loss"].item(),
-            "q_mean": out["q1a"].mean().item(),
-            "q_target_mean": out["y"].mean().item(),
-            "v_mean": out["v"].mean().item(),
-            "advantage_mean": adv.mean().item(),
-            "advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
-            "advantage_weight_mean": w.mean().item(),
-            "advantage_weight_clipped": (w >= self.max_weight).float().mean().item(),
+            "total_loss": out["net_loss"] + out["q_loss"],
+            "policy_loss": out["pi_loss"],
+            "value_loss": out["v_loss"],
+            "q_loss": out["q_loss"],
+            "q_mean": out["q1a"].mean(),
+            "q_target_mean": out["y"].mean(),
+            "v_mean": out["v"].mean(),
+            "advantage_mean": adv.mean(),
+            "advantage_std": adv.std() if adv.numel() > 1 else 0.0,
+            "advantage_weight_mean": w.mean(),
+            "advantage_weight_clipped": (w >= self.max_weight).float().mean(),
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }

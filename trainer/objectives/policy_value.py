@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.objectives.base import Objective, StepGuard, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, set_lr
+from trainer.objectives.step_metrics import StepMetrics, as_floats
 from trainer.training.batch import Batch
 
 # Large negative instead of -inf: 0 * -inf would turn the loss into NaN on illegal moves.
@@ -27,14 +28,16 @@ def masked_log_softmax(logits: torch.Tensor, legal_mask: torch.Tensor) -> torch.
     return F.log_softmax(logits.masked_fill(~legal_mask, ILLEGAL_LOGIT), dim=-1)
 
 
-def policy_metrics(logp: torch.Tensor, target: torch.Tensor, legal_mask: torch.Tensor) -> dict[str, float]:
+def policy_metrics(
+    logp: torch.Tensor, target: torch.Tensor, legal_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     probs = logp.exp()
     entropy = -(probs * logp.masked_fill(~legal_mask, 0.0)).sum(-1).mean()
     # A hit when the predicted move is one the target rates best: teachers with several
     # equally good moves spread their target over all of them.
     picked = target.gather(-1, logp.argmax(-1, keepdim=True)).squeeze(-1)
     accuracy = (picked >= target.max(-1).values - 1e-6).float().mean()
-    return {"policy_entropy": float(entropy), "policy_accuracy": float(accuracy)}
+    return {"policy_entropy": entropy, "policy_accuracy": accuracy}
 
 
 def smoothed_targets(target: torch.Tensor, legal: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -70,10 +73,8 @@ class PolicyValueObjective(Objective):
         self.name = name
         self.net = net
         self.train_net = net  # what train_step calls: the net, or a wrapper of it (DDP)
-        opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-        # foreach: one fused update over all tensors, faster for the small MLPs on CPU,
-        # where PyTorch otherwise picks the per-tensor loop.
-        self.optimizer = opt_cls(net.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+        self.params = list(net.parameters())
+        self.optimizer = adam(self.params, lr=lr, weight_decay=weight_decay, decoupled=optimizer == "adamw")
         self.grad_clip = grad_clip
         self.label_smoothing = label_smoothing
         self.policy_weight = policy_weight
@@ -89,15 +90,15 @@ class PolicyValueObjective(Objective):
         total = self.policy_weight * policy_loss + self.value_weight * value_loss
         return {"total": total, "policy": policy_loss, "value": value_loss, "logp": logp}
 
-    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
+    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         return {
-            "total_loss": out["total"].item(),
-            "policy_loss": out["policy"].item(),
-            "value_loss": out["value"].item(),
+            "total_loss": out["total"],
+            "policy_loss": out["policy"],
+            "value_loss": out["value"],
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }
 
-    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
+    def train_step(self, batch: Batch, lr: float) -> StepMetrics:
         if not self.net.training:
             self.net.train()
         set_lr(self.optimizer, lr)
@@ -105,8 +106,12 @@ class PolicyValueObjective(Objective):
         out = self.losses(batch, self.label_smoothing, self.train_net)
         self.optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
-        grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
-        metrics = {**self._metrics(out, batch), "grad_norm": grad_norm}
+        grad_norm = clip_and_norm(self.params, self.grad_clip)
+        # Only what the guard checks now; the rest when a hook reads it.
+        metrics = StepMetrics(
+            {"total_loss": float(out["total"].detach()), "grad_norm": grad_norm},
+            lambda: self._metrics(out, batch),
+        )
         self.guard.check(metrics, "total_loss", "grad_norm")
         self.optimizer.step()
         return metrics
@@ -115,7 +120,7 @@ class PolicyValueObjective(Objective):
     def evaluate(self, batch: Batch) -> dict[str, float]:
         """Unsmoothed: a validation loss measures the data's own moves."""
         self.net.eval()
-        return self._metrics(self.losses(batch, 0.0), batch)
+        return as_floats(self._metrics(self.losses(batch, 0.0), batch))
 
     def wrap_for_training(self, wrap) -> None:
         self.train_net = wrap(self.net)

@@ -17,20 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.objectives.base import Objective, StepGuard, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, set_lr
 from trainer.objectives.policy_value import ILLEGAL_LOGIT
+from trainer.objectives.step_metrics import StepMetrics, Values, as_floats
 from trainer.training.batch import Batch
 
 
 class TwinQ(nn.Module):
-    """Two independent Q networks; each is a policy-value net whose logits are Q(s, .)."""
+    """Two independent Q networks; each is a policy-value net whose logits are Q(s, .)
+    (their value heads are never evaluated)."""
 
     def __init__(self, make_net: Callable[[], nn.Module]):
         super().__init__()
         self.q1, self.q2 = make_net(), make_net()
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q1(obs)[0], self.q2(obs)[0]
+        return self.q1.policy_logits(obs), self.q2.policy_logits(obs)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -39,12 +41,26 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target.eval()
 
 
-@torch.no_grad()
-def polyak_update(target: nn.Module, online: nn.Module, rate: float) -> None:
-    t_params, o_params = list(target.parameters()), list(online.parameters())
-    torch._foreach_lerp_(t_params, o_params, rate)
-    for t_buf, o_buf in zip(target.buffers(), online.buffers()):
-        t_buf.copy_(o_buf)  # BatchNorm statistics follow the online net
+class Polyak:
+    """target <- target + rate * (online - target), over tensor lists gathered once."""
+
+    def __init__(self, target: nn.Module, online: nn.Module, rate: float):
+        self.t_params, self.o_params = list(target.parameters()), list(online.parameters())
+        self.t_bufs, self.o_bufs = list(target.buffers()), list(online.buffers())
+        self.rate = rate
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        torch._foreach_lerp_(self.t_params, self.o_params, self.rate)
+        if self.t_bufs:
+            torch._foreach_copy_(self.t_bufs, self.o_bufs)  # BatchNorm statistics follow the online net
+
+
+def has_modes(module: nn.Module) -> bool:
+    """Whether train and eval mode compute differently (BatchNorm, dropout). Switching
+    modes walks every submodule, so modules without such layers are not switched."""
+    modal = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return any(isinstance(m, modal) for m in module.modules())
 
 
 def masked_max(q: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
@@ -79,14 +95,12 @@ class TwinQObjective(Objective):
         device = next(net.parameters()).device
         self.q = TwinQ(make_net).to(device)
         self.q_target = frozen_copy(self.q)
-        self.opt_net = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-        self.opt_q = torch.optim.AdamW(self.q.parameters(), lr=lr, weight_decay=weight_decay)
-        self.grad_clip, self.gamma, self.rate, self.value_weight = (
-            grad_clip,
-            gamma,
-            target_update_rate,
-            value_weight,
-        )
+        self.net_params, self.q_params = list(net.parameters()), list(self.q.parameters())
+        self.opt_net = adam(self.net_params, lr=lr, weight_decay=weight_decay)
+        self.opt_q = adam(self.q_params, lr=lr, weight_decay=weight_decay)
+        self.grad_clip, self.gamma, self.value_weight = grad_clip, gamma, value_weight
+        self.polyak = Polyak(self.q_target, self.q, target_update_rate)
+        self.modal = has_modes(net) or has_modes(self.q)
         self.sign = opponent_sign(player_count)
         self.guard = StepGuard(self.net, self.q)
 
@@ -95,32 +109,52 @@ class TwinQObjective(Objective):
         """At least `net_loss` and `q_loss`, plus whatever `_metrics` reports."""
 
     @abstractmethod
-    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]: ...
+    def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> Values:
+        """0-d tensors (or floats) by name; brought to the host only when read."""
 
-    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
-        self.net.train()
-        self.q.train()
+    def eval_forward(self, module: nn.Module, obs: torch.Tensor):
+        """`module(obs)` in eval mode (BatchNorm on its running statistics, no batch update),
+        the module's mode put back after; called under no_grad for bootstrap targets."""
+        if not self.modal:
+            return module(obs)
+        was_training = module.training
+        module.eval()
+        try:
+            return module(obs)
+        finally:
+            module.train(was_training)
+
+    def _train_mode(self) -> None:
+        if not (self.net.training and self.q.training):  # .train() walks every submodule
+            self.net.train()
+            self.q.train()
+
+    def train_step(self, batch: Batch, lr: float) -> StepMetrics:
+        self._train_mode()
         set_lr(self.opt_net, lr)
         set_lr(self.opt_q, lr)
         self.guard.begin()
         out = self.losses(batch)
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_q.zero_grad(set_to_none=True)
-        (out["net_loss"] + out["q_loss"]).backward()  # disjoint parameters (q targets detached): one backward
-        grad_norm = clip_and_norm(self.net.parameters(), self.grad_clip)
-        q_grad_norm = clip_and_norm(self.q.parameters(), self.grad_clip)
-        metrics = {**self._metrics(out, batch), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+        total = out["net_loss"] + out["q_loss"]
+        total.backward()  # disjoint parameters (q targets detached): one backward
+        grad_norm = clip_and_norm(self.net_params, self.grad_clip)
+        q_grad_norm = clip_and_norm(self.q_params, self.grad_clip)
+        # Only what the guard checks now; the rest when a hook reads it.
+        known = {"total_loss": float(total.detach()), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+        metrics = StepMetrics(known, lambda: self._metrics(out, batch))
         self.guard.check(metrics, "total_loss", "grad_norm", "q_grad_norm")
         self.opt_net.step()
         self.opt_q.step()
-        polyak_update(self.q_target, self.q, self.rate)
+        self.polyak()
         return metrics
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, float]:
         self.net.eval()
         self.q.eval()
-        return self._metrics(self.losses(batch), batch)
+        return as_floats(self._metrics(self.losses(batch), batch))
 
     def export_module(self) -> nn.Module:
         return self.net

@@ -80,13 +80,18 @@ class OfflineDataset:
         return replace(self, **{name: t[:rows] for name, t in self._tensors().items()})
 
     def batch(self, idx: torch.Tensor) -> Batch:
-        """Gather rows `idx` (an index tensor on the data's device): no Python per sample."""
-        action = self.action[idx]
-        legal = self.legal_mask[idx]
+        """Gather rows `idx` (an index tensor on the data's device): no Python per sample.
+        `index_select`, not `t[idx]`: the general indexing path is several times slower on
+        CPU for the same copy."""
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, idx)
+
+        action, legal = rows(self.action), rows(self.legal_mask)
         policy = torch.zeros(legal.shape, dtype=torch.float32, device=legal.device)
         policy.scatter_(1, action.unsqueeze(1), 1.0)
-        b = Batch(obs=self.obs[idx], legal_mask=legal, policy=policy, value=self.value[idx], action=action)
+        b = Batch(obs=rows(self.obs), legal_mask=legal, policy=policy, value=rows(self.value), action=action)
         if self.next_obs is not None:
-            b.reward, b.done = self.reward[idx], self.done[idx]
-            b.next_obs, b.next_legal_mask = self.next_obs[idx], self.next_legal_mask[idx]
+            b.reward, b.done = rows(self.reward), rows(self.done)
+            b.next_obs, b.next_legal_mask = rows(self.next_obs), rows(self.next_legal_mask)
         return b
