@@ -1,14 +1,24 @@
-"""Updates per second of every offline mode, at batch 256, on tic-tac-toe and Connect Four shapes.
+"""Updates per second of every offline mode beside d3rlpy's, at batch 256, on one thread.
 
-    python benchmarks/offline_bench.py [--updates 30] [--threads 1] [--games tictactoe,connect4]
-        [--modes imitation,bc,iql,cql] [--device cpu]
+    python benchmarks/offline_bench.py [--updates 50] [--rounds 10] [--clock wall|cpu]
+        [--moves 100000] [--threads 1] [--games tictactoe,connect4] [--modes ...] [--device cpu]
 
-Data: uniformly random games of each game (trainer.games), held in memory exactly as the
-commands hold them (OfflineDataset + ShuffledSource), with the daemon's default networks
-(MLP 128x3 for tic-tac-toe, ResNet 64x4 for Connect Four). A timed update is
-`source.next_batch()` + `objective.train_step(batch, lr)`, i.e. what the shared TrainLoop
-does per step minus the hooks. imitation and bc share one objective (they differ in
-defaults: Adam vs AdamW, label smoothing), so both are timed with their own settings.
+Side by side in one process (always): 100k plies of Connect Four between two epsilon-greedy
+tactical players (win if possible, else block, else random; epsilon 0.3), a fast stand-in
+for MCTS/epsilon play of the same shape, with OpenSpiel's 126-float observations (mover's
+stones, opponent's, empty) and explicit legal masks. Ours: imitation, bc, iql, cql on the
+MLP 128x3 (`--net mlp`), as the commands hold the data (OfflineDataset + ShuffledSource); a
+timed update is `source.next_batch()` + `objective.train_step(batch, lr)`, what the shared
+TrainLoop does per step minus the hooks. d3rlpy 2.8.1 (`pip install -r
+requirements-bench.txt`; never imported by trainer/), when installed: DiscreteBC and
+DiscreteCQL at their default network (256x2) and at our MLP's trunk (128x3), timed on
+`algo.update(batch)` (its numpy -> torch conversion included) over batches sampled before
+the clock starts. The contenders take turns in blocks of `--updates`; the median block is
+shown with its ratio to d3rlpy at its default network (BC for imitation/bc, CQL for
+iql/cql). `--clock cpu` times this thread's CPU time, for a machine that is not quiet.
+
+`--games` adds the per-game table: uniformly random games of each game (trainer.games) with
+the daemon's default networks (MLP 128x3 for tic-tac-toe, ResNet 64x4 for Connect Four).
 
 The end-to-end measurements use the CLI (numbers in the README's table):
 
@@ -208,17 +218,26 @@ def mixed_connect4(moves: int, epsilon: float = 0.3, seed: int = 0) -> RawData:
     )
 
 
-def timed(update, updates: int, rounds: int) -> float:
-    """Median updates/s over `rounds` runs of `updates` calls, after a short warm-up."""
-    for _ in range(5):
-        update()
-    rates = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(updates):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timed(updates_by_name: dict, updates: int, rounds: int, clock: str) -> dict[str, float]:
+    """Median updates/s of each contender over `rounds` blocks of `updates` calls, the
+    contenders taking turns block by block, so that a change in the machine's load falls
+    on all of them alike. `clock` "cpu" counts this thread's CPU time (all the work of a
+    1-thread run), which other processes on a busy machine barely disturb."""
+    now = CLOCKS[clock]
+    for update in updates_by_name.values():
+        for _ in range(5):  # warm-up (allocator, first-call paths)
             update()
-        rates.append(updates / (time.perf_counter() - t0))
-    return float(np.median(rates))
+    rates: dict[str, list[float]] = {name: [] for name in updates_by_name}
+    for _ in range(rounds):
+        for name, update in updates_by_name.items():
+            t0 = now()
+            for _ in range(updates):
+                update()
+            rates[name].append(updates / (now() - t0))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def ours(mode: str, data, batch: int, seed: int = 0):
@@ -257,7 +276,7 @@ def d3rlpy_update(kind: str, raw: RawData, batch: int, hidden: list[int] | None,
     return lambda: algo.update(batches[next(counter) % presampled])
 
 
-def compare(updates: int, rounds: int, batch: int, moves: int) -> None:
+def compare(updates: int, rounds: int, batch: int, moves: int, clock: str) -> None:
     t0 = time.perf_counter()
     raw = mixed_connect4(moves)
     print(
@@ -265,28 +284,26 @@ def compare(updates: int, rounds: int, batch: int, moves: int) -> None:
     )
     supervised = build_dataset(raw, "mixed", transitions=False)
     transitions = build_dataset(raw, "mixed", transitions=True)
-    rates: dict[str, float] = {}
-    for mode in ("imitation", "bc", "iql", "cql"):
-        rates[f"ours {mode} (mlp 128x3)"] = timed(
-            ours(mode, transitions if mode in ("iql", "cql") else supervised, batch), updates, rounds
-        )
+    contenders = {
+        f"ours {mode} (mlp 128x3)": ours(mode, transitions if mode in ("iql", "cql") else supervised, batch)
+        for mode in ("imitation", "bc", "iql", "cql")
+    }
     try:
         import d3rlpy  # noqa: F401  optional: requirements-bench.txt
     except ImportError:
-        d3rlpy_rows = []
+        print("d3rlpy is not installed (pip install -r requirements-bench.txt): ours only")
     else:
-        d3rlpy_rows = [
+        for kind, hidden, net in (
             ("bc", None, "default 256x2"),
             ("cql", None, "default 256x2"),
             ("bc", [128] * 3, "mlp 128x3"),
             ("cql", [128] * 3, "mlp 128x3"),
-        ]
-    for kind, hidden, net in d3rlpy_rows:
-        name = f"d3rlpy Discrete{kind.upper()} ({net})"
-        rates[name] = timed(d3rlpy_update(kind, raw, batch, hidden), updates, rounds)
+        ):
+            contenders[f"d3rlpy Discrete{kind.upper()} ({net})"] = d3rlpy_update(kind, raw, batch, hidden)
+    rates = timed(contenders, updates, rounds, clock)
     bc_ref = rates.get("d3rlpy DiscreteBC (default 256x2)")
     cql_ref = rates.get("d3rlpy DiscreteCQL (default 256x2)")
-    print(f"{'':<36} {'updates/s':>10} {'vs d3rlpy':>10}")
+    print(f"{'':<36} {'updates/s':>10} {'vs d3rlpy':>10}   ({clock} clock; ratio to d3rlpy's default net)")
     for name, rate in rates.items():
         ref = bc_ref if ("imitation" in name or "bc" in name.lower()) else cql_ref
         ratio = f"{rate / ref:9.2f}x" if ref else "-"
@@ -295,8 +312,16 @@ def compare(updates: int, rounds: int, batch: int, moves: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--updates", type=int, default=200, help="Timed updates per round.")
-    p.add_argument("--rounds", type=int, default=3, help="Rounds per contender; the median is shown.")
+    p.add_argument("--updates", type=int, default=50, help="Timed updates per block.")
+    p.add_argument(
+        "--rounds", type=int, default=10, help="Blocks per contender, taking turns; the median is shown."
+    )
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this thread's CPU time (steadier on a busy machine, same on a quiet one).",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--moves", type=int, default=100_000, help="Plies of the side-by-side data.")
@@ -323,7 +348,7 @@ def main() -> int:
         f"batch {args.batch_size}, {args.rounds} x {args.updates} timed updates, torch {torch.__version__}, "
         f"{args.threads} thread(s)"
     )
-    compare(args.updates, args.rounds, args.batch_size, args.moves)
+    compare(args.updates, args.rounds, args.batch_size, args.moves, args.clock)
     if not args.games:
         return 0
     device = torch.device(args.device)

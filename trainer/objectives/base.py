@@ -72,6 +72,13 @@ def adam(params, *, lr: float, weight_decay: float, decoupled: bool = True) -> t
     return cls(params, lr=lr, weight_decay=weight_decay, **fast)
 
 
+def drop_grads(params: list[torch.Tensor]) -> None:
+    """`optimizer.zero_grad(set_to_none=True)` for a parameter list gathered once, without
+    the optimiser's per-call bookkeeping."""
+    for p in params:
+        p.grad = None
+
+
 def clip_and_norm(params, max_norm: float) -> float:
     """Global-norm clip; returns the pre-clip norm (recorded in stats). The arithmetic of
     `clip_grad_norm_`, in fused ops: on CPU it would loop over the tensors."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, drop_grads, set_lr
 from trainer.objectives.step_metrics import StepMetrics, as_floats
 from trainer.training.batch import Batch
 
@@ -104,7 +104,7 @@ class PolicyValueObjective(Objective):
         set_lr(self.optimizer, lr)
         self.guard.begin()
         out = self.losses(batch, self.label_smoothing, self.train_net)
-        self.optimizer.zero_grad(set_to_none=True)
+        drop_grads(self.params)
         out["total"].backward()
         grad_norm = clip_and_norm(self.params, self.grad_clip)
         # Only what the guard checks now; the rest when a hook reads it.

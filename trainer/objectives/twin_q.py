@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, set_lr
+from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, drop_grads, set_lr
 from trainer.objectives.policy_value import ILLEGAL_LOGIT
 from trainer.objectives.step_metrics import StepMetrics, Values, as_floats
 from trainer.training.batch import Batch
@@ -135,8 +135,8 @@ class TwinQObjective(Objective):
         set_lr(self.opt_q, lr)
         self.guard.begin()
         out = self.losses(batch)
-        self.opt_net.zero_grad(set_to_none=True)
-        self.opt_q.zero_grad(set_to_none=True)
+        drop_grads(self.net_params)
+        drop_grads(self.q_params)
         total = out["net_loss"] + out["q_loss"]
         total.backward()  # disjoint parameters (q targets detached): one backward
         grad_norm = clip_and_norm(self.net_params, self.grad_clip)
