@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import torch
@@ -24,9 +24,10 @@ class Objective(ABC):
     name: str = "objective"
 
     @abstractmethod
-    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
+    def train_step(self, batch: Batch, lr: float) -> MutableMapping[str, float]:
         """One optimisation step. Must return at least total_loss, policy_loss, value_loss
-        and grad_norm (pre-clip global norm) as Python floats.
+        and grad_norm (pre-clip global norm) as Python floats; a `StepMetrics` computes all
+        but the guarded ones only when a hook reads them.
 
         A step whose loss or gradient is NaN/inf raises `NonFiniteStep` having changed
         nothing (see `StepGuard`): one bad batch must not poison the weights."""
