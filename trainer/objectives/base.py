@@ -80,16 +80,18 @@ def drop_grads(params: list[torch.Tensor]) -> None:
         p.grad = None
 
 
-def clip_and_norm(params, max_norm: float) -> float:
-    """Global-norm clip; returns the pre-clip norm (recorded in stats). The arithmetic of
-    `clip_grad_norm_`, in fused ops: on CPU it would loop over the tensors."""
+def clip_and_norm(params, max_norm: float) -> torch.Tensor | float:
+    """Global-norm clip; returns the pre-clip norm (recorded in stats) as a 0-d tensor, for
+    the caller to bring to the host with its other figures in one transfer (0.0 without
+    gradients). The arithmetic of `clip_grad_norm_`, in fused ops: on CPU it would loop
+    over the tensors."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     if max_norm > 0:
         torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
-    return float(norm)
+    return norm
 
 
 class NonFiniteStep(ArithmeticError):
@@ -104,8 +106,8 @@ class StepGuard:
     """Makes a training step all-or-nothing with respect to non-finite numbers.
 
     The optimiser is only stepped once the loss and the gradient norm are known to be
-    finite; both are already Python floats by then (the norm from clipping, the loss from
-    the metrics), so checking them costs no extra device sync. The forward pass itself has
+    finite; both are already Python floats by then (brought to the host together, the one
+    device sync of a step), so checking them costs nothing more. The forward pass itself has
     a side effect before that point: in training mode it folds the batch into BatchNorm's
     running statistics, so those buffers are copied before the forward pass and put back
     when the step is refused.

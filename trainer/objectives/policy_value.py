@@ -108,10 +108,8 @@ class PolicyValueObjective(Objective):
         out["total"].backward()
         grad_norm = clip_and_norm(self.params, self.grad_clip)
         # Only what the guard checks now; the rest when a hook reads it.
-        metrics = StepMetrics(
-            {"total_loss": float(out["total"].detach()), "grad_norm": grad_norm},
-            lambda: self._metrics(out, batch),
-        )
+        known = as_floats({"total_loss": out["total"], "grad_norm": grad_norm})
+        metrics = StepMetrics(known, lambda: self._metrics(out, batch))
         self.guard.check(metrics, "total_loss", "grad_norm")
         self.optimizer.step()
         return metrics

@@ -142,7 +142,7 @@ class TwinQObjective(Objective):
         grad_norm = clip_and_norm(self.net_params, self.grad_clip)
         q_grad_norm = clip_and_norm(self.q_params, self.grad_clip)
         # Only what the guard checks now; the rest when a hook reads it.
-        known = {"total_loss": float(total.detach()), "grad_norm": grad_norm, "q_grad_norm": q_grad_norm}
+        known = as_floats({"total_loss": total, "grad_norm": grad_norm, "q_grad_norm": q_grad_norm})
         metrics = StepMetrics(known, lambda: self._metrics(out, batch))
         self.guard.check(metrics, "total_loss", "grad_norm", "q_grad_norm")
         self.opt_net.step()
