@@ -431,6 +431,50 @@ def test_cli_binds_loopback_by_default_and_stops_on_sigterm(tmp_path):
             proc.wait()
 
 
+# Runs the dashboard's own main() with SIGTERM delivered at the one awkward moment: while the
+# accepting thread is still handing a connection over, after that connection's thread is done.
+_SIGTERM_MID_HAND_OVER = """
+import os, signal, socketserver, sys, time
+from trainer.dashboard import server
+
+hand_over = socketserver.ThreadingMixIn.process_request
+
+def process_request(self, request, client_address):
+    hand_over(self, request, client_address)
+    while self._slots._value < self._slots._initial_value:  # its thread has finished
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)  # the signal's Python handler runs here, inside the hand-over
+
+socketserver.ThreadingMixIn.process_request = process_request
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_a_connection_hand_over_still_stops_the_dashboard(tmp_path):
+    stats = tmp_path / "stats.json"
+    write_json(stats, sample_stats(extras=False))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_MID_HAND_OVER, "--data", str(tmp_path), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        port = int(re.search(r":(\d+)/", proc.stdout.readline()).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/api/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # --- bounded requests and connections ------------------------------------------------------------
 def _cut_off_within(sock: socket.socket, seconds: float, payload: bytes, every: float) -> float | None:
     """Trickles `payload` a byte per `every` s; seconds until the server hangs up, None if it answered."""

@@ -507,9 +507,27 @@ def serve_in_thread(
     return server
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    # Raised inside serve_forever's loop on the main thread: it unwinds to main()'s finally.
-    raise KeyboardInterrupt
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set (main thread only: that is where Python runs them).
+
+    The handler only sets a flag that the serving loop reads between requests. An exception
+    raised from the handler lands at whatever bytecode the loop is on: one landing in the
+    hand-over of a connection to its thread released the connection's slot a second time, and
+    socketserver logged that as a failed request and served on, deaf to the signal."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
+def serve_until(server: DashboardServer, stop: threading.Event, poll_interval: float = 0.25) -> None:
+    """Serve on this thread until `stop` is set, then close the listening socket."""
+    server.timeout = poll_interval  # how long handle_request waits before `stop` is read again
+    try:
+        while not stop.is_set():
+            server.handle_request()
+    finally:
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,12 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Before the URL is printed: whoever reads it may stop the dashboard at once.
+    stop = stop_on_signals()
     print(f"dashboard: {server.url}  (stats: {cfg.stats_path})", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.25)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until(server, stop)
     return 0
