@@ -84,3 +84,28 @@ def test_progress_line_has_eta():
         bar.after_step(loop, {"total_loss": 1.0})
     lines = out.getvalue().splitlines()
     assert len(lines) == 10 and "100% 100/100" in lines[-1] and "ETA" in lines[0] and "it/s" in lines[0]
+
+
+def test_a_best_pt_that_cannot_be_written_is_counted_and_written_by_a_later_validation(tmp_path):
+    from trainer.hooks.checkpoint import CheckpointHook, CheckpointWrites
+
+    writes = CheckpointWrites()
+    checkpoints = CheckpointHook(tmp_path, every=10, keep=2, writes=writes)
+    hook = ValidationHook([[0, 0]], per_epoch=True, best_dir=tmp_path, writes=writes)
+    loop = FakeLoop(hook, [1.0, 1.2, 1.1, 0.9])
+    # A directory where best.pt goes: the atomic rename fails with a real OSError, even as root.
+    (tmp_path / BEST_NAME).mkdir()
+    (tmp_path / BEST_NAME / "keep").write_text("x")
+    loop.epoch()  # 1.0: the best, not written
+    assert writes.failures == 1 and checkpoints.stats()["checkpoint_failures"] == 1
+    assert hook.best_loss == 1.0 and (tmp_path / BEST_NAME).is_dir()
+    (tmp_path / BEST_NAME / "keep").unlink()
+    (tmp_path / BEST_NAME).rmdir()
+    loop.epoch()  # 1.2: worse than the best, yet better than no best.pt at all
+    assert load_checkpoint_file(tmp_path / BEST_NAME).step == 20 and hook.bad_epochs == 1
+    loop.epoch()  # 1.1: better than the best.pt on disk
+    assert load_checkpoint_file(tmp_path / BEST_NAME).step == 30
+    loop.epoch()  # 0.9: a new best
+    saved = load_checkpoint_file(tmp_path / BEST_NAME)
+    assert saved.step == 40 and saved.hooks["validation"]["saved_best_loss"] == 0.9
+    assert writes.failures == 1 and hook.best_loss == 0.9

@@ -28,7 +28,7 @@ from trainer.config import load_config
 from trainer.config.offline import OfflineConfig, OfflineRLConfig, SupervisedConfig
 from trainer.games import KNOWN_ENV_IDS, GameSpec
 from trainer.hooks.base import Hook
-from trainer.hooks.checkpoint import CheckpointHook
+from trainer.hooks.checkpoint import CheckpointHook, CheckpointWrites
 from trainer.hooks.progress_bar import ProgressBarHook
 from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
@@ -218,6 +218,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
         "trainer_version": __version__,
     }
     hooks: list[Hook] = []
+    writes = CheckpointWrites()
     if val_batches is not None:
         hooks.append(
             ValidationHook(
@@ -227,10 +228,11 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
                 patience=cfg.patience if epoch_based else 0,
                 best_dir=cfg.checkpoint_dir if epoch_based else None,
                 plateau=plateau,
+                writes=writes,
             )
         )
     hooks += [
-        CheckpointHook(cfg.checkpoint_dir, interval, cfg.max_checkpoints),
+        CheckpointHook(cfg.checkpoint_dir, interval, cfg.max_checkpoints, writes),
         PublishHook(cfg.model_dir, spec, interval, cfg.max_checkpoints, provenance),
         StatsHook(cfg.stats, cfg.stats_interval, spec.env_id, mode, total_steps),
         ProgressLogHook(cfg.log_interval, total_steps),

@@ -4,7 +4,9 @@ After each epoch the objective's `evaluate` runs over every validation batch; th
 are logged and merged into the step metrics as `val_*` (so stats.json `metrics` and the
 progress log carry them). A better validation loss (`total_loss`: policy cross-entropy
 plus the value MSE where outcomes are known) writes `best.pt`, a full TrainState like
-any other checkpoint, so it can be resumed from or passed to `--init-from`.
+any other checkpoint, so it can be resumed from or passed to `--init-from`. A best.pt that
+cannot be written (disk full) is logged and counted like any checkpoint; the next validation
+that beats the best.pt on disk writes it then.
 
 The plateau LR is a multiplier on the step schedule, kept in this hook's persisted state:
 the LR stays a pure function of (global step, saved state), so a resume cannot drift.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.hooks.base import Hook
+from trainer.hooks.checkpoint import CheckpointWrites
 from trainer.training.batch import Batch
 from trainer.training.lr_schedule import LRSchedule
 from trainer.training.state import save_checkpoint_as
@@ -51,11 +54,15 @@ class ValidationHook(Hook):
         patience: int = 0,  # epochs without improvement before stopping (per_epoch only; 0: never)
         best_dir: Path | None = None,
         plateau: PlateauSchedule | None = None,
+        writes: CheckpointWrites | None = None,  # shared with the CheckpointHook: one failure count
     ):
         self.batches, self.every, self.per_epoch, self.patience = batches, every, per_epoch, patience
         self.best_dir, self.plateau = (Path(best_dir) if best_dir else None), plateau
+        self.writes = writes or CheckpointWrites()
         self.epochs_validated = 0
         self.best_loss = math.inf
+        # The validation loss of the best.pt on disk: above best_loss after a failed write.
+        self.saved_best_loss = math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
         self.latest: dict[str, float] = {}
@@ -116,19 +123,28 @@ class ValidationHook(Hook):
             self.best_loss,
             " (new best)" if improved else f" ({self.bad_epochs} without improvement)",
         )
-        if improved and self.best_dir is not None:
-            save_checkpoint_as(loop.snapshot(), self.best_dir / BEST_NAME)
+        if self.best_dir is not None and loss < self.saved_best_loss:
+            self.save_best(loop, loss)
         if self.patience and self.per_epoch and self.bad_epochs >= self.patience:
             loop.request_stop(
                 f"early stopping: no better validation loss for {self.bad_epochs} epochs "
                 f"(best {self.best_loss:.4f} after epoch {self.best_epoch})"
             )
 
+    def save_best(self, loop, loss: float) -> None:
+        assert self.best_dir is not None
+        path, on_disk = self.best_dir / BEST_NAME, self.saved_best_loss
+        self.saved_best_loss = loss  # before the snapshot, so the file records itself as saved
+        saved = self.writes.write(lambda: save_checkpoint_as(loop.snapshot(), path), BEST_NAME, path.parent)
+        if saved is None:
+            self.saved_best_loss = on_disk
+
     # --- persistence and stats ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "epochs_validated": self.epochs_validated,
             "best_loss": self.best_loss,
+            "saved_best_loss": self.saved_best_loss,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "latest": dict(self.latest),
@@ -139,6 +155,7 @@ class ValidationHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs_validated = int(state.get("epochs_validated", 0))
         self.best_loss = float(state.get("best_loss", math.inf))
+        self.saved_best_loss = float(state.get("saved_best_loss", self.best_loss))
         self.best_epoch = int(state.get("best_epoch", -1))
         self.bad_epochs = int(state.get("bad_epochs", 0))
         self.latest = dict(state.get("latest", {}))
