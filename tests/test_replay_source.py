@@ -14,6 +14,7 @@ import torch
 from replay_data import write_random_games
 
 from trainer.config.daemon import DaemonConfig
+from trainer.hooks.base import Hook
 from trainer.replay.schema import SchemaError
 from trainer.sources.replay_source import ReplaySource
 from trainer.sources.wait_reason import WaitKind
@@ -283,3 +284,56 @@ def test_close_is_prompt(tmp_path):
     t0 = time.monotonic()
     src.close()
     assert time.monotonic() - t0 < 1.0
+
+
+def test_skipped_nonfinite_steps_do_not_spend_the_reuse_budget(tmp_path):
+    from trainer.games import get_game
+    from trainer.model.networks import build_network
+    from trainer.objectives.policy_value import PolicyValueObjective
+    from trainer.training.loop import TrainLoop, WaitPolicy
+    from trainer.training.lr_schedule import LRSchedule
+    from trainer.training.state import TrainState
+
+    class EveryOtherBatchPoisoned(PolicyValueObjective):
+        calls = 0
+
+        def train_step(self, batch, lr):
+            self.calls += 1
+            if self.calls % 2:
+                batch.obs[0, 0] = float("nan")  # refused by the objective's own StepGuard
+            return super().train_step(batch, lr)
+
+    class StopAtTheReuseLimit(Hook):
+        """Stops once the reuse limit has held for a while: a batch given back frees its
+        samples a moment before the worker prepares them again."""
+
+        name = "stop_at_reuse_limit"
+        since = 0.0
+
+        def after_step(self, loop, metrics) -> None:
+            self.since = 0.0
+
+        def on_wait(self, loop) -> None:
+            if loop.wait_kind != WaitKind.REUSE_LIMIT:
+                return
+            self.since = self.since or time.monotonic()
+            if time.monotonic() - self.since > 0.5:
+                loop.request_stop("reuse limit")
+
+    db = tmp_path / "replay.db"
+    rows = write_random_games(db, "tictactoe", 10, seed=1)
+    spec = get_game("tictactoe").spec
+    src = ReplaySource(_cfg(db, max_reuse=2.0, min_rows=20))
+    objective = EveryOtherBatchPoisoned(build_network(spec, "mlp", 8, 1), lr=1e-3)
+    state = TrainState(mode="daemon", env_id=spec.env_id, spec={}, network={})
+    wait = WaitPolicy(first=0.001, cap=0.01, brief_cap=0.01)
+    loop = TrainLoop(objective, src, state, LRSchedule(peak=1e-3), 0, [StopAtTheReuseLimit()], wait)
+    try:
+        loop.run()
+    finally:
+        src.close()
+    assert loop.stop_reason == "reuse limit" and state.nonfinite_steps == state.step
+    # Every sample the budget allows was learned from; the refused batches came on top.
+    assert state.step == int(2.0 * rows) // 16 and state.samples_trained == state.step * 16
+    assert src.state_dict()["samples"] == state.samples_trained
+    assert src.stats()["reuse_ratio"] == state.samples_trained / rows

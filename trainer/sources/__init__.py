@@ -16,6 +16,10 @@ class BatchSource(Protocol):
     def next_batch(self) -> Batch | None:
         """The next batch, or None when none can be given now (see `waiting_reason`)."""
 
+    def not_trained(self, batch: Batch) -> None:
+        """The loop learned nothing from `batch` (a skipped non-finite step): a budget on the
+        samples used must not count it."""
+
     @property
     def waiting_reason(self) -> WaitReason | None:
         """Why the last `next_batch` returned None (None if it did not)."""

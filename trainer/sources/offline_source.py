@@ -92,6 +92,8 @@ class ShuffledSource:
             self.epoch, self.step_in_epoch, self._perm = self.epoch + 1, 0, None
         return batch
 
+    def not_trained(self, batch: Batch) -> None: ...  # an epoch is a pass over the data, not a budget
+
     @property
     def waiting_reason(self) -> None:
         return None
@@ -210,6 +212,8 @@ class ChunkStreamSource:
                 return batch
             self._advance()
         return None
+
+    def not_trained(self, batch: Batch) -> None: ...  # an epoch is a pass over the data, not a budget
 
     def _advance(self) -> None:
         self.step_in_chunk = 0

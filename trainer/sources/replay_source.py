@@ -11,9 +11,9 @@ The training thread never touches SQLite or the window, so a slow query or a wri
 the lock (rollback-journal actors) costs the step nothing; and the window needs no lock
 because only the worker reads and writes it.
 
-Data use is bounded by the reuse limit: samples handed out <= max_reuse * rows_seen, where
+Data use is bounded by the reuse limit: samples trained on <= max_reuse * rows_seen, where
 rows_seen counts every usable row of env_id ingested since the run began (restarts
-included). When it is reached, `next_batch()` returns None with a "reuse limit" reason until
+included); a batch whose step was skipped as non-finite is given back (`not_trained`). When it is reached, `next_batch()` returns None with a "reuse limit" reason until
 actors write more rows.
 
 Resume: each queued batch carries the worker's state as of producing it (cursor, rows seen,
@@ -139,7 +139,7 @@ class ReplaySource:
         self._replay_skip = 0
 
         # Training-thread state.
-        self._samples = 0  # samples handed out (the reuse budget's numerator)
+        self._samples = 0  # samples trained on (the reuse budget's numerator)
         self._last_state: dict[str, Any] = self._worker_state(self._rng.bit_generator.state, 0, 0)
         self._waiting_reason: WaitReason | None = None
 
@@ -190,6 +190,10 @@ class ReplaySource:
         self._last_state = state
         self._waiting_reason = None
         return batch
+
+    def not_trained(self, batch: Batch) -> None:
+        self._samples -= len(batch)
+        self._wake.set()  # a worker idle at the reuse limit may prepare this batch's worth again
 
     def stats(self) -> dict[str, Any]:
         rows_seen = self._rows_seen

@@ -284,6 +284,7 @@ class TrainLoop:
                 try:
                     metrics = self.agree.collective(self.objective.train_step, batch, lr)
                 except NonFiniteStep as skipped:
+                    self.source.not_trained(batch)
                     self._skip_nonfinite(skipped)
                     continue
                 self._nonfinite_streak = 0
