@@ -13,6 +13,7 @@ from replay_data import write_random_games
 from test_offline_teacher import play_games, write_jsonl
 
 from trainer.commands import bc
+from trainer.model.publish import step_file_name, step_files
 from trainer.training.run import LOCK_NAME, PREVIOUS_RUN_PREFIX
 from trainer.training.state import LATEST_NAME, load_checkpoint_file, step_checkpoints
 
@@ -127,7 +128,18 @@ def test_offline_fresh_moves_the_previous_run_aside(tmp_path):
     old = {p.name: p.read_bytes() for p in folder.glob("*.pt")}
     assert "best.pt" in old and LATEST_NAME in old
 
+    models = tmp_path / "out" / "models"
+    old_models = {p.name: p.read_bytes() for p in models.glob("*.onnx")}
+    assert "latest.onnx" in old_models and len(old_models) > 1
+
     assert bc.main([*argv, "--epochs", "1", "--fresh"]) == 0
     (previous,) = [p for p in folder.iterdir() if p.is_dir()]
     assert {p.name: p.read_bytes() for p in previous.glob("*.pt")} == old
-    assert load_checkpoint_file(folder / LATEST_NAME).step < load_checkpoint_file(previous / LATEST_NAME).step
+    new_step = load_checkpoint_file(folder / LATEST_NAME).step
+    assert new_step < load_checkpoint_file(previous / LATEST_NAME).step
+    # The published models too: the old run's whole, beside the new run's alone.
+    (previous_models,) = [p for p in models.iterdir() if p.is_dir()]
+    assert previous_models.name == previous.name
+    assert {p.name: p.read_bytes() for p in previous_models.glob("*.onnx")} == old_models
+    assert [s for s, _ in step_files(models)][-1] == new_step
+    assert (models / "latest.onnx").read_bytes() == (models / step_file_name(new_step)).read_bytes()

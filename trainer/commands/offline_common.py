@@ -177,6 +177,7 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
         mode=mode,
         checkpoint_dir=cfg.checkpoint_dir,
         fresh=cfg.fresh,
+        model_dir=cfg.model_dir,
         init_from=cfg.init_from,
         resume=cfg.resume,
     )

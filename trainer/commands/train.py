@@ -117,6 +117,7 @@ def build_daemon(
         mode="daemon",
         checkpoint_dir=cfg.checkpoint_dir,
         fresh=cfg.fresh,
+        model_dir=cfg.model_dir,
         init_from=cfg.init_from,
         resume_by_default=True,
     )

@@ -32,7 +32,10 @@ from trainer.distributed.process_group import (
     shutdown,
 )
 from trainer.distributed.ranks import share_from_main
+from trainer.hooks.evaluate import BEST_MODEL_NAME
 from trainer.hooks.validation import BEST_NAME
+from trainer.model.contract import LATEST_MODEL_NAME
+from trainer.model.publish import step_files
 from trainer.objectives.base import Objective
 from trainer.runtime import DeviceUnavailable, install_stop_signals
 from trainer.training.loop import DataWaitTimeout, TrainingDiverged, TrainLoop
@@ -75,6 +78,7 @@ class StartPolicy:
     mode: str  # daemon | imitation | bc | iql | cql; a resumed checkpoint must be of this mode
     checkpoint_dir: Path
     fresh: bool = False  # start over; the folder's previous run is moved aside, never mixed in
+    model_dir: Path | None = None  # its published models are moved aside with it (--fresh)
     init_from: Path | None = None  # a checkpoint of any mode whose policy-value net seeds a new run
     resume: bool = False  # a checkpoint must be there to continue (offline --resume)
     # The daemon continues whatever the folder holds; an offline mode refuses to, unless told
@@ -119,25 +123,39 @@ def release_checkpoint_dir(folder: Path) -> None:
         os.close(fd)  # closing the file drops the lock; the file stays for the next holder
 
 
-def set_aside_previous_run(folder: Path) -> Path | None:
-    """Move the folder's checkpoints into `previous-<UTC time>/` (--fresh), keeping them whole.
+def set_aside_previous_run(folder: Path, model_dir: Path | None = None) -> Path | None:
+    """Move the folder's checkpoints into `previous-<UTC time>/` (--fresh), keeping them whole,
+    and the model folder's published models (step files, latest.onnx, best.onnx) into a
+    `previous-<UTC time>/` of its own. Returns the checkpoints' new folder.
 
     Left in place they would mix with the new run: its first step file pruned as the oldest
-    of both, and a fallback past a damaged latest.pt landing on the old run's file.
+    of both, a fallback past a damaged latest.pt landing on the old run's file, the new run's
+    first publish overwriting the old latest.onnx, and the gate holding the new run's models
+    against the old run's best.onnx.
     """
-    steps = [p for _, p in step_checkpoints(folder)]
-    # latest.pt first: whatever a crash part-way leaves, no latest.pt names the old run.
-    files = [p for p in (folder / LATEST_NAME, folder / BEST_NAME) if p.is_file()] + steps
+    name = PREVIOUS_RUN_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # latest.* first: whatever a crash part-way leaves, no latest file names the old run.
+    checkpoints = [folder / LATEST_NAME, folder / BEST_NAME] + [p for _, p in step_checkpoints(folder)]
+    moved = _move_aside(checkpoints, folder, name, "checkpoint")
+    if model_dir is not None:
+        models = [model_dir / LATEST_MODEL_NAME, model_dir / BEST_MODEL_NAME]
+        _move_aside(models + [p for _, p in step_files(model_dir)], model_dir, name, "model")
+    return moved
+
+
+def _move_aside(files: list[Path], folder: Path, name: str, kind: str) -> Path | None:
+    """Move the `files` that exist into `folder/name` (`name.1`, ... if taken), in order."""
+    files = [p for p in files if p.is_file()]
     if not files:
         return None
-    base = folder / (PREVIOUS_RUN_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    dest, suffix = base, 1
+    base = dest = folder / name
+    suffix = 1
     while dest.exists():  # two --fresh starts within a second
         dest, suffix = base.with_name(f"{base.name}.{suffix}"), suffix + 1
     dest.mkdir()
     for p in files:
         os.replace(p, dest / p.name)
-    log.info("--fresh: moved the previous run's %d checkpoint files to %s", len(files), dest)
+    log.info("--fresh: moved the previous run's %d %s files to %s", len(files), kind, dest)
     return dest
 
 
@@ -166,7 +184,7 @@ def start_state(policy: StartPolicy, state: TrainState, objective: Objective) ->
     if policy.init_from is not None:
         _init_weights(policy.init_from, state, objective)
     if policy.fresh:
-        set_aside_previous_run(folder)
+        set_aside_previous_run(folder, policy.model_dir)
     return state
 
 
