@@ -1,9 +1,9 @@
 """The learning gate: the one-command loop learns tic-tac-toe from nothing within a budget.
 
 Runs `python -m trainer run --no-dashboard` (the real launcher, actor and daemon as
-processes, the shipped defaults) on an empty folder, plays the newest published model every
-few seconds with the evaluator (raw greedy policy, as `python -m trainer.evaluator`), and
-passes once one model both
+processes, the shipped defaults) on an empty folder, plays each newly published model with
+the evaluator (raw greedy policy, as `python -m trainer.evaluator`), and passes once one
+model both
   * loses no game of 200 against the random player, and
   * holds the perfect player to a draw in almost every game of 200: a score of at least
     GATE_PERFECT_SCORE, far above what random play scores against it (measured here too).
@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Typically passes after 20-25 s on 2 cores (defaults: 2 actors, publish every 100 steps);
 # the budget leaves room for a slow or busy CI machine and stays under 4 minutes.
 BUDGET_S = float(os.environ.get("LEARNING_GATE_BUDGET_S", "210"))
-CHECK_INTERVAL_S = 10.0
+# How often to look for a new latest.onnx; each new one is played at once, so the gate passes
+# within a check of the first model that can (a check is a second or so of games).
+POLL_S = 0.5
 GAMES = 200
 # Against a perfect player the best possible score is 0.5 (all draws); 0.475 allows at most
 # 10 losses in 200 games. Random play scores about 0.04 (measured below: this perfect player
@@ -93,7 +95,7 @@ def test_one_command_run_learns_tictactoe(tmp_path, request, replay):
     try:
         latest, seen = data / "models" / "latest.onnx", None
         while passed is None and time.monotonic() - t0 < BUDGET_S:
-            time.sleep(CHECK_INTERVAL_S)
+            time.sleep(POLL_S)
             # Exit 0 before we stop it: the trainer reached its default --steps; the last
             # model is still checked below.
             finished = proc.poll() is not None
@@ -106,13 +108,19 @@ def test_one_command_run_learns_tictactoe(tmp_path, request, replay):
             model = tmp_path / "checked.onnx"
             shutil.copyfile(latest, model)  # latest.onnx may be replaced while we play
             vs_random = evaluate_model(model, "tictactoe", "random", GAMES, seed=len(history))
-            vs_perfect = evaluate_model(model, "tictactoe", "perfect", GAMES, seed=len(history))
-            history.append(
+            line = (
                 f"{time.monotonic() - t0:5.0f}s step {vs_random.model_step}: vs random W/D/L "
-                f"{vs_random.wins}/{vs_random.draws}/{vs_random.losses}, vs perfect W/D/L "
-                f"{vs_perfect.wins}/{vs_perfect.draws}/{vs_perfect.losses} (score {vs_perfect.score:.3f})"
+                f"{vs_random.wins}/{vs_random.draws}/{vs_random.losses}"
             )
-            if vs_random.losses == 0 and vs_perfect.score >= GATE_PERFECT_SCORE:
+            vs_perfect = None
+            if vs_random.losses == 0:  # a model that loses to random cannot pass: spare the CPU
+                vs_perfect = evaluate_model(model, "tictactoe", "perfect", GAMES, seed=len(history))
+                line += (
+                    f", vs perfect W/D/L {vs_perfect.wins}/{vs_perfect.draws}/{vs_perfect.losses}"
+                    f" (score {vs_perfect.score:.3f})"
+                )
+            history.append(line)
+            if vs_perfect is not None and vs_perfect.score >= GATE_PERFECT_SCORE:
                 passed = (vs_random, vs_perfect)
             elif finished:
                 history.append("the run finished (trainer reached its --steps) without passing")
