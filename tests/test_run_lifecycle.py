@@ -36,11 +36,8 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp
         second = start_daemon(
             tmp_path, "--steps", "0", "--checkpoint-interval", "10", *FAST, log_name="second.log"
         )
-        assert second.wait(60) == 2
-        errors = [ln for ln in tail_log(tmp_path, "second.log").splitlines() if ln.startswith("error: ")]
-        assert len(errors) == 1 and f"pid {first.pid}" in errors[0], tail_log(tmp_path, "second.log")
-
-        # An offline mode aimed at the daemon's checkpoint folder is refused the same way.
+        # An offline mode aimed at the daemon's checkpoint folder is refused the same way; it
+        # starts while the second daemon does (each refusal only needs the first one running).
         data = write_jsonl(tmp_path / "t.jsonl", play_games(10, seed=2))
         offline = subprocess.run(
             [
@@ -68,6 +65,9 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp
         assert offline.returncode == 2 and f"pid {first.pid}" in offline.stderr.splitlines()[-1], (
             offline.stderr
         )
+        assert second.wait(60) == 2
+        errors = [ln for ln in tail_log(tmp_path, "second.log").splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1 and f"pid {first.pid}" in errors[0], tail_log(tmp_path, "second.log")
 
         # The refused runs took nothing from the first: it trains on and stops cleanly.
         step = wait_for_step(tmp_path, 30, 60, first)["step"]
