@@ -49,6 +49,9 @@ class RankSource:
         batch = self.inner.next_batch()
         return None if batch is None else to_device(batch, self.device)
 
+    def not_trained(self, batch: Batch) -> None:
+        self.inner.not_trained(batch)
+
     @property
     def waiting_reason(self) -> WaitReason | None:
         return self.inner.waiting_reason

@@ -13,8 +13,9 @@ because only the worker reads and writes it.
 
 Data use is bounded by the reuse limit: samples trained on <= max_reuse * rows_seen, where
 rows_seen counts every usable row of env_id ingested since the run began (restarts
-included); a batch whose step was skipped as non-finite is given back (`not_trained`). When it is reached, `next_batch()` returns None with a "reuse limit" reason until
-actors write more rows.
+included); a batch whose step was skipped as non-finite is given back (`not_trained`).
+When it is reached, `next_batch()` returns None with a "reuse limit" reason until actors
+write more rows.
 
 Resume: each queued batch carries the worker's state as of producing it (cursor, rows seen,
 bad-row counts, the RNG state before its burst and its place in the burst). `state_dict()`
