@@ -142,3 +142,28 @@ def _halves(steps: int, half: int, rank: int) -> list[Batch]:
         )
         for b in deterministic_batches(steps, 2 * half)
     ]
+
+
+def offline_runs(rank: int, jobs: list[tuple[str, int, list[str]]], out: str) -> None:
+    """One rank running offline commands one after another, each as `python -m trainer <mode>`
+    runs it (its exit code included) in its own process group, at its own port; what each
+    trained is saved to `out` for the test to compare across ranks."""
+    from trainer.commands import bc, iql, offline_common
+
+    built: list[TrainLoop] = []
+    build = offline_common.build_offline
+    offline_common.build_offline = lambda *args: built.append(build(*args)) or built[-1]
+    results = []
+    for mode, port, argv in jobs:
+        os.environ.update(rank_env(rank, port))
+        code = {"bc": bc, "iql": iql}[mode].main(argv)
+        loop = built.pop()
+        results.append(
+            {
+                "code": code,
+                "objective": loop.objective.state_dict(),
+                "step": loop.state.step,
+                "stop_reason": loop.stop_reason,
+            }
+        )
+    torch.save(results, out)

@@ -278,19 +278,6 @@ def test_amp_bf16_trains_a_float32_net_on_the_cpu(amp):
     assert metrics["total_loss"] > 0
 
 
-def test_an_offline_command_refuses_to_run_as_one_of_several_ranks(tmp_path, monkeypatch, capsys):
-    from trainer import __main__ as trainer_main
-
-    for name, value in rank_env(1, 1).items():
-        monkeypatch.setenv(name, value)
-    code = trainer_main.main(
-        ["bc", "--data", str(tmp_path / "d.jsonl"), "--checkpoint-dir", str(tmp_path / "ck")]
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "torchrun" in err[0], err
-    assert not (tmp_path / "ck").exists()
-
-
 def test_each_rank_keeps_the_run_s_global_sample_count_and_its_own_rng_stream(tmp_path):
     from trainer.commands.train import rank_source
     from trainer.config import DaemonConfig

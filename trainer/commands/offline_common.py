@@ -8,6 +8,9 @@
 
 The run itself (the folder lock, resume / --init-from / --fresh, signals, exit codes) is
 trainer/training/run.py, the same as the daemon's. A mode command only supplies its config model and a function building its objective.
+Under torchrun each rank trains on its own shard of every epoch (offline_source.py) with
+its nets in DistributedDataParallel; rank 0 alone reads the checkpoint folder and has the
+hooks that write (checkpoint, publish, stats, logs), and shares its validation figures.
 Epoch modes (imitation, bc) run `epochs * steps_per_epoch` global steps; step modes (iql,
 cql) run `--steps`. Either way the LR is the shared step schedule (times the plateau
 multiplier when --lr-scheduler plateau), so a resumed run continues exactly.
@@ -26,6 +29,9 @@ from torch import nn
 from trainer import __version__
 from trainer.config import load_config
 from trainer.config.offline import OfflineConfig, OfflineRLConfig, SupervisedConfig
+from trainer.distributed.agreement import Agreement
+from trainer.distributed.ddp import training_forward
+from trainer.distributed.process_group import DistContext, env_rank, init_from_env, rank_log_level
 from trainer.games import KNOWN_ENV_IDS, GameSpec
 from trainer.hooks.base import Hook
 from trainer.hooks.checkpoint import CheckpointHook, CheckpointWrites
@@ -54,7 +60,7 @@ from trainer.sources.offline_source import (
 )
 from trainer.training.loop import TrainLoop
 from trainer.training.lr_schedule import LRSchedule
-from trainer.training.run import StartPolicy, execute, start_state
+from trainer.training.run import StartPolicy, execute, start_state_on_ranks
 from trainer.training.state import TrainState
 
 log = logging.getLogger("trainer")
@@ -78,9 +84,12 @@ class OfflineData:
 
 
 def load_offline_data(
-    cfg: OfflineConfig, device: torch.device, transitions: bool, epochs: int
+    cfg: OfflineConfig, device: torch.device, transitions: bool, epochs: int, ctx: DistContext | None = None
 ) -> OfflineData:
-    """The checked training source and validation batches for `cfg.data`, in memory or streamed."""
+    """The checked training source (this rank's shard) and validation batches for `cfg.data`,
+    in memory or streamed."""
+    ctx = ctx or DistContext.single()
+    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
     offsets = parse_action_offsets(getattr(cfg, "action_offsets", None))
     val_data = getattr(cfg, "val_data", None)
     if should_stream(cfg.data, cfg.stream_threshold_mb):
@@ -99,7 +108,9 @@ def load_offline_data(
         )
         spec = chunks.spec
         train_ids, val_ids = split_chunks(chunks.num_chunks, cfg.val_fraction, cfg.seed)
-        source = ChunkStreamSource(chunks, train_ids, cfg.batch_size, cfg.seed, epochs, device, transitions)
+        source = ChunkStreamSource(
+            chunks, train_ids, cfg.batch_size, cfg.seed, epochs, device, transitions, **shard
+        )
         val_batches = (
             ChunkEvalBatches(chunks, val_ids, cfg.batch_size, device, transitions) if val_ids else None
         )
@@ -132,7 +143,7 @@ def load_offline_data(
         if transitions:  # only plies whose successor is known (or that end the game)
             train_idx = train_idx[data.has_next[train_idx]]
             val_idx = val_idx[val.has_next[val_idx]]
-        source = ShuffledSource(data, train_idx, cfg.batch_size, cfg.seed, epochs)
+        source = ShuffledSource(data, train_idx, cfg.batch_size, cfg.seed, epochs, **shard)
         val_batches = EvalBatches(val, val_idx, cfg.batch_size) if len(val_idx) else None
         log.info(
             "%s: %d rows in %d games of %s (obs %d, %d actions); %d training rows, %d validation rows%s",
@@ -150,11 +161,20 @@ def load_offline_data(
     return OfflineData(spec, source, val_batches)
 
 
-def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactory) -> TrainLoop:
-    device = setup_torch(cfg.threads, cfg.device, cfg.seed)
+def build_offline(
+    mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactory, ctx: DistContext | None = None
+) -> TrainLoop:
+    ctx = ctx or DistContext.single()
+    # The same seed on every rank: the same split, epoch order and initial weights.
+    setup_torch(cfg.threads, cfg.device, cfg.seed)
+    device = torch.device(ctx.device(cfg.device))  # with several GPUs, the local rank's
     epoch_based = isinstance(cfg, SupervisedConfig)
     data = load_offline_data(
-        cfg, device, transitions=isinstance(cfg, OfflineRLConfig), epochs=cfg.epochs if epoch_based else 0
+        cfg,
+        device,
+        transitions=isinstance(cfg, OfflineRLConfig),
+        epochs=cfg.epochs if epoch_based else 0,
+        ctx=ctx,
     )
     spec, source, val_batches = data.spec, data.source, data.validation
 
@@ -181,7 +201,17 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
         init_from=cfg.init_from,
         resume=cfg.resume,
     )
-    state = start_state(policy, state, objective)
+    state = start_state_on_ranks(policy, state, objective, ctx)
+    if ctx.distributed:
+        objective.wrap_for_training(
+            lambda net: training_forward(net, ctx, device, unused_parameters=objective.unused_parameters)
+        )
+        log.info(
+            "data-parallel: %d ranks x batch %d = global batch %d",
+            ctx.world_size,
+            source.batch_size,
+            ctx.world_size * source.batch_size,
+        )
     if state.source:
         source.load_state_dict(state.source)
 
@@ -227,22 +257,32 @@ def build_offline(mode: str, cfg: OfflineConfig, make_objective: ObjectiveFactor
                 every=0 if epoch_based else interval,
                 per_epoch=epoch_based,
                 patience=cfg.patience if epoch_based else 0,
-                best_dir=cfg.checkpoint_dir if epoch_based else None,
+                best_dir=cfg.checkpoint_dir if epoch_based and ctx.is_main else None,
                 plateau=plateau,
                 writes=writes,
+                ctx=ctx,
             )
         )
-    hooks += [
-        CheckpointHook(cfg.checkpoint_dir, interval, cfg.max_checkpoints, writes),
-        PublishHook(cfg.model_dir, spec, interval, cfg.max_checkpoints, provenance),
-        StatsHook(cfg.stats, cfg.stats_interval, spec.env_id, mode, total_steps),
-        ProgressLogHook(cfg.log_interval, total_steps),
-    ]
-    if cfg.progress:
+    if ctx.is_main:  # the other ranks never touch the output folders
+        hooks += [
+            CheckpointHook(cfg.checkpoint_dir, interval, cfg.max_checkpoints, writes),
+            PublishHook(cfg.model_dir, spec, interval, cfg.max_checkpoints, provenance),
+            StatsHook(cfg.stats, cfg.stats_interval, spec.env_id, mode, total_steps),
+            ProgressLogHook(cfg.log_interval, total_steps),
+        ]
+    if cfg.progress and ctx.is_main:
         hooks.append(ProgressBarHook(mode, total_steps))
     # Epoch modes end when the source runs out ("data source exhausted"); the hooks still
     # get the run's length for stats and the ETA.
-    loop = TrainLoop(objective, source, state, schedule, 0 if epoch_based else total_steps, hooks)
+    loop = TrainLoop(
+        objective,
+        source,
+        state,
+        schedule,
+        0 if epoch_based else total_steps,
+        hooks,
+        agree=Agreement(ctx, device),
+    )
     loop.restore_hooks()
     return loop
 
@@ -256,7 +296,11 @@ def run_offline(
 ) -> int:
     """Parse the command line, train, and map bad input to `error: ...` and exit code 2."""
     cfg = load_config(config_model, argv, prog=f"python -m trainer {mode}", description=doc)
-    setup_logging(cfg.log_level, cfg.log_format)
-    return execute(
-        lambda: build_offline(mode, cfg, make_objective), cfg.checkpoint_dir, input_errors=(OfflineDataError,)
-    )
+    setup_logging(rank_log_level(cfg.log_level, env_rank()), cfg.log_format)
+
+    def build() -> TrainLoop:
+        return build_offline(
+            mode, cfg, make_objective, init_from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
+        )
+
+    return execute(build, cfg.checkpoint_dir, input_errors=(OfflineDataError,))

@@ -21,7 +21,7 @@ from trainer import __version__
 from trainer.config import DaemonConfig, load_config
 from trainer.distributed.agreement import Agreement
 from trainer.distributed.ddp import training_forward
-from trainer.distributed.process_group import DistContext, env_rank, init_from_env
+from trainer.distributed.process_group import DistContext, env_rank, init_from_env, rank_log_level
 from trainer.distributed.rank_source import RankSource
 from trainer.distributed.ranks import rank_seed
 from trainer.evaluator.sprt import parse_elo_bounds
@@ -214,17 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         DaemonConfig, argv, prog="python -m trainer [train]", description=__doc__.split("\n\n")[0]
     )
     main_rank = env_rank() == 0
-    # Progress is rank 0's to log; the other ranks still say what goes wrong.
-    setup_logging(
-        cfg.log_level if main_rank else max(cfg.log_level, "WARNING", key=_LEVELS.index), cfg.log_format
-    )
+    setup_logging(rank_log_level(cfg.log_level, env_rank()), cfg.log_format)
     exporters = exporter_hooks(cfg) if main_rank else []
 
     def build() -> TrainLoop:
         ctx = init_from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
         return build_daemon(cfg, exporters, ctx)
 
-    return execute(build, cfg.checkpoint_dir, input_errors=(SchemaError,), data_parallel=True)
-
-
-_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    return execute(build, cfg.checkpoint_dir, input_errors=(SchemaError,))

@@ -61,7 +61,9 @@ class OfflineConfig(NetworkSettings):
     )
 
     # --- optimisation --------------------------------------------------------------------
-    batch_size: int = Field(256, gt=1, le=MAX_BATCH, description="Samples per update.")
+    batch_size: int = Field(
+        256, gt=1, le=MAX_BATCH, description="Samples per update (per rank under torchrun)."
+    )
     lr: float = Field(1e-3, gt=0, le=MAX_LR, description="Peak learning rate.")
     weight_decay: float = Field(
         1e-4, ge=0, description="Decoupled weight decay (AdamW); 0 for plain Adam behaviour."
@@ -107,6 +109,15 @@ class OfflineConfig(NetworkSettings):
     fresh: bool = Field(
         False,
         description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are moved to previous-<time>/ there, only once the data, the network and --init-from have been accepted.",
+    )
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend under torchrun; auto = NCCL with --device cuda, else gloo."
+    )
+    dist_timeout: float = Field(
+        120.0,
+        ge=5,
+        le=3600,
+        description="Seconds a rank waits for the others in a collective (validation runs on rank 0 meanwhile) before exiting with an error (under torchrun).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     log_format: LogFormat = "text"

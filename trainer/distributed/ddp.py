@@ -32,12 +32,16 @@ class AutocastForward(nn.Module):
         return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
-def training_forward(net: nn.Module, ctx: DistContext, device: torch.device, amp: Amp = "off") -> nn.Module:
+def training_forward(
+    net: nn.Module, ctx: DistContext, device: torch.device, amp: Amp = "off", unused_parameters: bool = False
+) -> nn.Module:
     """`net` as the training step should call it: under autocast with --amp bf16, and in
     DistributedDataParallel (gradients averaged over ranks) under torchrun.
 
     DDP broadcasts rank 0's parameters and buffers when it is built, so every rank starts
     from the same weights, and rank 0's BatchNorm statistics again on each forward pass.
+    `unused_parameters`: some of `net`'s parameters get no gradient (a head the loss never
+    uses); DDP then looks for them each step instead of waiting for them for ever.
     """
     module = AutocastForward(net, device.type) if amp == "bf16" else net
     if not ctx.distributed:
@@ -45,4 +49,4 @@ def training_forward(net: nn.Module, ctx: DistContext, device: torch.device, amp
     device_ids = (
         [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
     )
-    return DistributedDataParallel(module, device_ids=device_ids)
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused_parameters)

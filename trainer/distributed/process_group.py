@@ -103,6 +103,12 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+def rank_log_level(level: str, rank: int) -> str:
+    """Progress is rank 0's to log; the other ranks still say what goes wrong (WARNING and up)."""
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    return level if rank == 0 else max(level, "WARNING", key=levels.index)
+
+
 def shutdown() -> None:
     """Leave the group; after a lost peer there is nobody to say goodbye to, so errors pass."""
     if dist.is_initialized():

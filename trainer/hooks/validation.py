@@ -10,6 +10,9 @@ that beats the best.pt on disk writes it then.
 
 The plateau LR is a multiplier on the step schedule, kept in this hook's persisted state:
 the LR stays a pure function of (global step, saved state), so a resume cannot drift.
+
+Under torchrun every rank has this hook: rank 0 evaluates and shares the figures, so all
+ranks lower the LR and stop early at the same step; only rank 0 has `best_dir`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainer.distributed.process_group import DistContext
+from trainer.distributed.ranks import share_from_main
 from trainer.hooks.base import Hook
 from trainer.hooks.checkpoint import CheckpointWrites
 from trainer.training.batch import Batch
@@ -55,7 +60,9 @@ class ValidationHook(Hook):
         best_dir: Path | None = None,
         plateau: PlateauSchedule | None = None,
         writes: CheckpointWrites | None = None,  # shared with the CheckpointHook: one failure count
+        ctx: DistContext | None = None,
     ):
+        self.ctx = ctx or DistContext.single()
         self.batches, self.every, self.per_epoch, self.patience = batches, every, per_epoch, patience
         self.best_dir, self.plateau = (Path(best_dir) if best_dir else None), plateau
         self.writes = writes or CheckpointWrites()
@@ -91,7 +98,7 @@ class ValidationHook(Hook):
         metrics.update(self.latest)
 
     def validate(self, loop, label: str) -> None:
-        self.latest = self.evaluate(loop)
+        self.latest = share_from_main(self.evaluate(loop) if self.ctx.is_main else {}, self.ctx)
         loss = self.latest.get("val_total_loss", math.nan)
         improved = loss < self.best_loss
         if improved:

@@ -22,6 +22,8 @@ class Objective(ABC):
     """
 
     name: str = "objective"
+    # Some trained parameters get no gradient (data-parallel training must look for them).
+    unused_parameters: bool = False
 
     @abstractmethod
     def train_step(self, batch: Batch, lr: float) -> MutableMapping[str, float]:

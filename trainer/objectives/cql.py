@@ -47,7 +47,7 @@ class CQLObjective(TwinQObjective):
         super().__init__(net, make_net, **common)
         self.alpha, self.temperature = alpha, policy_temperature
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
         a, legal, next_legal = batch.action, batch.legal_mask, batch.next_legal_mask
         with torch.no_grad():
             n1, n2 = self.eval_forward(self.q, batch.next_obs)
@@ -57,7 +57,7 @@ class CQLObjective(TwinQObjective):
             opp_value = torch.where(next_legal.any(-1), opp_value, torch.zeros_like(opp_value))
             y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * opp_value
 
-        q1, q2 = self.q(batch.obs)
+        (logits, v), (q1, q2) = (nets or self.nets)(batch.obs)
         q1a, q2a = gather(q1, a), gather(q2, a)
         td_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
         lse1 = q1.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1)
@@ -68,7 +68,6 @@ class CQLObjective(TwinQObjective):
         q_min = torch.min(q1, q2).detach()
         target_pi = masked_log_softmax(q_min / self.temperature, legal).exp()
         v_target = masked_max(q_min, legal).clamp(-1.0, 1.0)
-        logits, v = self.net(batch.obs)
         logp = masked_log_softmax(logits, legal)
         pi_loss = -(target_pi * logp).sum(-1).mean()
         v_loss = F.mse_loss(v.squeeze(-1), v_target)

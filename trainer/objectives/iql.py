@@ -50,7 +50,7 @@ class IQLObjective(TwinQObjective):
         super().__init__(net, make_net, **common)
         self.expectile, self.beta, self.max_weight = expectile, beta, max_weight
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
         a = batch.action
         with torch.no_grad():
             tq1, tq2 = self.q_target(batch.obs)
@@ -58,7 +58,7 @@ class IQLObjective(TwinQObjective):
             v_next = self.eval_forward(self.net, batch.next_obs)[1].squeeze(-1)
             y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * v_next
 
-        logits, v = self.net(batch.obs)
+        (logits, v), (q1, q2) = (nets or self.nets)(batch.obs)
         v = v.squeeze(-1)
         diff = q_data - v
         weight = torch.abs(self.expectile - (diff < 0).float())
@@ -69,7 +69,6 @@ class IQLObjective(TwinQObjective):
         logp = masked_log_softmax(logits, batch.legal_mask)
         pi_loss = -(w * gather(logp, a)).mean()
 
-        q1, q2 = self.q(batch.obs)
         q1a, q2a = gather(q1, a), gather(q2, a)
         q_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
         return {

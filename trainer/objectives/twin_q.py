@@ -3,8 +3,12 @@
 A twin-Q objective owns two networks with separate optimisers: `net` (the exported
 policy-value network, `build_network`) and `q` (two Q networks whose policy-head outputs
 are Q(s, .)), plus `q_target`, a frozen Polyak average of `q`. Subclasses define
-`losses(batch)` (returning at least `net_loss` and `q_loss`) and `_metrics(out, batch)`;
+`losses(batch, nets)` (returning at least `net_loss` and `q_loss`) and `_metrics(out, batch)`;
 the update itself (one backward over disjoint parameters, clip, step, Polyak) is here.
+
+The forward passes that carry gradients go through `nets(obs)`, net and q as one module,
+so under torchrun one DistributedDataParallel wrapper averages the gradients of both;
+the target net follows q by the same Polyak step on every rank.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ class TwinQ(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q1.policy_logits(obs), self.q2.policy_logits(obs)
+
+
+class TrainingNets(nn.Module):
+    """`net` and `q` on the same observations: ((logits, value), (q1, q2))."""
+
+    def __init__(self, net: nn.Module, q: TwinQ):
+        super().__init__()
+        self.net, self.q = net, q
+
+    def forward(self, obs: torch.Tensor):
+        return self.net(obs), self.q(obs)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -78,6 +93,8 @@ def gather(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 
 
 class TwinQObjective(Objective):
+    unused_parameters = True  # the critics' value heads: only their policy heads are Q
+
     def __init__(
         self,
         net: nn.Module,
@@ -101,12 +118,15 @@ class TwinQObjective(Objective):
         self.grad_clip, self.gamma, self.value_weight = grad_clip, gamma, value_weight
         self.polyak = Polyak(self.q_target, self.q, target_update_rate)
         self.modal = has_modes(net) or has_modes(self.q)
+        self.nets = TrainingNets(net, self.q)
+        self.train_nets: nn.Module = self.nets  # or a wrapper of it (DDP)
         self.sign = opponent_sign(player_count)
         self.guard = StepGuard(self.net, self.q)
 
     @abstractmethod
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """At least `net_loss` and `q_loss`, plus whatever `_metrics` reports."""
+    def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """At least `net_loss` and `q_loss`, plus whatever `_metrics` reports; `nets(batch.obs)`
+        (default `self.nets`) is the forward pass the losses' gradients flow through."""
 
     @abstractmethod
     def _metrics(self, out: dict[str, torch.Tensor], batch: Batch) -> Values:
@@ -134,7 +154,7 @@ class TwinQObjective(Objective):
         set_lr(self.opt_net, lr)
         set_lr(self.opt_q, lr)
         self.guard.begin()
-        out = self.losses(batch)
+        out = self.losses(batch, self.train_nets)
         drop_grads(self.net_params)
         drop_grads(self.q_params)
         total = out["net_loss"] + out["q_loss"]
@@ -154,7 +174,10 @@ class TwinQObjective(Objective):
     def evaluate(self, batch: Batch) -> dict[str, float]:
         self.net.eval()
         self.q.eval()
-        return as_floats(self._metrics(self.losses(batch), batch))
+        return as_floats(self._metrics(self.losses(batch, self.nets), batch))
+
+    def wrap_for_training(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.train_nets = wrap(self.nets)
 
     def export_module(self) -> nn.Module:
         return self.net

@@ -6,6 +6,12 @@ The permutation of epoch e is a pure function of (seed, e), which is why a resum
 only needs (epoch, step in epoch) to continue with exactly the batches an uninterrupted
 run would have seen. Large HDF5 files go through `ChunkStreamSource`, the same idea one
 chunk at a time.
+
+Under torchrun every rank draws the same permutation and a global step takes `world_size`
+consecutive slices of it, rank r the r-th: the shards are disjoint, every rank has the
+same number of steps per epoch, and 2 ranks x B see exactly the rows of 1 process x 2B.
+The position is saved in rows of the epoch, so a run resumed with another number of
+ranks continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ def split_rows(data: OfflineDataset, val_fraction: float, seed: int) -> tuple[to
     return rows[~is_val], rows[is_val]
 
 
+def steps_for_world(steps: int, state: dict[str, Any], world_size: int) -> int:
+    """`steps` global steps of a run saved with `state["world_size"]` ranks, counted in steps of
+    `world_size` ranks (the same per-rank batch): the rows already trained this epoch, rounded
+    down, so a resume with fewer or more ranks sees a few rows again rather than skipping any."""
+    return steps * int(state.get("world_size", 1)) // world_size
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
     return torch.randperm(n, generator=g)
@@ -56,14 +69,27 @@ class ShuffledSource:
     """
 
     def __init__(
-        self, data: OfflineDataset, indices: torch.Tensor, batch_size: int, seed: int, epochs: int = 0
+        self,
+        data: OfflineDataset,
+        indices: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        epochs: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        if len(indices) == 0:
-            raise OfflineDataError(f"{data.path}: no training rows left after the validation split")
+        if len(indices) < world_size:
+            raise OfflineDataError(
+                f"{data.path}: {len(indices)} training rows after the validation split, fewer than "
+                f"the {world_size} ranks"
+                if len(indices)
+                else f"{data.path}: no training rows left after the validation split"
+            )
         self.data, self.indices = data, indices
-        self.batch_size = min(batch_size, len(indices))
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = min(batch_size, len(indices) // world_size)
         self.seed, self.epochs = seed, epochs
-        self.steps_per_epoch = max(1, len(indices) // self.batch_size)
+        self.steps_per_epoch = max(1, len(indices) // (self.batch_size * world_size))
         self.epoch = 0
         self.step_in_epoch = 0
         self._perm: torch.Tensor | None = None
@@ -83,7 +109,7 @@ class ShuffledSource:
             self._perm = self.indices[
                 epoch_permutation(self.rows, self.seed, self.epoch).to(self.indices.device)
             ]
-        k = self.step_in_epoch * self.batch_size
+        k = (self.step_in_epoch * self.world_size + self.rank) * self.batch_size
         batch = self.data.batch(self._perm[k : k + self.batch_size])
         self.step_in_epoch += 1
         if self.step_in_epoch >= self.steps_per_epoch:
@@ -117,6 +143,7 @@ class ShuffledSource:
             "rows": self.rows,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -126,7 +153,8 @@ class ShuffledSource:
                 f"{state.get('batch_size')}, this run has {self.rows} rows in batches of {self.batch_size}; "
                 "resume with the same --data, --seed and --batch-size, or use --fresh"
             )
-        self.epoch, self.step_in_epoch, self._perm = int(state["epoch"]), int(state["step_in_epoch"]), None
+        self.epoch, self._perm = int(state["epoch"]), None
+        self.step_in_epoch = steps_for_world(int(state["step_in_epoch"]), state, self.world_size)
 
     def close(self) -> None: ...
 
@@ -167,10 +195,13 @@ class ChunkStreamSource:
         epochs: int,
         device: torch.device,
         transitions: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if not chunk_ids:
             raise OfflineDataError(f"{chunks.path}: no training chunks left after the validation split")
         self.chunks, self.chunk_ids = chunks, chunk_ids
+        self.rank, self.world_size = rank, world_size
         self.batch_size, self.seed, self.epochs = batch_size, seed, epochs
         self.device, self.transitions = device, transitions
         self.epoch, self.chunk_pos, self.step_in_chunk = 0, 0, 0
@@ -179,7 +210,7 @@ class ChunkStreamSource:
         self.rows = sum(rows)
         # Exact for supervised modes; for TD modes rows without a successor are skipped, so
         # this is an upper bound (they are step-based anyway).
-        self.steps_per_epoch = sum(max(1, r // batch_size) for r in rows)
+        self.steps_per_epoch = sum(self._shard(r)[1] for r in rows)
 
     @property
     def epochs_completed(self) -> int:
@@ -199,14 +230,20 @@ class ChunkStreamSource:
             self._current = (cid, data, perm)
         return self._current[1], self._current[2]
 
+    def _shard(self, rows: int) -> tuple[int, int]:
+        """(rows per rank and step, steps) for a chunk of `rows` usable rows: a chunk smaller
+        than a global batch is still shared out whole, in smaller batches."""
+        size = min(self.batch_size, rows // self.world_size)
+        return (size, rows // (size * self.world_size)) if rows >= 2 and size >= 1 else (0, 0)
+
     def next_batch(self) -> Batch | None:
         while not self.exhausted:
             data, perm = self._chunk()
-            steps = max(1, len(perm) // self.batch_size) if len(perm) >= 2 else 0
+            size, steps = self._shard(len(perm))
             if self.step_in_chunk < steps:
-                k = self.step_in_chunk * self.batch_size
+                k = (self.step_in_chunk * self.world_size + self.rank) * size
                 self.step_in_chunk += 1
-                batch = data.batch(perm[k : k + self.batch_size])
+                batch = data.batch(perm[k : k + size])
                 if self.step_in_chunk >= steps:
                     self._advance()
                 return batch
@@ -246,6 +283,7 @@ class ChunkStreamSource:
             "rows": self.rows,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -255,7 +293,8 @@ class ChunkStreamSource:
                 f"{state.get('batch_size')}, this run has {self.rows}/{self.batch_size}; use the same data or --fresh"
             )
         self.epoch, self.chunk_pos = int(state["epoch"]), int(state["chunk_pos"])
-        self.step_in_chunk, self._current = int(state["step_in_chunk"]), None
+        self.step_in_chunk = steps_for_world(int(state["step_in_chunk"]), state, self.world_size)
+        self._current = None
 
     def close(self) -> None:
         self.chunks.close()

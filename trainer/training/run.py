@@ -28,7 +28,6 @@ from trainer.distributed.process_group import (
     DistContext,
     DistSetupError,
     PeerLost,
-    launched_by_torchrun,
     shutdown,
 )
 from trainer.distributed.ranks import share_from_main
@@ -280,7 +279,6 @@ def execute(
     build: Callable[[], TrainLoop],
     checkpoint_dir: Path,
     input_errors: tuple[type[Exception], ...] = (),
-    data_parallel: bool = False,
 ) -> int:
     """Build and run one training run; the exit code of the command.
 
@@ -288,17 +286,7 @@ def execute(
     replay DB of another schema); like a checkpoint that does not fit, a busy folder, a
     missing device, data that never came or a diverged run, they end the command with one
     `error:` line and exit code 2. Anything else is a bug and keeps its traceback.
-
-    A command that cannot train data-parallel (`data_parallel` False) refuses to start as
-    one of several torchrun workers: each would train alone and fight over one folder.
     """
-    if not data_parallel and launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-        print(
-            "error: this command does not train data-parallel yet; run it as one process, not under "
-            "torchrun --nproc-per-node > 1",
-            file=sys.stderr,
-        )
-        return 2
     usage_errors = (
         RunFolderBusy,
         CheckpointError,
