@@ -8,13 +8,14 @@ trained, the files rank 0 alone wrote, and one process trained on the same data.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from ddp_workers import WORLD, offline_runs
 from test_distributed import free_port, run_spawned
-from test_offline_teacher import play_games, write_jsonl
+from test_offline_teacher import play_games, write_hdf5, write_jsonl
 
 from trainer.commands import bc, iql
 from trainer.commands.offline_common import build_offline
@@ -23,8 +24,8 @@ from trainer.config.offline import BCConfig
 from trainer.games import get_game
 from trainer.model.networks import build_network
 from trainer.model.onnx_export import verify_onnx
-from trainer.sources.offline_data import load_dataset
-from trainer.sources.offline_source import ShuffledSource
+from trainer.sources.offline_data import HDF5Chunks, load_dataset
+from trainer.sources.offline_source import ChunkStreamSource, ShuffledSource
 from trainer.training.run import release_checkpoint_dir, run_to_end
 from trainer.training.state import load_checkpoint_file
 
@@ -110,6 +111,9 @@ def test_bc_on_two_ranks_of_batch_b_trains_what_one_process_of_batch_2b_does_and
     assert ranks[0]["stop_reason"].startswith("early stopping")
     assert ranks[1]["stop_reason"] == ranks[0]["stop_reason"]
     assert (root / "bc" / "rank0" / "checkpoints" / "best.pt").exists()
+    stats = json.loads((root / "bc" / "rank0" / "stats.json").read_text())
+    assert stats["world_size"] == WORLD and stats["global_batch_size"] == WORLD * B
+    assert stats["step"] == ranks[0]["step"] and stats["samples_seen"] == stats["step"] * WORLD * B
 
     cfg = load_config(BCConfig, argv(games, tmp_path, *BC_LENGTH, batch=2 * B))
     loop = build_offline("bc", cfg, bc.make_objective)
@@ -163,3 +167,22 @@ def test_shards_are_disjoint_halves_of_the_one_process_batch_and_resume_with_ano
     resumed = ShuffledSource(data, rows, B, seed=5, epochs=2)
     resumed.load_state_dict(two[0].state_dict())
     assert torch.equal(resumed.next_batch().obs, two[0].next_batch().obs)
+
+
+def test_streamed_chunks_are_shared_out_the_same_way(tmp_path):
+    path = write_hdf5(tmp_path / "teacher.h5", play_games(40, seed=3))
+    chunks = HDF5Chunks(path, 4 * B, transitions=False)
+    ids = list(range(chunks.num_chunks))
+    cpu = torch.device("cpu")
+
+    def source(batch: int, rank: int = 0, world: int = 1) -> ChunkStreamSource:
+        return ChunkStreamSource(chunks, ids, batch, 5, 1, cpu, False, rank=rank, world_size=world)
+
+    one, two = source(2 * B), [source(B, r, 2) for r in range(2)]
+    assert two[0].steps_per_epoch == two[1].steps_per_epoch == one.steps_per_epoch
+    while (whole := one.next_batch()) is not None:
+        halves = [s.next_batch() for s in two]
+        # A last chunk smaller than the global batch loses at most its odd row.
+        assert torch.equal(torch.cat([h.obs for h in halves]), whole.obs[: 2 * len(halves[0])])
+    assert all(s.next_batch() is None for s in two)
+    chunks.close()

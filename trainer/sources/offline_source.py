@@ -134,6 +134,8 @@ class ShuffledSource:
             "rows_seen": len(self.data),
             "epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
             "epochs": self.epochs,
+            "world_size": self.world_size,
+            "global_batch_size": self.batch_size * self.world_size,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,6 +275,8 @@ class ChunkStreamSource:
             "epoch": self.epoch,
             "epochs": self.epochs,
             "streaming_chunks": len(self.chunk_ids),
+            "world_size": self.world_size,
+            "global_batch_size": self.batch_size * self.world_size,
         }
 
     def state_dict(self) -> dict[str, Any]:
