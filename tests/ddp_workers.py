@@ -148,7 +148,7 @@ def offline_runs(rank: int, jobs: list[tuple[str, int, list[str]]], out: str) ->
     """One rank running offline commands one after another, each as `python -m trainer <mode>`
     runs it (its exit code included) in its own process group, at its own port; what each
     trained is saved to `out` for the test to compare across ranks."""
-    from trainer.commands import bc, iql, offline_common
+    from trainer.commands import bc, cql, iql, offline_common
 
     built: list[TrainLoop] = []
     build = offline_common.build_offline
@@ -156,7 +156,7 @@ def offline_runs(rank: int, jobs: list[tuple[str, int, list[str]]], out: str) ->
     results = []
     for mode, port, argv in jobs:
         os.environ.update(rank_env(rank, port))
-        code = {"bc": bc, "iql": iql}[mode].main(argv)
+        code = {"bc": bc, "iql": iql, "cql": cql}[mode].main(argv)
         loop = built.pop()
         results.append(
             {

@@ -69,13 +69,15 @@ def tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 BC_LENGTH = ["--epochs", "12", "--lr", "0.05", "--patience", "1", "--lr-scheduler", "constant"]
 IQL_LENGTH = ["--steps", "10", "--checkpoint-interval", "5"]
+CQL_LENGTH = ["--steps", "4", "--checkpoint-interval", "4"]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(games, tmp_path_factory) -> tuple[Path, list[dict[str, dict]]]:
-    """bc, then iql, each on two ranks: (their folder, per rank {mode: what it trained})."""
+    """bc, iql and cql, one after another on two ranks: (their folder, per rank {mode: what
+    it trained})."""
     root = tmp_path_factory.mktemp("two_ranks")
-    modes = {"bc": BC_LENGTH, "iql": IQL_LENGTH}
+    modes = {"bc": BC_LENGTH, "iql": IQL_LENGTH, "cql": CQL_LENGTH}
     ports = {mode: free_port() for mode in modes}
 
     def jobs(rank: int) -> list[tuple[str, int, list[str]]]:
@@ -142,6 +144,13 @@ def test_iql_on_two_ranks_trains_the_same_nets_on_every_rank_and_resumes_in_one_
     # The same rows of the epoch behind it: twice the steps of the half-size global batch.
     steps_per_epoch = one.source["rows"] // B
     assert one.source["step_in_epoch"] == (2 * two.source["step_in_epoch"] + 4) % steps_per_epoch
+
+
+def test_cql_on_two_ranks_trains_the_same_nets_on_every_rank(two_ranks):
+    root, results = two_ranks
+    ranks = [r["cql"] for r in results]
+    assert ranks[0]["step"] == 4
+    assert_same_on_every_rank_and_only_rank_0_wrote(ranks, root / "cql")
 
 
 # --- the shards ------------------------------------------------------------------------------
