@@ -78,12 +78,10 @@ class ShuffledSource:
         rank: int = 0,
         world_size: int = 1,
     ):
-        if len(indices) < world_size:
+        if len(indices) < max(1, world_size):  # every rank needs a row of every step
             raise OfflineDataError(
-                f"{data.path}: {len(indices)} training rows after the validation split, fewer than "
-                f"the {world_size} ranks"
-                if len(indices)
-                else f"{data.path}: no training rows left after the validation split"
+                f"{data.path}: {len(indices) or 'no'} training rows left after the validation split"
+                + (f", fewer than the {world_size} ranks" if len(indices) else "")
             )
         self.data, self.indices = data, indices
         self.rank, self.world_size = rank, world_size
