@@ -35,6 +35,7 @@ from trainer.distributed.process_group import DistContext, env_rank, init_from_e
 from trainer.games import KNOWN_ENV_IDS, GameSpec
 from trainer.hooks.base import Hook
 from trainer.hooks.checkpoint import CheckpointHook, CheckpointWrites
+from trainer.hooks.final_eval import FinalEvalHook
 from trainer.hooks.progress_bar import ProgressBarHook
 from trainer.hooks.progress_log import ProgressLogHook
 from trainer.hooks.publish import PublishHook
@@ -270,8 +271,10 @@ def build_offline(
             StatsHook(cfg.stats, cfg.stats_interval, spec.env_id, mode, total_steps),
             ProgressLogHook(cfg.log_interval, total_steps),
         ]
+    if cfg.eval_opponent is not None and ctx.is_main:  # after the publish hook: it plays the final model
+        hooks.append(FinalEvalHook(cfg.model_dir, spec.env_id, cfg.eval_opponent, cfg.eval_games, cfg.seed))
     if cfg.progress and ctx.is_main:
-        hooks.append(ProgressBarHook(mode, total_steps))
+        hooks.append(ProgressBarHook(mode, total_steps, validation=val_batches is not None))
     # Epoch modes end when the source runs out ("data source exhausted"); the hooks still
     # get the run's length for stats and the ETA.
     loop = TrainLoop(

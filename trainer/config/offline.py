@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 from trainer.logging_setup import LogFormat
+from trainer.search.players import check_baseline_spec
 
 # Larger action spaces are refused rather than sized: a policy head (and a legal mask per
 # row) this wide would not fit in memory anyway.
@@ -93,7 +94,15 @@ class OfflineConfig(NetworkSettings):
     stats_interval: int = Field(25, gt=0, description="Steps between stats.json rewrites.")
     log_interval: int = Field(100, gt=0, description="Steps between progress log lines.")
     progress: bool = Field(
-        True, description="Progress bar with ETA on stderr (a line every 10% when stderr is not a terminal)."
+        True,
+        description="Progress bar with ETA and the latest validation loss on stderr (a line every 10% when stderr is not a terminal).",
+    )
+    eval_opponent: str | None = Field(
+        None,
+        description="At the end, play the final model (greedy raw policy) against this opponent as `python -m trainer.evaluator` does: random, perfect, mcts:SIMS, optionally +epsilon:E; printed and written to stats.json as final_eval.",
+    )
+    eval_games: int = Field(
+        100, gt=0, le=100_000, description="Games of the --eval-opponent match (colours alternate)."
     )
 
     # --- runtime -------------------------------------------------------------------------
@@ -121,6 +130,11 @@ class OfflineConfig(NetworkSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     log_format: LogFormat = "text"
+
+    @field_validator("eval_opponent")
+    @classmethod
+    def _eval_opponent(cls, v: str | None) -> str | None:
+        return None if v is None else check_baseline_spec(v)
 
     @model_validator(mode="after")
     def _derived(self) -> OfflineConfig:

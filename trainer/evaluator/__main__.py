@@ -8,6 +8,8 @@ colour-swapped game pairs). --min-score X makes the exit code 1 when the score i
 CI gates). --sprt elo0,elo1 stops as soon as a sequential probability ratio test over game pairs
 decides between "Elo <= elo0" (H0) and "Elo >= elo1" (H1) with error rates --alpha and --beta;
 with --opponent model:OTHER.onnx it decides whether the model is stronger than another one.
+--player SPEC puts a baseline player in the model's seat instead (e.g. `mcts:50+epsilon:0.3`,
+the behaviour policy of data generated with that teacher and epsilon), scored the same way.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainer.config.loader import load_config
 from trainer.evaluator.sprt import parse_elo_bounds
 from trainer.logging_setup import LogFormat, configure_logging
 from trainer.model.contract import LATEST_MODEL_NAME
+from trainer.search.players import check_baseline_spec
 
 log = logging.getLogger("trainer.evaluator")
 
@@ -39,13 +42,19 @@ class EvaluatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Path = Field(Path("./data/models") / LATEST_MODEL_NAME, description="ONNX model to evaluate.")
+    player: str | None = Field(
+        None,
+        description="Evaluate this player instead of --model: random, perfect, mcts:SIMS, each optionally "
+        "+epsilon:E (a random legal move with probability E; e.g. the behaviour policy mcts:50+epsilon:0.3). "
+        "Needs --env-id.",
+    )
     db: Path | None = Field(None, description="Replay DB whose game_metadata gives the shapes (optional).")
     env_id: str | None = Field(None, description="Game; default: the model's env_id metadata.")
     games: int = Field(100, ge=1, description="Games to play (colours alternate).")
     opponent: str = Field(
         "random",
-        description="Opponent: random, perfect (tictactoe only), mcts:SIMS (rollout MCTS) or model:PATH "
-        "(another ONNX model, playing with the same --sims and --temperature).",
+        description="Opponent: random, perfect (tictactoe only), mcts:SIMS (rollout MCTS), each optionally "
+        "+epsilon:E, or model:PATH (another ONNX model, playing with the same --sims and --temperature).",
     )
     sims: int = Field(0, ge=0, description="MCTS simulations for the model per move; 0 = its raw policy.")
     temperature: float = Field(
@@ -82,14 +91,20 @@ class EvaluatorConfig(BaseModel):
     @field_validator("opponent")
     @classmethod
     def _opponent(cls, v: str) -> str:
-        kind, _, arg = v.partition(":")
-        if kind in ("random", "perfect") and not arg:
+        if v.startswith("model:") and len(v) > len("model:"):
             return v
-        if kind == "mcts" and arg.isdigit() and int(arg) > 0:
-            return v
-        if kind == "model" and arg:
-            return v
-        raise ValueError("expected random, perfect, mcts:SIMS (SIMS a positive integer) or model:PATH")
+        return check_baseline_spec(v, allow_model=True)
+
+    @field_validator("player")
+    @classmethod
+    def _player(cls, v: str | None) -> str | None:
+        return None if v is None else check_baseline_spec(v)
+
+    @model_validator(mode="after")
+    def _player_game(self) -> EvaluatorConfig:
+        if self.player is not None and not self.env_id:
+            raise ValueError("--player needs --env-id")
+        return self
 
     @field_validator("sprt")
     @classmethod
@@ -162,27 +177,41 @@ def main(argv: list[str] | None = None) -> int:
         env_prefix="EVALUATOR_",
     )
     configure_logging(cfg.log_level, cfg.log_format)
-    from trainer.evaluator.match import evaluate_model
+    from trainer.evaluator.match import evaluate_model, evaluate_player
     from trainer.games import get_game
 
     records: list = []
     try:
-        result = evaluate_model(
-            cfg.model,
-            cfg.env_id,
-            cfg.opponent,
-            cfg.games,
-            cfg.seed,
-            temperature=cfg.temperature,
-            sims=cfg.sims,
-            threads=cfg.threads,
-            db=cfg.db,
-            c_puct=cfg.c_puct,
-            records_out=records if cfg.verbose else None,
-            sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-        )
+        if cfg.player is not None:
+            result = evaluate_player(
+                cfg.player,
+                cfg.env_id,
+                cfg.opponent,
+                cfg.games,
+                cfg.seed,
+                c_puct=cfg.c_puct,
+                records_out=records if cfg.verbose else None,
+                sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None,
+                alpha=cfg.alpha,
+                beta=cfg.beta,
+            )
+        else:
+            result = evaluate_model(
+                cfg.model,
+                cfg.env_id,
+                cfg.opponent,
+                cfg.games,
+                cfg.seed,
+                temperature=cfg.temperature,
+                sims=cfg.sims,
+                threads=cfg.threads,
+                db=cfg.db,
+                c_puct=cfg.c_puct,
+                records_out=records if cfg.verbose else None,
+                sprt_elo=parse_elo_bounds(cfg.sprt) if cfg.sprt else None,
+                alpha=cfg.alpha,
+                beta=cfg.beta,
+            )
     except (FileNotFoundError, ValueError) as e:  # ModelContractError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

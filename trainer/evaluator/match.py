@@ -296,20 +296,66 @@ def evaluate_model(
         opp_player.name = f"model:{Path(opp_path).name}"
     else:
         opp_player = make_player(opponent, game, opp_rng, c_puct=c_puct)
+    match = Match(game, model_player, opp_player, games, sprt_elo, alpha, beta, records_out, should_stop)
+    return match.play(str(model_path), policy.step, t0)
 
-    records, verdict = play_match(
-        game,
-        model_player,
-        opp_player,
-        games,
-        sprt_elo,
-        alpha,
-        beta,
-        keep_moves=records_out is not None,
-        should_stop=should_stop,
-    )
-    if records_out is not None:
-        records_out.extend(records)
-    return summarise(
-        records, str(model_path), opp_player.name, env_id, policy.step, time.monotonic() - t0, verdict
-    )
+
+def evaluate_player(
+    player: str,
+    env_id: str,
+    opponent: str = "random",
+    games: int = 100,
+    seed: int | None = None,
+    *,
+    c_puct: float = 1.5,
+    records_out: list[GameRecord] | None = None,
+    sprt_elo: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+    beta: float = 0.05,
+) -> EvalResult:
+    """`evaluate_model` for a player spec in the model's seat instead of an ONNX model, e.g.
+    the behaviour policy of generated data (`mcts:50+epsilon:0.3`), scored exactly as the
+    models trained on that data are."""
+    if games < 1:
+        raise ValueError("games must be >= 1")
+    t0 = time.monotonic()
+    game = get_game(env_id)
+    root = np.random.default_rng(seed)
+    player_rng, opp_rng = (np.random.default_rng(s) for s in root.bit_generator.seed_seq.spawn(2))
+    first = make_player(player, game, player_rng, c_puct=c_puct)
+    second = make_player(opponent, game, opp_rng, c_puct=c_puct)
+    match = Match(game, first, second, games, sprt_elo, alpha, beta, records_out)
+    return match.play(first.name, None, t0)
+
+
+@dataclass
+class Match:
+    """A match as `evaluate_model` and `evaluate_player` play and summarise it."""
+
+    game: Game
+    model: Player
+    opponent: Player
+    games: int
+    sprt_elo: tuple[float, float] | None = None
+    alpha: float = 0.05
+    beta: float = 0.05
+    records_out: list[GameRecord] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def play(self, model_name: str, model_step: int | None, t0: float) -> EvalResult:
+        records, verdict = play_match(
+            self.game,
+            self.model,
+            self.opponent,
+            self.games,
+            self.sprt_elo,
+            self.alpha,
+            self.beta,
+            keep_moves=self.records_out is not None,
+            should_stop=self.should_stop,
+        )
+        if self.records_out is not None:
+            self.records_out.extend(records)
+        elapsed = time.monotonic() - t0
+        env_id = self.game.spec.env_id
+        return summarise(records, model_name, self.opponent.name, env_id, model_step, elapsed, verdict)

@@ -5,6 +5,8 @@ so an MCTS or model player sends every game's leaves to one evaluator call.
 
 Player specs on the command line: `random`, `perfect` (tic-tac-toe only), `mcts:SIMS`
 (rollout MCTS, or model-guided when a model is given) and, for the model under test, `model`.
+Any of them followed by `+epsilon:E` plays a uniformly random legal move with probability E
+(`mcts:50+epsilon:0.3` is the behaviour policy of data generated with that teacher and epsilon).
 `play_in_lockstep` plays many games at once with them (the evaluator, the data generator).
 """
 
@@ -218,6 +220,33 @@ class PolicyPlayer:
         return out
 
 
+EPSILON_SUFFIX = "+epsilon:"
+
+
+def split_epsilon(spec: str) -> tuple[str, float | None]:
+    """`SPEC+epsilon:E` -> (SPEC, E); a spec without the suffix -> (spec, None)."""
+    base, found, arg = spec.partition(EPSILON_SUFFIX)
+    if not found:
+        return spec, None
+    try:
+        epsilon = float(arg)
+    except ValueError:
+        epsilon = math.nan
+    if not 0.0 <= epsilon <= 1.0:  # NaN fails too
+        raise ValueError(f"bad player {spec!r}: expected SPEC{EPSILON_SUFFIX}E with E a number in [0, 1]")
+    return base, epsilon
+
+
+def check_baseline_spec(v: str, allow_model: bool = False) -> str:
+    """A baseline player's spec: random, perfect or mcts:SIMS, optionally +epsilon:E."""
+    base, _ = split_epsilon(v)
+    kind, _, arg = base.partition(":")
+    if (kind in ("random", "perfect") and not arg) or (kind == "mcts" and arg.isdigit() and int(arg) > 0):
+        return v
+    expected = "random, perfect or mcts:SIMS (SIMS a positive integer), optionally followed by +epsilon:E"
+    raise ValueError(f"expected {expected}" + (", or model:PATH" if allow_model else ""))
+
+
 def make_player(
     spec: str,
     game: Game,
@@ -227,7 +256,12 @@ def make_player(
     c_puct: float = 1.5,
 ) -> Player:
     """A player from its command-line spec; `model` and `model-mcts:SIMS` need `policy`.
-    `temperature` applies to the model and MCTS players (0 = their best move)."""
+    `temperature` applies to the model and MCTS players (0 = their best move);
+    `SPEC+epsilon:E` wraps SPEC's player in an EpsilonPlayer."""
+    base, epsilon = split_epsilon(spec)
+    if epsilon is not None:
+        inner = make_player(base, game, rng, policy, temperature, c_puct)
+        return EpsilonPlayer(game, inner, epsilon, rng)
     kind, _, arg = spec.partition(":")
     if kind == "random":
         return RandomPlayer(game, rng)
@@ -257,4 +291,4 @@ def make_player(
         if policy is None:
             raise ValueError("the model player needs a model")
         return PolicyPlayer(game, policy, rng, temperature)
-    raise ValueError(f"unknown player {spec!r}; expected random, perfect, mcts:SIMS")
+    raise ValueError(f"unknown player {spec!r}; expected random, perfect, mcts:SIMS, optionally +epsilon:E")
