@@ -164,3 +164,14 @@ def test_evaluator_cli_plays_a_player_spec():
         timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "--player" in bad.stderr
+
+
+def test_player_needs_a_game_and_a_baseline_opponent():
+    from pydantic import ValidationError
+
+    from trainer.evaluator.__main__ import EvaluatorConfig
+
+    assert EvaluatorConfig(player="mcts:5+epsilon:0.3", env_id="connect4").player == "mcts:5+epsilon:0.3"
+    for bad in ({}, {"env_id": "connect4", "opponent": "model:other.onnx"}):
+        with pytest.raises(ValidationError):
+            EvaluatorConfig(player="mcts:5", **bad)

@@ -104,6 +104,8 @@ class EvaluatorConfig(BaseModel):
     def _player_game(self) -> EvaluatorConfig:
         if self.player is not None and not self.env_id:
             raise ValueError("--player needs --env-id")
+        if self.player is not None and self.opponent.startswith("model:"):
+            raise ValueError("--player plays baseline opponents only, not model:PATH")
         return self
 
     @field_validator("sprt")
