@@ -35,6 +35,8 @@ The end-to-end measurements use the CLI (numbers in the README's table):
     python -m trainer iql --data data/tr.jsonl --net mlp --steps 3000 --init-from data/c4bc/checkpoints/best.pt --model-dir data/c4iql/models
     python -m trainer cql --data data/tr.jsonl --net mlp --steps 3000 --init-from data/c4bc/checkpoints/best.pt --model-dir data/c4cql/models
     python -m trainer.evaluator --model data/c4bc/models/latest.onnx --opponent mcts:50 --games 100 --seed 1
+    # the behaviour policy that made the data, scored the same way (seeds 7 and 8, pooled)
+    python -m trainer.evaluator --player mcts:50+epsilon:0.3 --env-id connect4 --opponent mcts:50 --games 200 --seed 7
 """
 
 from __future__ import annotations
