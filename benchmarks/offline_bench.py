@@ -1,7 +1,7 @@
 """Updates per second of every offline mode beside d3rlpy's, at batch 256, on one thread.
 
     python benchmarks/offline_bench.py [--updates 50] [--rounds 10] [--clock wall|cpu]
-        [--moves 100000] [--threads 1] [--games tictactoe,connect4] [--modes ...] [--device cpu]
+        [--no-compile] [--moves 100000] [--threads 1] [--games tictactoe,connect4] [--modes ...] [--device cpu]
 
 Side by side in one process (always): 100k plies of Connect Four between two epsilon-greedy
 tactical players (win if possible, else block, else random; epsilon 0.3), a fast stand-in
@@ -9,7 +9,8 @@ for MCTS/epsilon play of the same shape, with OpenSpiel's 126-float observations
 stones, opponent's, empty) and explicit legal masks. Ours: imitation, bc, iql, cql on the
 MLP 128x3 (`--net mlp`), as the commands hold the data (OfflineDataset + ShuffledSource); a
 timed update is `source.next_batch()` + `objective.train_step(batch, lr)`, what the shared
-TrainLoop does per step minus the hooks. d3rlpy 2.8.1 (`pip install -r
+TrainLoop does per step minus the hooks; each mode again with `--compile` (torch.compile of
+the forward and backward passes, its compile time printed) unless `--no-compile`. d3rlpy 2.8.1 (`pip install -r
 requirements-bench.txt`; never imported by trainer/), when installed: DiscreteBC and
 DiscreteCQL at their default network (256x2) and at our MLP's trunk (128x3), timed on
 `algo.update(batch)` (its numpy -> torch conversion included) over batches sampled before
@@ -242,14 +243,21 @@ def timed(updates_by_name: dict, updates: int, rounds: int, clock: str) -> dict[
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
-def ours(mode: str, data, batch: int, seed: int = 0):
-    """One update of ours as the loop does it: next_batch() + train_step(batch, lr)."""
+def ours(mode: str, data, batch: int, seed: int = 0, compiled: bool = False):
+    """One update of ours as the loop does it: next_batch() + train_step(batch, lr); with
+    `compiled`, after `objective.compile()` (--compile) and a first update that compiles."""
     rows = torch.arange(len(data))
     if mode in ("iql", "cql"):
         rows = rows[data.has_next]
     source = ShuffledSource(data, rows, batch, seed=seed)
     obj = make_objective(mode, data.spec, torch.device("cpu"), "mlp")
-    return lambda: obj.train_step(source.next_batch(), 1e-3)
+    update = lambda: obj.train_step(source.next_batch(), 1e-3)  # noqa: E731
+    if compiled:
+        obj.compile()
+        t0 = time.perf_counter()
+        update()
+        print(f"ours {mode} compiled in {time.perf_counter() - t0:.1f} s (wall)", flush=True)
+    return update
 
 
 def d3rlpy_update(kind: str, raw: RawData, batch: int, hidden: list[int] | None, presampled: int = 64):
@@ -278,7 +286,7 @@ def d3rlpy_update(kind: str, raw: RawData, batch: int, hidden: list[int] | None,
     return lambda: algo.update(batches[next(counter) % presampled])
 
 
-def compare(updates: int, rounds: int, batch: int, moves: int, clock: str) -> None:
+def compare(updates: int, rounds: int, batch: int, moves: int, clock: str, compiled: bool) -> None:
     t0 = time.perf_counter()
     raw = mixed_connect4(moves)
     print(
@@ -290,6 +298,10 @@ def compare(updates: int, rounds: int, batch: int, moves: int, clock: str) -> No
         f"ours {mode} (mlp 128x3)": ours(mode, transitions if mode in ("iql", "cql") else supervised, batch)
         for mode in ("imitation", "bc", "iql", "cql")
     }
+    if compiled:
+        for mode in ("imitation", "bc", "iql", "cql"):
+            data = transitions if mode in ("iql", "cql") else supervised
+            contenders[f"ours {mode} --compile"] = ours(mode, data, batch, compiled=True)
     try:
         import d3rlpy  # noqa: F401  optional: requirements-bench.txt
     except ImportError:
@@ -324,6 +336,12 @@ def main() -> int:
         default="wall",
         help="wall: elapsed time; cpu: this thread's CPU time (steadier on a busy machine, same on a quiet one).",
     )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also time every mode with --compile (torch.compile; its compile time is printed).",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--moves", type=int, default=100_000, help="Plies of the side-by-side data.")
@@ -350,7 +368,7 @@ def main() -> int:
         f"batch {args.batch_size}, {args.rounds} x {args.updates} timed updates, torch {torch.__version__}, "
         f"{args.threads} thread(s)"
     )
-    compare(args.updates, args.rounds, args.batch_size, args.moves, args.clock)
+    compare(args.updates, args.rounds, args.batch_size, args.moves, args.clock, args.compile)
     if not args.games:
         return 0
     device = torch.device(args.device)

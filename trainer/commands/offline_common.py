@@ -186,6 +186,8 @@ def build_offline(
         return cfg.build_network(spec, kind).to(device)
 
     objective = make_objective(cfg, spec, make_net(), make_net)
+    if cfg.compile:
+        objective.compile()
     state = TrainState(
         mode=mode,
         env_id=spec.env_id,

@@ -108,6 +108,10 @@ class OfflineConfig(NetworkSettings):
     # --- runtime -------------------------------------------------------------------------
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Torch device.")
     threads: int = Field(1, gt=0, le=MAX_THREADS, description="torch intra-op threads.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward and backward passes (faster steps after a compilation of seconds to a minute; eager, with a warning, where compiling fails).",
+    )
     init_from: Path | None = Field(
         None,
         description="Initialise the policy-value network from a checkpoint of any mode (daemon, imitation, bc, iql, cql).",

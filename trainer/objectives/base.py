@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, MutableMapping
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from trainer.training.batch import Batch
+
+log = logging.getLogger("trainer")
 
 
 class Objective(ABC):
@@ -56,9 +59,37 @@ class Objective(ABC):
         and evaluation keep the plain net."""
         raise NotImplementedError(f"the {self.name} objective cannot train data-parallel or with --amp")
 
+    def compile(self) -> None:
+        """Run the training forward and backward passes through `torch.compile` (eager
+        again, after one warning, when compilation fails). Only the loss function is
+        compiled, never a module: weights, checkpoints and exports are the plain ones."""
+        self.train_losses = CompiledOrEager(self.train_losses, f"the {self.name} update")
+
     def load_policy_weights(self, net_state: dict[str, Any]) -> None:
         """Initialise from another run's policy/value network (--init-from)."""
         self.export_module().load_state_dict(net_state)
+
+
+class CompiledOrEager:
+    """`torch.compile(fn)` that falls back to `fn` for good when compiling fails (no C++
+    compiler, an operation the compiler does not support). A failure is assumed to be the
+    compiler's: an error of `fn` itself recurs on its eager call and propagates from there.
+    Compilation happens at the first call and again for each new input shape; a failed
+    attempt changes no weights or buffers, so the eager call redoes the step exactly."""
+
+    def __init__(self, fn: Callable[..., Any], what: str):
+        self.eager, self.what = fn, what
+        self.compiled: Callable[..., Any] | None = torch.compile(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001  any compiler failure means: run eager
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                log.warning("cannot compile %s, running it eagerly: %s", self.what, reason[:200])
+                self.compiled = None
+        return self.eager(*args, **kwargs)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

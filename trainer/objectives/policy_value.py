@@ -80,6 +80,7 @@ class PolicyValueObjective(Objective):
         self.policy_weight = policy_weight
         self.value_weight = value_weight
         self.guard = StepGuard(net)
+        self.train_losses = self.losses  # what train_step calls: compile() replaces it
 
     def losses(self, batch: Batch, smoothing: float, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
         logits, value = (net or self.net)(batch.obs)
@@ -103,7 +104,7 @@ class PolicyValueObjective(Objective):
             self.net.train()
         set_lr(self.optimizer, lr)
         self.guard.begin()
-        out = self.losses(batch, self.label_smoothing, self.train_net)
+        out = self.train_losses(batch, self.label_smoothing, self.train_net)
         drop_grads(self.params)
         out["total"].backward()
         grad_norm = clip_and_norm(self.params, self.grad_clip)

@@ -122,6 +122,7 @@ class TwinQObjective(Objective):
         self.train_nets: nn.Module = self.nets  # or a wrapper of it (DDP)
         self.sign = opponent_sign(player_count)
         self.guard = StepGuard(self.net, self.q)
+        self.train_losses = self.losses  # what train_step calls: compile() replaces it
 
     @abstractmethod
     def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -154,7 +155,7 @@ class TwinQObjective(Objective):
         set_lr(self.opt_net, lr)
         set_lr(self.opt_q, lr)
         self.guard.begin()
-        out = self.losses(batch, self.train_nets)
+        out = self.train_losses(batch, self.train_nets)
         drop_grads(self.net_params)
         drop_grads(self.q_params)
         total = out["net_loss"] + out["q_loss"]
