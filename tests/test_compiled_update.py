@@ -1,24 +1,32 @@
-"""`Objective.compile()`: the compiled update trains the weights the eager one does, leaves
-checkpoints loadable without compiling, and falls back to eager (one warning) when the
-compiler fails."""
+"""The update's speed paths change no arithmetic: `Objective.compile()` trains the weights
+the eager update does, leaves checkpoints loadable without compiling and falls back to eager
+(one warning) when the compiler fails; the direct fused Adam step equals the optimiser's."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
 import pytest
+import test_offline_modes
 import torch
+from test_offline_modes import MODES, StopAt, argv, objective_tensors
 from test_step_metrics import flat, random_connect4
 
+from trainer.commands.offline_common import build_offline
+from trainer.config import load_config
 from trainer.games import get_game
 from trainer.model.networks import build_network
+from trainer.objectives.base import adam
 from trainer.objectives.iql import IQLObjective
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.sources.offline_data import build_dataset
 from trainer.sources.offline_source import ShuffledSource
+from trainer.training.state import load_checkpoint_file
 
 C4 = get_game("connect4")
+datasets = test_offline_modes.datasets  # the fixture: teacher games as JSONL and HDF5
 STEPS = 4
 
 
@@ -67,6 +75,22 @@ def test_compiled_update_trains_the_eager_weights(mode):
     make_objective(mode).load_state_dict(compiled[0])
 
 
+@pytest.mark.slow
+def test_compiled_run_resumes_like_an_uninterrupted_one(datasets, tmp_path):
+    command, config, fmt, _, interrupt_at, _ = MODES["iql"]
+    args = lambda out: [*argv("iql", datasets[fmt], out), "--compile"]  # noqa: E731
+    assert command.main(args(tmp_path / "a")) == 0
+    loop = build_offline("iql", load_config(config, args(tmp_path / "b")), command.make_objective)
+    loop.hooks.append(StopAt(interrupt_at))
+    loop.run()
+    assert command.main([*args(tmp_path / "b"), "--resume"]) == 0
+    a, b = (load_checkpoint_file(tmp_path / run / "checkpoints" / "latest.pt") for run in "ab")
+    ta, tb = objective_tensors(a), objective_tensors(b)
+    assert b.step == a.step > interrupt_at and ta.keys() == tb.keys() and ".net.policy_head.weight" in ta
+    for k in ta:
+        torch.testing.assert_close(ta[k].float(), tb[k].float(), rtol=1e-5, atol=1e-6)
+
+
 def test_failed_compilation_warns_once_and_trains_eagerly(monkeypatch, caplog):
     import torch._dynamo
     import torch._inductor.config as inductor
@@ -80,3 +104,33 @@ def test_failed_compilation_warns_once_and_trains_eagerly(monkeypatch, caplog):
     warnings = [r for r in caplog.records if r.name == "trainer" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "compile" in warnings[0].getMessage()
     assert_same_training(train("bc", False), fallback)
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_direct_fused_step_updates_like_the_optimiser_step(decoupled):
+    """Same weights and state as torch's own step, through a first step, a parameter without
+    a gradient, LR changes and a reload of the state mid-way."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3), torch.randn(4)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = adam(ours, lr=1e-2, weight_decay=0.1, decoupled=decoupled)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ref_opt = cls(ref, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(6):
+        if step == 3:  # a resumed run: fresh optimiser, loaded state
+            opt = adam(ours, lr=1e-2, weight_decay=0.1, decoupled=decoupled)
+            opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # as read from a file
+        for params, o in ((ours, opt), (ref, ref_opt)):
+            for g in o.param_groups:
+                g["lr"] = 1e-2 / (step + 1)
+            grads = torch.Generator().manual_seed(step)
+            for p in params[:2]:  # the last one never gets a gradient
+                p.grad = torch.randn(p.shape, generator=grads)
+            o.step()
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    assert flat(opt.state_dict()["state"]) and all(
+        torch.equal(a, b)
+        for a, b in zip(flat(opt.state_dict()["state"]), flat(ref_opt.state_dict()["state"]))
+    )

@@ -97,13 +97,62 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class FusedStep:
+    """`step()` of a fused Adam/AdamW straight into its kernel, once every parameter with a
+    gradient has state (the first step, and any other case, goes through the optimiser's
+    own `step`): the same update, without `Optimizer.step`'s per-call Python, which costs
+    as much as the kernel for a small network. The state is the optimiser's own tensors,
+    gathered each call, so `state_dict`/`load_state_dict` are untouched."""
+
+    def step(self, closure=None):
+        group = self.param_groups[0]
+        direct = closure is None and len(self.param_groups) == 1 and group["fused"]
+        direct = direct and not (group["amsgrad"] or group["maximize"] or group["differentiable"])
+        live = [p for p in group["params"] if p.grad is not None] if direct else []
+        states = [self.state.get(p) for p in live]
+        if not (live and all(states)):
+            return super().step(closure)
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        beta1, beta2 = group["betas"]
+        kernel(
+            live,
+            [p.grad for p in live],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [],
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+        return None
+
+
+class FusedAdamW(FusedStep, torch.optim.AdamW):
+    pass
+
+
+class FusedAdam(FusedStep, torch.optim.Adam):
+    pass
+
+
 def adam(params, *, lr: float, weight_decay: float, decoupled: bool = True) -> torch.optim.Optimizer:
     """AdamW (or Adam) with PyTorch's fused kernel where it has one (CPU, CUDA): one update
     over all tensors instead of a dozen small ops per tensor."""
     params = list(params)
+    if params and params[0].device.type in ("cpu", "cuda"):
+        cls = FusedAdamW if decoupled else FusedAdam
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    fast = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {"foreach": True}
-    return cls(params, lr=lr, weight_decay=weight_decay, **fast)
+    return cls(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def drop_grads(params: list[torch.Tensor]) -> None:
