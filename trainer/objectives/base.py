@@ -97,6 +97,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+_HAS_FUSED_KERNELS = hasattr(torch, "_fused_adamw_") and hasattr(torch, "_fused_adam_")
+
+
 class FusedStep:
     """`step()` of a fused Adam/AdamW straight into its kernel, once every parameter with a
     gradient has state (the first step, and any other case, goes through the optimiser's
@@ -106,7 +109,8 @@ class FusedStep:
 
     def step(self, closure=None):
         group = self.param_groups[0]
-        direct = closure is None and len(self.param_groups) == 1 and group["fused"]
+        # The kernels are private torch ops: a torch without them takes the public step.
+        direct = _HAS_FUSED_KERNELS and closure is None and len(self.param_groups) == 1 and group["fused"]
         direct = direct and not (group["amsgrad"] or group["maximize"] or group["differentiable"])
         live = [p for p in group["params"] if p.grad is not None] if direct else []
         states = [self.state.get(p) for p in live]
