@@ -7,12 +7,13 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from trainer.config.distributed import DistributedSettings
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 from trainer.logging_setup import LogFormat
 from trainer.replay.backend import RedactedReplayLocation, is_postgres_url
 
 
-class DaemonConfig(NetworkSettings):
+class DaemonConfig(NetworkSettings, DistributedSettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- files ---------------------------------------------------------------------------
@@ -153,15 +154,6 @@ class DaemonConfig(NetworkSettings):
     amp: Literal["off", "bf16"] = Field(
         "off",
         description="Mixed precision for the training forward pass: bf16 autocast (weights stay float32).",
-    )
-    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="Process-group backend under torchrun; auto = NCCL with --device cuda, else gloo."
-    )
-    dist_timeout: float = Field(
-        120.0,
-        ge=5,
-        le=3600,
-        description="Seconds a rank waits for the others in a collective before exiting with an error (under torchrun).",
     )
     fresh: bool = Field(
         False,

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainer.config.distributed import DistributedSettings
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 from trainer.logging_setup import LogFormat
 from trainer.search.players import check_baseline_spec
@@ -28,7 +29,7 @@ ACTION_OFFSETS_HELP = (
 )
 
 
-class OfflineConfig(NetworkSettings):
+class OfflineConfig(NetworkSettings, DistributedSettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     mode: ClassVar[str] = "offline"  # overridden per command; names the default output folders
 
@@ -122,15 +123,6 @@ class OfflineConfig(NetworkSettings):
     fresh: bool = Field(
         False,
         description="Start over even though --checkpoint-dir holds a checkpoint; its checkpoints are moved to previous-<time>/ there, only once the data, the network and --init-from have been accepted.",
-    )
-    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="Process-group backend under torchrun; auto = NCCL with --device cuda, else gloo."
-    )
-    dist_timeout: float = Field(
-        120.0,
-        ge=5,
-        le=3600,
-        description="Seconds a rank waits for the others in a collective (validation runs on rank 0 meanwhile) before exiting with an error (under torchrun).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     log_format: LogFormat = "text"
