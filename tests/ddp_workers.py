@@ -121,6 +121,7 @@ def loop_rank(rank: int, port: int, steps: int, half: int, out: str) -> None:
     # A stop on rank 1 alone stops both at the same step.
     stopped = train_on(_halves(steps, half, rank), steps, ctx, hooks=[StopAt(3)] if rank == 1 else [])
     result["stopped_at"] = stopped.state.step
+    del stopped
     # Rank 1 never gets data: both give up after --max-wait, though rank 0 has batches.
     script = [WaitReason(WaitKind.NO_DB, "no db")] * 1000 if rank == 1 else _halves(steps, half, rank)
     try:

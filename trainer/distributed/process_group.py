@@ -7,7 +7,9 @@ a rank that dies (kill -9, OOM) makes the others fail within it instead of hangi
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -94,6 +96,7 @@ def init_from_env(device: str, backend: Backend = "auto", timeout_s: float = 120
         raise DistSetupError(
             f"cannot join the process group ({chosen}, rank {rank} of {world}): {exc}"
         ) from None
+    atexit.register(shutdown)
     log.info("rank %d of %d joined the %s process group", rank, world, chosen)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=chosen)
 
@@ -110,7 +113,14 @@ def rank_log_level(level: str, rank: int) -> str:
 
 
 def shutdown() -> None:
-    """Leave the group; after a lost peer there is nobody to say goodbye to, so errors pass."""
+    """Leave the group; after a lost peer there is nobody to say goodbye to, so errors pass.
+
+    Also run at exit, before the interpreter starts finalizing: DDP wrappers sit in
+    reference cycles (their autograd hooks) and keep the group and its last work objects
+    alive. Left to the final collection, they are torn down while the interpreter refuses
+    threads the GIL, and a gloo worker thread that asks for it then aborts the process
+    (SIGABRT after a run that succeeded). Collecting them first frees them in order."""
+    gc.collect()
     if dist.is_initialized():
         try:
             dist.destroy_process_group()

@@ -312,5 +312,6 @@ def execute(
             return 1
         finally:
             release_checkpoint_dir(checkpoint_dir)
+            loop = stopper.loop = None  # the DDP wrapper goes before its group (see shutdown)
             shutdown()
     return 0
