@@ -30,7 +30,7 @@ from trainer import __version__
 from trainer.config import load_config
 from trainer.config.offline import OfflineConfig, OfflineRLConfig, SupervisedConfig
 from trainer.distributed.agreement import Agreement
-from trainer.distributed.ddp import training_forward
+from trainer.distributed.ddp import prepare_for_ranks
 from trainer.distributed.process_group import DistContext, env_rank, init_from_env, rank_log_level
 from trainer.games import KNOWN_ENV_IDS, GameSpec
 from trainer.hooks.base import Hook
@@ -205,16 +205,7 @@ def build_offline(
         resume=cfg.resume,
     )
     state = start_state_on_ranks(policy, state, objective, ctx)
-    if ctx.distributed:
-        objective.wrap_for_training(
-            lambda net: training_forward(net, ctx, device, unused_parameters=objective.unused_parameters)
-        )
-        log.info(
-            "data-parallel: %d ranks x batch %d = global batch %d",
-            ctx.world_size,
-            source.batch_size,
-            ctx.world_size * source.batch_size,
-        )
+    prepare_for_ranks(objective, ctx, device, source.batch_size)
     if state.source:
         source.load_state_dict(state.source)
 

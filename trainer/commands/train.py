@@ -20,7 +20,7 @@ import torch
 from trainer import __version__
 from trainer.config import DaemonConfig, load_config
 from trainer.distributed.agreement import Agreement
-from trainer.distributed.ddp import training_forward
+from trainer.distributed.ddp import prepare_for_ranks
 from trainer.distributed.process_group import DistContext, env_rank, init_from_env, rank_log_level
 from trainer.distributed.rank_source import RankSource
 from trainer.distributed.ranks import rank_seed
@@ -146,15 +146,7 @@ def build_daemon(
         config_json=cfg.model_dump_json(),
     )
     state = start_state_on_ranks(policy, state, objective, ctx)
-    if ctx.distributed or cfg.amp != "off":
-        objective.wrap_for_training(lambda net: training_forward(net, ctx, device, cfg.amp))
-    if ctx.distributed:
-        log.info(
-            "data-parallel: %d ranks x batch %d = global batch %d",
-            ctx.world_size,
-            cfg.batch_size,
-            ctx.world_size * cfg.batch_size,
-        )
+    prepare_for_ranks(objective, ctx, device, cfg.batch_size, cfg.amp)
 
     source = rank_source(cfg, ctx, device)
     if state.source:

@@ -7,13 +7,19 @@ with or without DDP and a 2-rank run resumes in one process and back.
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.distributed.process_group import DistContext
+
+if TYPE_CHECKING:
+    from trainer.objectives.base import Objective
+
+log = logging.getLogger("trainer")
 
 Amp = Literal["off", "bf16"]
 
@@ -50,3 +56,21 @@ def training_forward(
         [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
     )
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused_parameters)
+
+
+def prepare_for_ranks(
+    objective: Objective, ctx: DistContext, device: torch.device, batch_size: int, amp: Amp = "off"
+) -> None:
+    """Route the objective's training forward passes through `training_forward` when this
+    run needs it (several ranks, or --amp), and say what the global batch is."""
+    if ctx.distributed or amp != "off":
+        objective.wrap_for_training(
+            lambda net: training_forward(net, ctx, device, amp, objective.unused_parameters)
+        )
+    if ctx.distributed:
+        log.info(
+            "data-parallel: %d ranks x batch %d = global batch %d",
+            ctx.world_size,
+            batch_size,
+            ctx.world_size * batch_size,
+        )
