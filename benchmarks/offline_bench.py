@@ -7,7 +7,8 @@ Side by side in one process (always): 100k plies of Connect Four between two eps
 tactical players (win if possible, else block, else random; epsilon 0.3), a fast stand-in
 for MCTS/epsilon play of the same shape, with OpenSpiel's 126-float observations (mover's
 stones, opponent's, empty) and explicit legal masks. Ours: imitation, bc, iql, cql on the
-MLP 128x3 (`--net mlp`), as the commands hold the data (OfflineDataset + ShuffledSource); a
+MLP 128x3 (`--net mlp`), iql and cql with their default twin critics and with `--critics 1`,
+as the commands hold the data (OfflineDataset + ShuffledSource); a
 timed update is `source.next_batch()` + `objective.train_step(batch, lr)`, what the shared
 TrainLoop does per step minus the hooks; each mode again with `--compile` (torch.compile of
 the forward and backward passes, its compile time printed) unless `--no-compile`. d3rlpy 2.8.1 (`pip install -r
@@ -51,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -122,7 +124,7 @@ def write_teacher_data(path: Path, moves: int, seed: int = 0) -> None:
     print(f"wrote {moves} teacher moves ({episode} games) to {path}")
 
 
-def make_objective(mode: str, spec, device, net: str = "auto"):
+def make_objective(mode: str, spec, device, net: str = "auto", critics: int = 2):
     make = lambda: build_network(spec, net).to(device)  # noqa: E731  the daemon's default nets
     if mode == "imitation":
         return PolicyValueObjective(make(), name=mode, lr=1e-3, optimizer="adam")
@@ -136,7 +138,9 @@ def make_objective(mode: str, spec, device, net: str = "auto"):
             grad_clip=1.0,
             label_smoothing=0.05,
         )
-    common = dict(lr=1e-3, weight_decay=1e-4, grad_clip=1.0, gamma=1.0, target_update_rate=0.005)
+    common = dict(
+        lr=1e-3, weight_decay=1e-4, grad_clip=1.0, gamma=1.0, target_update_rate=0.005, critics=critics
+    )
     if mode == "iql":
         return IQLObjective(make(), make, expectile=0.7, beta=3.0, max_weight=100.0, **common)
     return CQLObjective(make(), make, alpha=1.0, policy_temperature=0.1, **common)
@@ -243,20 +247,22 @@ def timed(updates_by_name: dict, updates: int, rounds: int, clock: str) -> dict[
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
-def ours(mode: str, data, batch: int, seed: int = 0, compiled: bool = False):
+def ours(mode: str, data, batch: int, seed: int = 0, compiled: bool = False, critics: int = 2):
     """One update of ours as the loop does it: next_batch() + train_step(batch, lr); with
     `compiled`, after `objective.compile()` (--compile) and a first update that compiles."""
     rows = torch.arange(len(data))
     if mode in ("iql", "cql"):
         rows = rows[data.has_next]
     source = ShuffledSource(data, rows, batch, seed=seed)
-    obj = make_objective(mode, data.spec, torch.device("cpu"), "mlp")
+    obj = make_objective(mode, data.spec, torch.device("cpu"), "mlp", critics)
     update = lambda: obj.train_step(source.next_batch(), 1e-3)  # noqa: E731
     if compiled:
         obj.compile()
         t0 = time.perf_counter()
         update()
-        print(f"ours {mode} compiled in {time.perf_counter() - t0:.1f} s (wall)", flush=True)
+        print(
+            f"ours {mode} (critics {critics}) compiled in {time.perf_counter() - t0:.1f} s (wall)", flush=True
+        )
     return update
 
 
@@ -286,6 +292,68 @@ def d3rlpy_update(kind: str, raw: RawData, batch: int, hidden: list[int] | None,
     return lambda: algo.update(batches[next(counter) % presampled])
 
 
+# --- the matrix-multiply floor ---------------------------------------------------------------
+
+MATMULS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+}
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix multiply one update runs (forward and backward), with operands of
+    the same shapes, strides and dtypes, to replay them alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMULS:
+            self.calls.append((func, tuple(_operand_like(a) for a in args), dict(kwargs)))
+        return func(*args, **kwargs)
+
+
+def _operand_like(x):
+    if not isinstance(x, torch.Tensor):
+        return x
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype).normal_()
+
+
+def matmul_floor(update, clock: str, repeats: int = 200) -> tuple[float, int]:
+    """(updates/s if an update were only its matrix multiplies, one ATen call each, and the
+    multiply-adds per update): no implementation of the same arithmetic on this machine
+    can run faster than that."""
+    recorder = MatmulRecorder()
+    with recorder:
+        update()
+    calls = recorder.calls
+    macs = sum(_macs(func, args) for func, args, _ in calls)
+    with torch.no_grad():
+        for _ in range(10):
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+        now = CLOCKS[clock]
+        t0 = now()
+        for _ in range(repeats):
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+        return repeats / (now() - t0), macs
+
+
+def _macs(func, args) -> int:
+    a, b = (
+        (args[1], args[2])
+        if func in (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default)
+        else args[:2]
+    )
+    batch = a.shape[0] if a.dim() == 3 else 1
+    return batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+
+
 def compare(updates: int, rounds: int, batch: int, moves: int, clock: str, compiled: bool) -> None:
     t0 = time.perf_counter()
     raw = mixed_connect4(moves)
@@ -294,14 +362,14 @@ def compare(updates: int, rounds: int, batch: int, moves: int, clock: str, compi
     )
     supervised = build_dataset(raw, "mixed", transitions=False)
     transitions = build_dataset(raw, "mixed", transitions=True)
-    contenders = {
-        f"ours {mode} (mlp 128x3)": ours(mode, transitions if mode in ("iql", "cql") else supervised, batch)
-        for mode in ("imitation", "bc", "iql", "cql")
-    }
-    if compiled:
-        for mode in ("imitation", "bc", "iql", "cql"):
-            data = transitions if mode in ("iql", "cql") else supervised
-            contenders[f"ours {mode} --compile"] = ours(mode, data, batch, compiled=True)
+    # (mode, critics): the offline RL modes with their default twin critics and with --critics 1
+    variants = [("imitation", 0), ("bc", 0), ("iql", 2), ("iql", 1), ("cql", 2), ("cql", 1)]
+    contenders = {}
+    for flags, compile_it in (("", False), (" --compile", True)) if compiled else (("", False),):
+        for mode, critics in variants:
+            data = transitions if critics else supervised
+            name = f"ours {mode}{f' --critics {critics}' if critics == 1 else ''}{flags}"
+            contenders[name] = ours(mode, data, batch, compiled=compile_it, critics=critics or 2)
     try:
         import d3rlpy  # noqa: F401  optional: requirements-bench.txt
     except ImportError:
@@ -315,13 +383,28 @@ def compare(updates: int, rounds: int, batch: int, moves: int, clock: str, compi
         ):
             contenders[f"d3rlpy Discrete{kind.upper()} ({net})"] = d3rlpy_update(kind, raw, batch, hidden)
     rates = timed(contenders, updates, rounds, clock)
+    floors = {
+        name: matmul_floor(update, clock) for name, update in contenders.items() if "--compile" not in name
+    }
     bc_ref = rates.get("d3rlpy DiscreteBC (default 256x2)")
     cql_ref = rates.get("d3rlpy DiscreteCQL (default 256x2)")
-    print(f"{'':<36} {'updates/s':>10} {'vs d3rlpy':>10}   ({clock} clock; ratio to d3rlpy's default net)")
+    print(
+        f"{'':<36} {'updates/s':>10} {'vs d3rlpy':>10} {'MMACs':>7} {'matmul floor':>13} {'floor vs d3rlpy':>16}"
+        f"   ({clock} clock; ratio to d3rlpy's default net)"
+    )
     for name, rate in rates.items():
         ref = bc_ref if ("imitation" in name or "bc" in name.lower()) else cql_ref
         ratio = f"{rate / ref:9.2f}x" if ref else "-"
-        print(f"{name:<36} {rate:10.1f} {ratio:>10}", flush=True)
+        floor_rate, macs = floors.get(name.replace(" --compile", ""), (0.0, 0))
+        floor_ratio = f"{floor_rate / ref:15.2f}x" if ref and floor_rate else "-"
+        print(
+            f"{name:<36} {rate:10.1f} {ratio:>10} {macs / 1e6:7.1f} {floor_rate:13.1f} {floor_ratio:>16}",
+            flush=True,
+        )
+    print(
+        "matmul floor: updates/s if an update ran only its matrix multiplies (forward and backward, "
+        "recorded from one eager update and replayed alone); MMACs: its multiply-adds, in millions"
+    )
 
 
 def main() -> int:

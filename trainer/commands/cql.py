@@ -25,6 +25,7 @@ def make_objective(cfg: CQLConfig, spec, net, make_net) -> CQLObjective:
         policy_temperature=cfg.policy_temperature,
         value_weight=cfg.value_weight,
         player_count=spec.player_count,
+        critics=cfg.critics,
     )
 
 

@@ -26,6 +26,7 @@ def make_objective(cfg: IQLConfig, spec, net, make_net) -> IQLObjective:
         target_update_rate=cfg.target_update_rate,
         value_weight=cfg.value_weight,
         player_count=spec.player_count,
+        critics=cfg.critics,
     )
 
 

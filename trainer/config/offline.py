@@ -229,6 +229,12 @@ class OfflineRLConfig(OfflineConfig):
     value_weight: float = Field(
         1.0, ge=0, description="Weight of the value-head loss in the exported network."
     )
+    critics: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="Q networks: 2 (twin, min/mean of both) or 1 (about two thirds of the arithmetic per update).",
+    )
     lr_warmup_steps: int = Field(100, ge=0, description="Linear LR warmup length in global steps.")
     checkpoint_interval: int = Field(
         500, gt=0, description="Steps between step checkpoints and ONNX publishes."

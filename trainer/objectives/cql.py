@@ -1,6 +1,7 @@
 """Discrete Conservative Q-Learning (Kumar et al. 2020, CQL(H)) for two-player zero-sum games.
 
-Networks: twin Q networks q1, q2 with Polyak targets (TwinQ, shared with IQL), and the
+Networks: twin Q networks q1, q2 with Polyak targets (TwinQ, shared with IQL; with
+`--critics 1` q1 alone, and min and mean below are q1 itself), and the
 exported policy-value network `net` (`build_network`), distilled from the critic:
   policy head  <- cross-entropy to softmax(min(q1, q2)(s, .) / T) over legal moves
   value head   <- MSE to clamp(max_legal min(q1, q2)(s, .), -1, 1)   (the greedy state value)
@@ -28,7 +29,7 @@ from torch import nn
 
 from trainer.objectives.policy_value import ILLEGAL_LOGIT, masked_log_softmax, policy_metrics
 from trainer.objectives.step_metrics import Values
-from trainer.objectives.twin_q import TwinQObjective, gather, masked_max
+from trainer.objectives.twin_q import TwinQObjective, gather, masked_max, q_mean, q_min, summed
 from trainer.training.batch import Batch
 
 
@@ -50,24 +51,22 @@ class CQLObjective(TwinQObjective):
     def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
         a, legal, next_legal = batch.action, batch.legal_mask, batch.next_legal_mask
         with torch.no_grad():
-            n1, n2 = self.eval_forward(self.q, batch.next_obs)
-            best_next = ((n1 + n2) / 2).masked_fill(~next_legal, ILLEGAL_LOGIT).argmax(-1)
-            t1, t2 = self.q_target(batch.next_obs)
-            opp_value = gather((t1 + t2) / 2, best_next)
+            online_next = q_mean(self.eval_forward(self.q, batch.next_obs))
+            best_next = online_next.masked_fill(~next_legal, ILLEGAL_LOGIT).argmax(-1)
+            opp_value = gather(q_mean(self.q_target(batch.next_obs)), best_next)
             opp_value = torch.where(next_legal.any(-1), opp_value, torch.zeros_like(opp_value))
             y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * opp_value
 
-        (logits, v), (q1, q2) = (nets or self.nets)(batch.obs)
-        q1a, q2a = gather(q1, a), gather(q2, a)
-        td_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
-        lse1 = q1.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1)
-        lse2 = q2.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1)
-        penalty = (lse1 - q1a).mean() + (lse2 - q2a).mean()
+        (logits, v), qs = (nets or self.nets)(batch.obs)
+        qas = [gather(q, a) for q in qs]
+        td_loss = summed([F.mse_loss(qa, y) for qa in qas])
+        lses = [q.masked_fill(~legal, ILLEGAL_LOGIT).logsumexp(-1) for q in qs]
+        penalty = summed([(lse - qa).mean() for lse, qa in zip(lses, qas)])
         q_loss = td_loss + self.alpha * penalty
 
-        q_min = torch.min(q1, q2).detach()
-        target_pi = masked_log_softmax(q_min / self.temperature, legal).exp()
-        v_target = masked_max(q_min, legal).clamp(-1.0, 1.0)
+        pessimistic = q_min(qs).detach()
+        target_pi = masked_log_softmax(pessimistic / self.temperature, legal).exp()
+        v_target = masked_max(pessimistic, legal).clamp(-1.0, 1.0)
         logp = masked_log_softmax(logits, legal)
         pi_loss = -(target_pi * logp).sum(-1).mean()
         v_loss = F.mse_loss(v.squeeze(-1), v_target)
@@ -78,11 +77,11 @@ class CQLObjective(TwinQObjective):
             "pi_loss": pi_loss,
             "v_loss": v_loss,
             "net_loss": pi_loss + self.value_weight * v_loss,
-            "q1a": q1a,
+            "q1a": qas[0],
             "y": y,
             "v_target": v_target,
             "logp": logp,
-            "q_min": q_min,
+            "q_min": pessimistic,
             "legal": legal,
         }
 

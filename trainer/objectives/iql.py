@@ -4,7 +4,8 @@ Networks:
   net        the exported policy-value network (`build_network`): its policy head is the
              extracted policy, its tanh value head IS V(s) of IQL, trained with the
              expectile loss. So the published value is IQL's V, from the side to move's view.
-  q1, q2     twin Q networks (same architecture; their policy-head outputs are Q(s, .)),
+  q1, q2     twin Q networks (same architecture; their policy-head outputs are Q(s, .));
+             with `--critics 1`, q1 alone (the min below is then q1' itself),
   q1', q2'   and their Polyak-averaged targets.
 
 One update (sample, forward, losses, backward, clip, step, Polyak):
@@ -30,7 +31,7 @@ from torch import nn
 
 from trainer.objectives.policy_value import masked_log_softmax, policy_metrics
 from trainer.objectives.step_metrics import Values
-from trainer.objectives.twin_q import TwinQObjective, gather
+from trainer.objectives.twin_q import TwinQObjective, gather, q_min, summed
 from trainer.training.batch import Batch
 
 
@@ -53,12 +54,11 @@ class IQLObjective(TwinQObjective):
     def losses(self, batch: Batch, nets: nn.Module | None = None) -> dict[str, torch.Tensor]:
         a = batch.action
         with torch.no_grad():
-            tq1, tq2 = self.q_target(batch.obs)
-            q_data = torch.min(gather(tq1, a), gather(tq2, a))
+            q_data = gather(q_min(self.q_target(batch.obs)), a)
             v_next = self.eval_forward(self.net, batch.next_obs)[1].squeeze(-1)
             y = batch.reward + self.gamma * (1.0 - batch.done) * self.sign * v_next
 
-        (logits, v), (q1, q2) = (nets or self.nets)(batch.obs)
+        (logits, v), qs = (nets or self.nets)(batch.obs)
         v = v.squeeze(-1)
         diff = q_data - v
         weight = torch.abs(self.expectile - (diff < 0).float())
@@ -69,15 +69,15 @@ class IQLObjective(TwinQObjective):
         logp = masked_log_softmax(logits, batch.legal_mask)
         pi_loss = -(w * gather(logp, a)).mean()
 
-        q1a, q2a = gather(q1, a), gather(q2, a)
-        q_loss = F.mse_loss(q1a, y) + F.mse_loss(q2a, y)
+        qas = [gather(q, a) for q in qs]
+        q_loss = summed([F.mse_loss(qa, y) for qa in qas])
         return {
             "net_loss": pi_loss + self.value_weight * v_loss,
             "q_loss": q_loss,
             "pi_loss": pi_loss,
             "v_loss": v_loss,
             "logp": logp,
-            "q1a": q1a,
+            "q1a": qas[0],
             "y": y,
             "v": v,
             "adv": adv,

@@ -1,8 +1,10 @@
-"""What IQL and CQL share: twin Q networks with Polyak targets beside the exported net.
+"""What IQL and CQL share: Q critics with Polyak targets beside the exported net.
 
 A twin-Q objective owns two networks with separate optimisers: `net` (the exported
-policy-value network, `build_network`) and `q` (two Q networks whose policy-head outputs
-are Q(s, .)), plus `q_target`, a frozen Polyak average of `q`. Subclasses define
+policy-value network, `build_network`) and `q` (one or two Q networks whose policy-head
+outputs are Q(s, .)), plus `q_target`, a frozen Polyak average of `q`. Two critics (the
+default) take the minimum or mean of both where one critic would over-estimate; one critic
+(`--critics 1`, d3rlpy's discrete default) does about two thirds of the arithmetic per update. Subclasses define
 `losses(batch, nets)` (returning at least `net_loss` and `q_loss`) and `_metrics(out, batch)`;
 the update itself (one backward over disjoint parameters, clip, step, Polyak) is here.
 
@@ -28,15 +30,37 @@ from trainer.training.batch import Batch
 
 
 class TwinQ(nn.Module):
-    """Two independent Q networks; each is a policy-value net whose logits are Q(s, .)
-    (their value heads are never evaluated)."""
+    """One or two independent Q networks (`q1`, `q2`); each is a policy-value net whose
+    logits are Q(s, .) (their value heads are never evaluated)."""
 
-    def __init__(self, make_net: Callable[[], nn.Module]):
+    def __init__(self, make_net: Callable[[], nn.Module], count: int = 2):
         super().__init__()
-        self.q1, self.q2 = make_net(), make_net()
+        if count not in (1, 2):
+            raise ValueError(f"critics must be 1 or 2, not {count}")
+        self.q1 = make_net()
+        if count == 2:
+            self.q2 = make_net()
+        self.critics = [self.q1] if count == 1 else [self.q1, self.q2]
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q1.policy_logits(obs), self.q2.policy_logits(obs)
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(q.policy_logits(obs) for q in self.critics)
+
+
+def critic_count(q_state: dict[str, Any]) -> int:
+    return 2 if any(k.startswith("q2.") for k in q_state) else 1
+
+
+def q_mean(qs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return qs[0] if len(qs) == 1 else (qs[0] + qs[1]) / 2
+
+
+def summed(terms: list[torch.Tensor]) -> torch.Tensor:
+    """One loss per critic, added (each critic's gradient is its own term's)."""
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def q_min(qs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return qs[0] if len(qs) == 1 else torch.min(qs[0], qs[1])
 
 
 class TrainingNets(nn.Module):
@@ -107,10 +131,11 @@ class TwinQObjective(Objective):
         target_update_rate: float,
         value_weight: float = 1.0,
         player_count: int = 2,
+        critics: int = 2,
     ):
         self.net = net
         device = next(net.parameters()).device
-        self.q = TwinQ(make_net).to(device)
+        self.q = TwinQ(make_net, critics).to(device)
         self.q_target = frozen_copy(self.q)
         self.net_params, self.q_params = list(net.parameters()), list(self.q.parameters())
         self.opt_net = adam(self.net_params, lr=lr, weight_decay=weight_decay)
@@ -193,6 +218,9 @@ class TwinQObjective(Objective):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved, ours = critic_count(state["q"]), len(self.q.critics)
+        if saved != ours:
+            raise ValueError(f"it trained {saved} critic(s), this run asks for --critics {ours}")
         self.net.load_state_dict(state["net"])
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])

@@ -220,7 +220,10 @@ def _resume(mode: str, folder: Path, state: TrainState, objective: Objective) ->
             f"checkpoint {path} is from a {loaded.mode} run, not {mode}; pass it with --init-from, or use --fresh"
         )
     check_compatible(loaded, state.env_id, state.spec, state.network, path)
-    objective.load_state_dict(loaded.objective)
+    try:
+        objective.load_state_dict(loaded.objective)
+    except ValueError as exc:  # settings that shape the objective's own networks
+        raise CheckpointError(f"checkpoint {path}: {exc}; match it or use --fresh") from exc
     restore_rng(loaded.rng)
     loaded.config_json = state.config_json  # the settings of this command, not the old one
     log.info("resumed from %s at step %d (%d samples trained)", path, loaded.step, loaded.samples_trained)
