@@ -1,6 +1,9 @@
 """The update's speed paths change no arithmetic: `Objective.compile()` trains the weights
 the eager update does, leaves checkpoints loadable without compiling and falls back to eager
-(one warning) when the compiler fails; the direct fused Adam step equals the optimiser's."""
+(one warning) when the compiler fails; the direct fused Adam step equals the optimiser's.
+A compiled policy/value update is one graph of forward, backward and clipping: it keeps each
+objective's own settings, refuses a non-finite step having changed nothing, and hands a
+wrapped net's update back to autograd (DDP's gradient hooks)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from trainer.commands.offline_common import build_offline
 from trainer.config import load_config
 from trainer.games import get_game
 from trainer.model.networks import build_network
-from trainer.objectives.base import adam
+from trainer.objectives.base import NonFiniteStep, adam
 from trainer.objectives.iql import IQLObjective
 from trainer.objectives.policy_value import PolicyValueObjective
 from trainer.sources.offline_data import build_dataset
@@ -30,30 +33,30 @@ datasets = test_offline_modes.datasets  # the fixture: teacher games as JSONL an
 STEPS = 4
 
 
-def make_objective(mode: str):
+def make_objective(mode: str, **settings):
     torch.manual_seed(0)
 
     def make():
         return build_network(C4.spec, "mlp", hidden=32, layers=2)
 
     if mode == "bc":
-        return PolicyValueObjective(
-            make(), name=mode, lr=1e-2, weight_decay=1e-4, grad_clip=1.0, label_smoothing=0.05
-        )
+        bc = {"weight_decay": 1e-4, "grad_clip": 1.0, "label_smoothing": 0.05} | settings
+        return PolicyValueObjective(make(), name=mode, lr=1e-2, **bc)
     common = {"lr": 1e-2, "weight_decay": 1e-4, "grad_clip": 1.0, "gamma": 1.0, "target_update_rate": 0.05}
     return IQLObjective(make(), make, expectile=0.7, beta=3.0, max_weight=100.0, **common)
 
 
-def train(mode: str, compiled: bool) -> tuple[dict, list[float]]:
+def train(mode: str, compiled: bool, **settings) -> tuple[dict, list[float]]:
     data = build_dataset(random_connect4(400, seed=1), "connect4", transitions=mode == "iql")
     rows = torch.arange(len(data))
     if mode == "iql":
         rows = rows[data.has_next]
     source = ShuffledSource(data, rows, 32, seed=0)
-    obj = make_objective(mode)
+    obj = make_objective(mode, **settings)
     if compiled:
         obj.compile()
-    losses = [obj.train_step(source.next_batch(), 1e-2)["total_loss"] for _ in range(STEPS)]
+    # A changing LR: it must not be baked into what was compiled.
+    losses = [obj.train_step(source.next_batch(), 1e-2 / (1 + k))["total_loss"] for k in range(STEPS)]
     return obj.state_dict(), losses
 
 
@@ -89,6 +92,68 @@ def test_compiled_run_resumes_like_an_uninterrupted_one(datasets, tmp_path):
     assert b.step == a.step > interrupt_at and ta.keys() == tb.keys() and ".net.policy_head.weight" in ta
     for k in ta:
         torch.testing.assert_close(ta[k].float(), tb[k].float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_objectives_of_one_shape_keep_their_own_settings():
+    """Two objectives of the same net shapes, compiled in one process, each train like their
+    eager twin: one's compiled update (its smoothing, clipping, loss weights) never serves
+    the other."""
+    first = {"label_smoothing": 0.0, "grad_clip": 0.0}
+    second = {"label_smoothing": 0.2, "grad_clip": 0.05, "value_weight": 3.0}
+    compiled = [train("bc", True, **first), train("bc", True, **second)]
+    for settings, got in zip((first, second), compiled):
+        assert_same_training(train("bc", False, **settings), got)
+
+
+@pytest.mark.slow
+def test_a_nonfinite_compiled_step_changes_nothing():
+    data = build_dataset(random_connect4(200, seed=2), "connect4", transitions=False)
+    source = ShuffledSource(data, torch.arange(len(data)), 32, seed=0)
+    obj = make_objective("bc")
+    obj.compile()
+    for _ in range(2):  # optimiser state exists, the update is compiled
+        obj.train_step(source.next_batch(), 1e-2)
+    before = [t.clone() for t in flat(obj.state_dict())]
+    bad = source.next_batch()
+    bad.obs[3, 0] = float("inf")
+    with pytest.raises(NonFiniteStep):
+        obj.train_step(bad, 1e-2)
+    after = flat(obj.state_dict())
+    assert obj.whole_graph.compiled is not None  # the refusal was the guard's, not a fallback
+    assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+    assert np.isfinite(obj.train_step(source.next_batch(), 1e-2)["total_loss"])
+
+
+class Wrapper(torch.nn.Module):
+    """What `wrap_for_training` gets from DDP, reduced to what matters here: the net called
+    through another module, gradients seen by hooks as autograd accumulates them."""
+
+    def __init__(self, net: torch.nn.Module, seen: list[int]):
+        super().__init__()
+        self.net = net
+        for p in net.parameters():
+            p.register_post_accumulate_grad_hook(lambda p: seen.append(1))
+
+    def forward(self, obs):
+        return self.net(obs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrap_first", [True, False])
+def test_a_wrapped_net_trains_compiled_through_autograd(wrap_first):
+    data = build_dataset(random_connect4(200, seed=2), "connect4", transitions=False)
+    source = ShuffledSource(data, torch.arange(len(data)), 32, seed=0)
+    seen: list[int] = []
+    obj = make_objective("bc")
+    if wrap_first:
+        obj.wrap_for_training(lambda net: Wrapper(net, seen))
+    obj.compile()
+    if not wrap_first:
+        obj.wrap_for_training(lambda net: Wrapper(net, seen))
+    for _ in range(STEPS):
+        obj.train_step(source.next_batch(), 1e-2)
+    assert len(seen) == STEPS * len(obj.params)
 
 
 def test_failed_compilation_warns_once_and_trains_eagerly(monkeypatch, caplog):

@@ -71,15 +71,38 @@ class Objective(ABC):
 
 
 class CompiledOrEager:
-    """`torch.compile(fn)` that falls back to `fn` for good when compiling fails (no C++
-    compiler, an operation the compiler does not support). A failure is assumed to be the
-    compiler's: an error of `fn` itself recurs on its eager call and propagates from there.
-    Compilation happens at the first call and again for each new input shape; a failed
-    attempt changes no weights or buffers, so the eager call redoes the step exactly."""
+    """`torch.compile(fn)` that falls back to `eager` (by default `fn` itself) for good when
+    compiling fails (no C++ compiler, an operation the compiler does not support). `eager`
+    computes what `fn` does, in a form that runs well without the compiler. A failure is
+    assumed to be the compiler's: an error of `fn` itself recurs on its eager call and
+    propagates from there. Compilation happens at the first call and again for each new
+    input shape; a failed attempt changes no weights or buffers, so the eager call redoes
+    the step exactly.
 
-    def __init__(self, fn: Callable[..., Any], what: str):
-        self.eager, self.what = fn, what
-        self.compiled: Callable[..., Any] | None = torch.compile(fn)
+    `tensor_guards_only`: before each call the compiled code checks only its tensor inputs
+    (shape, dtype, device: a new batch size compiles again), not the hundreds of attributes
+    of the objective and its modules that it read while compiling, a check that costs a
+    small update a good part of its time. For a function of settings and module structure
+    that never change after construction; such a compilation serves this instance alone,
+    never another object's call of the same function."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        what: str,
+        eager: Callable[..., Any] | None = None,
+        *,
+        tensor_guards_only: bool = False,
+    ):
+        self.eager, self.what = eager or fn, what
+        if tensor_guards_only:
+            self.compiled: Callable[..., Any] | None = torch.compile(
+                fn,
+                options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe},
+                isolate_recompiles=True,
+            )
+        else:
+            self.compiled = torch.compile(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None:
@@ -172,8 +195,12 @@ def clip_and_norm(params, max_norm: float) -> torch.Tensor | float:
     gradients). The arithmetic of `clip_grad_norm_`, in fused ops: on CPU it would loop
     over the tensors."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
+    return clip_grads(grads, max_norm) if grads else 0.0
+
+
+def clip_grads(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """`clip_and_norm` on the gradient tensors themselves, in place (also inside a compiled
+    graph, where the gradients are values rather than `.grad` fields)."""
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     if max_norm > 0:
         torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))

@@ -15,8 +15,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad
 
-from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, drop_grads, set_lr
+from trainer.objectives.base import (
+    CompiledOrEager,
+    Objective,
+    StepGuard,
+    adam,
+    clip_and_norm,
+    clip_grads,
+    drop_grads,
+    set_lr,
+)
 from trainer.objectives.step_metrics import StepMetrics, as_floats
 from trainer.training.batch import Batch
 
@@ -81,6 +91,7 @@ class PolicyValueObjective(Objective):
         self.value_weight = value_weight
         self.guard = StepGuard(net)
         self.train_losses = self.losses  # what train_step calls: compile() replaces it
+        self.whole_graph: CompiledOrEager | None = None  # compile() sets it
 
     def losses(self, batch: Batch, smoothing: float, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
         logits, value = (net or self.net)(batch.obs)
@@ -99,15 +110,60 @@ class PolicyValueObjective(Objective):
             **policy_metrics(out["logp"].detach(), batch.policy, batch.legal_mask),
         }
 
+    def compile(self) -> None:
+        """The plain net's whole forward, backward and clipping as one graph: no autograd
+        engine, no per-parameter gradient accumulation, one call. The optimiser step stays
+        the fused kernel, after the guard has seen the loss and the gradient norm. A wrapped
+        net (DDP's gradient hooks, autocast) trains through the compiled loss alone, and so
+        does a net with buffers: BatchNorm's in-place statistics do not trace as a pure
+        function of the weights."""
+        if self.train_net is not self.net or any(True for _ in self.net.buffers()):
+            return super().compile()
+        self.names = [name for name, _ in self.net.named_parameters()]
+        self.whole_graph = CompiledOrEager(
+            self._functional_gradients,
+            f"the {self.name} update",
+            eager=self._autograd_gradients,
+            tensor_guards_only=True,
+        )
+
+    def _autograd_gradients(self, batch: Batch, params: list[torch.Tensor]) -> tuple[dict, None, Any]:
+        """Forward, backward and clipping; the gradients are left in the parameters' `.grad`."""
+        out = self.train_losses(batch, self.label_smoothing, self.train_net)
+        drop_grads(self.params)
+        out["total"].backward()
+        return out, None, clip_and_norm(self.params, self.grad_clip)
+
+    def _functional_gradients(self, batch: Batch, params: list[torch.Tensor]) -> tuple[dict, list, Any]:
+        """The same as a pure function of `params` (the weights, detached), gradients returned."""
+
+        def total(weights: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            def net(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return functional_call(self.net, dict(zip(self.names, weights)), (obs,))
+
+            out = self.losses(batch, self.label_smoothing, net)
+            return out["total"], out
+
+        grads, out = grad(total, has_aux=True)(params)
+        return out, grads, clip_grads(grads, self.grad_clip)
+
+    def _gradients(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Any]:
+        """(the losses, the pre-clip gradient norm), with the clipped gradients in `.grad`."""
+        if self.whole_graph is None:
+            out, _, norm = self._autograd_gradients(batch, self.params)
+            return out, norm
+        out, grads, norm = self.whole_graph(batch, [p.detach() for p in self.params])
+        if grads is not None:
+            for p, g in zip(self.params, grads):
+                p.grad = g
+        return out, norm
+
     def train_step(self, batch: Batch, lr: float) -> StepMetrics:
         if not self.net.training:
             self.net.train()
         set_lr(self.optimizer, lr)
         self.guard.begin()
-        out = self.train_losses(batch, self.label_smoothing, self.train_net)
-        drop_grads(self.params)
-        out["total"].backward()
-        grad_norm = clip_and_norm(self.params, self.grad_clip)
+        out, grad_norm = self._gradients(batch)
         # Only what the guard checks now; the rest when a hook reads it.
         known = as_floats({"total_loss": out["total"], "grad_norm": grad_norm})
         metrics = StepMetrics(known, lambda: self._metrics(out, batch))
@@ -123,6 +179,9 @@ class PolicyValueObjective(Objective):
 
     def wrap_for_training(self, wrap) -> None:
         self.train_net = wrap(self.net)
+        if self.whole_graph is not None:  # compiled before: the wrapper's hooks need autograd
+            self.whole_graph = None
+            super().compile()
 
     def export_module(self) -> nn.Module:
         return self.net
