@@ -79,11 +79,12 @@ def test_compiled_update_trains_the_eager_weights(mode):
 
 
 @pytest.mark.slow
-def test_compiled_run_resumes_like_an_uninterrupted_one(datasets, tmp_path):
-    command, config, fmt, _, interrupt_at, _ = MODES["iql"]
-    args = lambda out: [*argv("iql", datasets[fmt], out), "--compile"]  # noqa: E731
+@pytest.mark.parametrize("mode", ["iql", "bc"])
+def test_compiled_run_resumes_like_an_uninterrupted_one(mode, datasets, tmp_path):
+    command, config, fmt, _, interrupt_at, _ = MODES[mode]
+    args = lambda out: [*argv(mode, datasets[fmt], out), "--compile"]  # noqa: E731
     assert command.main(args(tmp_path / "a")) == 0
-    loop = build_offline("iql", load_config(config, args(tmp_path / "b")), command.make_objective)
+    loop = build_offline(mode, load_config(config, args(tmp_path / "b")), command.make_objective)
     loop.hooks.append(StopAt(interrupt_at))
     loop.run()
     assert command.main([*args(tmp_path / "b"), "--resume"]) == 0
