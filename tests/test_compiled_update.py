@@ -43,7 +43,8 @@ def make_objective(mode: str, **settings):
         bc = {"weight_decay": 1e-4, "grad_clip": 1.0, "label_smoothing": 0.05} | settings
         return PolicyValueObjective(make(), name=mode, lr=1e-2, **bc)
     common = {"lr": 1e-2, "weight_decay": 1e-4, "grad_clip": 1.0, "gamma": 1.0, "target_update_rate": 0.05}
-    return IQLObjective(make(), make, expectile=0.7, beta=3.0, max_weight=100.0, **common)
+    iql = {"expectile": 0.7, "beta": 3.0, "max_weight": 100.0} | settings
+    return IQLObjective(make(), make, **iql, **common)
 
 
 def train(mode: str, compiled: bool, **settings) -> tuple[dict, list[float]]:
@@ -95,16 +96,25 @@ def test_compiled_run_resumes_like_an_uninterrupted_one(mode, datasets, tmp_path
         torch.testing.assert_close(ta[k].float(), tb[k].float(), rtol=1e-5, atol=1e-6)
 
 
+SETTINGS = {
+    "bc": (
+        {"label_smoothing": 0.0, "grad_clip": 0.0},
+        {"label_smoothing": 0.2, "grad_clip": 0.05, "value_weight": 3.0},
+    ),
+    "iql": ({"expectile": 0.6}, {"expectile": 0.9, "beta": 1.0}),
+}
+
+
 @pytest.mark.slow
-def test_compiled_objectives_of_one_shape_keep_their_own_settings():
+@pytest.mark.parametrize("mode", list(SETTINGS))
+def test_compiled_objectives_of_one_shape_keep_their_own_settings(mode):
     """Two objectives of the same net shapes, compiled in one process, each train like their
-    eager twin: one's compiled update (its smoothing, clipping, loss weights) never serves
-    the other."""
-    first = {"label_smoothing": 0.0, "grad_clip": 0.0}
-    second = {"label_smoothing": 0.2, "grad_clip": 0.05, "value_weight": 3.0}
-    compiled = [train("bc", True, **first), train("bc", True, **second)]
+    eager twin: one's compiled update (its smoothing, clipping, loss weights, expectile)
+    never serves the other."""
+    first, second = SETTINGS[mode]
+    compiled = [train(mode, True, **first), train(mode, True, **second)]
     for settings, got in zip((first, second), compiled):
-        assert_same_training(train("bc", False, **settings), got)
+        assert_same_training(train(mode, False, **settings), got)
 
 
 @pytest.mark.slow

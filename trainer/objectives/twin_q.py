@@ -23,7 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.objectives.base import Objective, StepGuard, adam, clip_and_norm, drop_grads, set_lr
+from trainer.objectives.base import (
+    CompiledOrEager,
+    Objective,
+    StepGuard,
+    adam,
+    clip_and_norm,
+    drop_grads,
+    set_lr,
+)
 from trainer.objectives.policy_value import ILLEGAL_LOGIT
 from trainer.objectives.step_metrics import StepMetrics, Values, as_floats
 from trainer.training.batch import Batch
@@ -202,8 +210,18 @@ class TwinQObjective(Objective):
         self.q.eval()
         return as_floats(self._metrics(self.losses(batch, self.nets), batch))
 
+    def compile(self) -> None:
+        """The losses through `torch.compile`. Plain nets without train/eval differences
+        (no BatchNorm, no dropout) are checked on their tensor inputs only: the settings and
+        modules the losses read never change after construction. A wrapped run (DDP) and
+        modal nets keep the compiler's full checks."""
+        lean = self.train_nets is self.nets and not self.modal
+        self.train_losses = CompiledOrEager(self.losses, f"the {self.name} update", tensor_guards_only=lean)
+
     def wrap_for_training(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         self.train_nets = wrap(self.nets)
+        if isinstance(self.train_losses, CompiledOrEager):  # compiled before: full checks for the wrapper
+            self.compile()
 
     def export_module(self) -> nn.Module:
         return self.net
