@@ -141,7 +141,9 @@ def test_daemon_metrics_have_the_family_names_grow_and_equal_stats_json(tmp_path
     write_random_games(tmp_path / "replay.db", "tictactoe", 60, seed=21)
     port = free_port()
     # The reuse limit makes the daemon train a while, then wait for rows that never come:
-    # a run that goes through training, publishing and evaluation, then holds still.
+    # a run that goes through training, publishing and evaluation, then holds still. An
+    # evaluation needs a published model, and the first publish runs beside the training
+    # steps, so it comes early enough to be done before the last evaluation is due.
     proc = start_daemon(
         tmp_path,
         "--steps",
@@ -153,9 +155,9 @@ def test_daemon_metrics_have_the_family_names_grow_and_equal_stats_json(tmp_path
         "--min-rows",
         "50",
         "--checkpoint-interval",
-        "20",
+        "10",
         "--eval-interval",
-        "20",
+        "10",
         "--eval-games",
         "10",
         "--stats-interval",

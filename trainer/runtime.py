@@ -1,4 +1,4 @@
-"""Process-level set-up shared by every command: logging, threads, seeds, signals.
+"""Process-level set-up shared by every command: logging, threads, seeds, signals, memory.
 
 torch is imported only inside `setup_torch`, so torch-free programs (the actor, the
 evaluator) can use the logging and signal set-up too.
@@ -21,6 +21,17 @@ from trainer.logging_setup import configure_logging
 def setup_logging(level: str, fmt: str = "text") -> None:
     """`fmt` is the program's --log-format: "text" or "json" (trainer/logging_setup.py)."""
     configure_logging(level, fmt)
+
+
+def resident_memory_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class DeviceUnavailable(RuntimeError):

@@ -21,6 +21,7 @@ from trainer import __version__
 from trainer.atomic_files import atomic_write_json, finite_or_none
 from trainer.hooks.base import Hook, LoopView
 from trainer.hooks.publish import LAST_PUBLISHED_MODEL
+from trainer.runtime import resident_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ def thin_history(history: list[dict], limit: int) -> list[dict]:
     nearest = np.where(grid - steps[right - 1] <= steps[right] - grid, right - 1, right)
     keep = sorted(set(nearest.tolist()) | {0, len(history) - 1})
     return [history[i] for i in keep]
-
-
-def resident_memory_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        import os
-
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StatsHook(Hook):

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from trainer.hooks.stats import resident_memory_mb
+from trainer.runtime import resident_memory_mb
 
 T = TypeVar("T")
 

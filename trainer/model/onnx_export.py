@@ -22,16 +22,18 @@ import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 import trainer
 from trainer.games.base import GameSpec
 from trainer.model.contract import INPUT_NAME, OUTPUT_NAMES, read_model_metadata, sample_observations
+
+if TYPE_CHECKING:
+    import onnx
 
 BATCH_DIM = "batch"
 # The oldest opset the contract allows, so the widest range of actor onnxruntime builds load
@@ -126,6 +128,8 @@ def inference_copy(module: nn.Module) -> nn.Module:
 
 
 def _export_torchscript(net: nn.Module, dummy: torch.Tensor) -> onnx.ModelProto:
+    import onnx  # heavy (it loads ml_dtypes): only a process that publishes pays for it
+
     buf = io.BytesIO()
     with _quiet():
         torch.onnx.export(
@@ -196,6 +200,8 @@ def verify_onnx(
 ) -> None:
     """Raise `PublishError` unless the file at `path` is a valid contract model whose
     onnxruntime outputs equal `module`'s (eval mode, CPU) within `ATOL` at each batch size."""
+    import onnx
+
     path = Path(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -257,6 +263,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def _check_graph(proto: onnx.ModelProto, spec: GameSpec, name: str) -> None:
+    import onnx
+
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 17:
         raise PublishError(f"{name}: opset {opset} < 17")

@@ -6,10 +6,12 @@ batch came from; it only asks for the next one and, when there is none yet, why.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.sources.wait_reason import WaitReason
-from trainer.training.batch import Batch
+
+if TYPE_CHECKING:  # torch: the actor reaches this package and never needs it
+    from trainer.training.batch import Batch
 
 
 class BatchSource(Protocol):
