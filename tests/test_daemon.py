@@ -140,15 +140,18 @@ def test_kill9_never_breaks_latest_and_resume_keeps_the_lr(tmp_path):
     ]
     rng = random.Random(0)
     resumed_at = 0
+    latest = tmp_path / "models" / "latest.onnx"
     for _attempt in range(4):
         proc = start_daemon(tmp_path, *sched, *FAST)
         # Kill while this run trains and publishes (every 40 steps, many times a second),
-        # not while it is still starting up.
+        # not while it is still starting up, and once the folder holds a model to break (the
+        # first run's first publish loads onnx, so it can end a few steps after it began).
         wait_for_step(tmp_path, resumed_at + 45, 60, proc)
+        wait_for(lambda: latest.exists(), 60, "the first published model", proc, tmp_path)
         time.sleep(rng.uniform(0.0, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        onnx_step(tmp_path / "models" / "latest.onnx")  # loadable whatever the moment
+        onnx_step(latest)  # loadable whatever the moment
         ckpt_step = load_checkpoint_file(tmp_path / "checkpoints" / "latest.pt").step
         assert ckpt_step >= resumed_at + 40, "the killed run saved no checkpoint of its own"
         resumed_at = ckpt_step
