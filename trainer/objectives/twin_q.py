@@ -4,9 +4,10 @@ A twin-Q objective owns two networks with separate optimisers: `net` (the export
 policy-value network, `build_network`) and `q` (one or two Q networks whose policy-head
 outputs are Q(s, .)), plus `q_target`, a frozen Polyak average of `q`. Two critics (the
 default) take the minimum or mean of both where one critic would over-estimate; one critic
-(`--critics 1`, d3rlpy's discrete default) does about two thirds of the arithmetic per update. Subclasses define
-`losses(batch, nets)` (returning at least `net_loss` and `q_loss`) and `_metrics(out, batch)`;
-the update itself (one backward over disjoint parameters, clip, step, Polyak) is here.
+(`--critics 1`, d3rlpy's discrete default) costs about two thirds of the arithmetic per
+update. Subclasses define `losses(batch, nets)` (returning at least `net_loss` and
+`q_loss`) and `_metrics(out, batch)`; the update itself (one backward over disjoint
+parameters, clip, step, Polyak) is here.
 
 The forward passes that carry gradients go through `nets(obs)`, net and q as one module,
 so under torchrun one DistributedDataParallel wrapper averages the gradients of both;
@@ -72,7 +73,7 @@ def q_min(qs: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 class TrainingNets(nn.Module):
-    """`net` and `q` on the same observations: ((logits, value), (q1, q2))."""
+    """`net` and `q` on the same observations: ((logits, value), (q1[, q2]))."""
 
     def __init__(self, net: nn.Module, q: TwinQ):
         super().__init__()
