@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainer.config.game_defaults import GameDefaults, apply_game_defaults, describe_game_defaults
 from trainer.games import KNOWN_ENV_IDS
 from trainer.logging_setup import LogFormat
 from trainer.replay.backend import ReplayLocation
@@ -15,14 +16,9 @@ from trainer.replay.backend import ReplayLocation
 # flag, ACTOR_* variable or TOML key). Connect Four: chosen with benchmarks/actor_bench.py
 # (plies/s side by side) and benchmarks/actor_strength.py (the same model under the old and
 # the new settings).
-GAME_DEFAULTS: dict[str, dict[str, Any]] = {
+GAME_DEFAULTS: GameDefaults = {
     "connect4": dict(parallel_games=32),
 }
-
-
-def _per_game(field: str) -> str:
-    games = [f"{env_id}: {d[field]}" for env_id, d in GAME_DEFAULTS.items() if field in d]
-    return f" Unset: {'; '.join(games)}; other games the default." if games else ""
 
 
 class ActorConfig(BaseModel):
@@ -81,7 +77,7 @@ class ActorConfig(BaseModel):
         ge=1,
         le=65536,
         description="Games played at once per process; their leaves go to the model in one batch."
-        + _per_game("parallel_games"),
+        + describe_game_defaults(GAME_DEFAULTS, "parallel_games"),
     )
     threads: int = Field(1, ge=1, le=1024, description="onnxruntime intra-op threads per process.")
     poll_interval: float = Field(
@@ -105,7 +101,5 @@ class ActorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _game_defaults(self) -> ActorConfig:
-        for name, value in GAME_DEFAULTS.get(self.env_id, {}).items():
-            if name not in self.model_fields_set:
-                setattr(self, name, value)
+        apply_game_defaults(self, GAME_DEFAULTS)
         return self

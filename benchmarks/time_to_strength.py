@@ -13,7 +13,8 @@ player in every game, then stops the run (or at --ttt-budget minutes).
 Connect Four: runs the loop (with `--steps 0`, i.e. until stopped, unless `--steps` is
 passed after `--`) for the largest of --c4-minutes, copying `latest.onnx` aside at each
 mark, stops it, and only then plays each copy against rollout MCTS of --c4-opponents
-simulations (so evaluation never takes CPU from training; the rollout opponents are slow).
+simulations (so evaluation never takes CPU from training; the rollout opponents are slow),
+one evaluator process per core.
 
 Minutes count from the launcher's start, model loading and the first random-play games
 included: that is what a user waits. Extra launcher flags go after `--`, e.g.
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +70,9 @@ class TttResult:
     budget_min: float = 0.0
 
 
-def start_loop(env_id: str, data: Path, extra: list[str], log_path: Path) -> subprocess.Popen:
+def start_loop(
+    env_id: str, data: Path, extra: list[str], log_path: Path, env=None, preexec_fn=None
+) -> subprocess.Popen:
     argv = [
         sys.executable,
         "-m",
@@ -82,7 +86,15 @@ def start_loop(env_id: str, data: Path, extra: list[str], log_path: Path) -> sub
         *extra,
     ]
     log = open(log_path, "wb")
-    return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=preexec_fn,
+    )
 
 
 def stop_loop(proc: subprocess.Popen, timeout: float = 60.0) -> int:
@@ -174,21 +186,39 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
             )
     finally:
         print(f"  launcher exit code after SIGTERM: {stop_loop(proc)}")
-    table: dict[float, dict[str, tuple[int, int, int] | None]] = {}
-    for mark, model in copies.items():
-        table[mark] = {}
-        for sims in args.c4_opponents:
-            if model is None:
-                table[mark][f"mcts:{sims}"] = None
-                continue
-            r = evaluate_model(model, "connect4", f"mcts:{sims}", args.c4_games, seed=sims)
-            table[mark][f"mcts:{sims}"] = wdl(r)
-            print(
-                f"  {mark:g} min (step {r.model_step}) vs mcts:{sims}: W/D/L {wdl(r)} "
-                f"score {r.score:.2f} ({r.elapsed_s:.0f} s)",
-                flush=True,
+    # The loop has stopped: play the copies on every core at once (one evaluator per core).
+    jobs = [(mark, sims) for mark, model in copies.items() if model is not None for sims in args.c4_opponents]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        futures = {
+            (mark, sims): pool.submit(
+                evaluate_in_child, copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims
             )
+            for mark, sims in jobs
+        }
+    table: dict[float, dict[str, tuple[int, int, int] | None]] = {
+        mark: {f"mcts:{sims}": None for sims in args.c4_opponents} for mark in copies
+    }
+    for (mark, sims), fut in futures.items():
+        r = fut.result()
+        table[mark][f"mcts:{sims}"] = (r["wins"], r["draws"], r["losses"])
+        print(
+            f"  {mark:g} min (step {r['model_step']}) vs mcts:{sims}: W/D/L {table[mark][f'mcts:{sims}']} "
+            f"score {r['score']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, {r['elapsed_s']:.0f} s)",
+            flush=True,
+        )
     return table
+
+
+def evaluate_in_child(
+    model: Path, env_id: str, opponent: str, games: int, seed: int, cpu: int | None = None
+) -> dict:
+    """`python -m trainer.evaluator --json` in its own process (optionally pinned to one core):
+    several run at once without sharing an interpreter lock."""
+    argv = [sys.executable, "-m", "trainer.evaluator", "--model", str(model), "--env-id", env_id]
+    argv += ["--opponent", opponent, "--games", str(games), "--seed", str(seed), "--json"]
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True, preexec_fn=pin).stdout
+    return json.loads(out)
 
 
 def fmt_min(m: float | None, budget: float) -> str:

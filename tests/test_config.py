@@ -143,35 +143,46 @@ def test_bounds_error_names_the_env_variable_or_toml_file(tmp_path, capsys):
         assert needle in capsys.readouterr().err
 
 
-def test_actor_per_game_defaults_apply_only_to_settings_left_unset(tmp_path):
+def _actor_table():
     from actor_stub.config import GAME_DEFAULTS, ActorConfig
 
-    c4 = GAME_DEFAULTS["connect4"]
-    name, value = next(iter(c4.items()))
-    cfg = load_config(ActorConfig, ["--env-id", "connect4"], environ={}, env_prefix="ACTOR_")
+    return ActorConfig, GAME_DEFAULTS, "ACTOR_"
+
+
+def _daemon_table():
+    from trainer.config.daemon import GAME_DEFAULTS
+
+    return DaemonConfig, GAME_DEFAULTS, "TRAINER_"
+
+
+@pytest.mark.parametrize("table", [_actor_table, _daemon_table], ids=["actor", "daemon"])
+def test_per_game_defaults_apply_only_to_settings_left_unset(table, tmp_path):
+    Config, defaults, prefix = table()
+    c4 = defaults["connect4"]
+
+    def load(argv, environ=None):
+        return load_config(Config, argv, environ=environ or {}, env_prefix=prefix)
+
+    cfg = load(["--env-id", "connect4"])
     assert {k: getattr(cfg, k) for k in c4} == c4
-    assert (
-        load_config(ActorConfig, [], environ={}, env_prefix="ACTOR_").model_dump()
-        == ActorConfig().model_dump()
-    )
-    assert getattr(ActorConfig(), name) == ActorConfig.model_fields[name].default  # tic-tac-toe: the field's
-    # A setting given anywhere wins over the game's default, even when it equals the field's default.
-    field_default = str(ActorConfig.model_fields[name].default).lower()
-    flag = "--" + name.replace("_", "-")
-    given = [
-        load_config(
-            ActorConfig, ["--env-id", "connect4", flag, field_default], environ={}, env_prefix="ACTOR_"
-        ),
-        load_config(
-            ActorConfig,
-            ["--env-id", "connect4"],
-            environ={f"ACTOR_{name.upper()}": field_default},
-            env_prefix="ACTOR_",
-        ),
-    ]
-    for cfg in given:
-        assert str(getattr(cfg, name)).lower() == field_default != str(value).lower()
-    # Worker processes get the resolved settings as JSON: the game's defaults survive the trip.
-    resolved = load_config(ActorConfig, ["--env-id", "connect4"], environ={}, env_prefix="ACTOR_")
-    again = ActorConfig.model_validate_json(resolved.model_dump_json())
+    assert load([]).model_dump() == Config().model_dump()
+    for name, value in c4.items():
+        assert (
+            getattr(Config(), name) == Config.model_fields[name].default != value
+        )  # tic-tac-toe: the field's
+        # A setting given anywhere wins over the game's default, even when it equals the field's default.
+        field_default = str(Config.model_fields[name].default).lower()
+        flag = "--" + name.replace("_", "-")
+        given = [
+            load(["--env-id", "connect4", flag, field_default]),
+            load(["--env-id", "connect4"], environ={f"{prefix}{name.upper()}": field_default}),
+        ]
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(f'env_id = "connect4"\n{name} = {field_default}\n')
+        given.append(load(["--config", str(toml)]))
+        for cfg in given:
+            assert str(getattr(cfg, name)).lower() == field_default != str(value).lower()
+    # Worker processes and ranks get the resolved settings as JSON: the game's defaults survive the trip.
+    resolved = load(["--env-id", "connect4"])
+    again = Config.model_validate_json(resolved.model_dump_json())
     assert {k: getattr(again, k) for k in c4} == c4

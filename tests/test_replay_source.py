@@ -48,7 +48,8 @@ def _marked(batch) -> int:
 def test_batch_shapes_and_consistency(tmp_path):
     db = tmp_path / "replay.db"
     write_random_games(db, "connect4", 20, seed=1)
-    src = ReplaySource(_cfg(db, env_id="connect4", batch_size=32))
+    # The outcome alone as the value target (Connect Four's default mixes in mcts_value).
+    src = ReplaySource(_cfg(db, env_id="connect4", batch_size=32, value_target_mix=0.0))
     try:
         b = _wait_batch(src)
         assert b.obs.shape == (32, 93) and b.obs.dtype == torch.float32

@@ -80,7 +80,10 @@ def test_position_averaging_in_the_replay_source(tmp_path):
     start = np.frombuffer(first[0][0], np.float32)
     assert len(first) == games and all(obs == first[0][0] for obs, _ in first)
 
-    src = _source(db, env_id="connect4", batch_size=256, augment=False, average_positions=True)
+    # The outcome alone as the value target (Connect Four's default mixes in mcts_value).
+    src = _source(
+        db, env_id="connect4", batch_size=256, augment=False, average_positions=True, value_target_mix=0.0
+    )
     try:
         batch = _first_batch(src)
     finally:

@@ -8,9 +8,17 @@ from typing import Literal
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from trainer.config.distributed import DistributedSettings
+from trainer.config.game_defaults import GameDefaults, apply_game_defaults, describe_game_defaults
 from trainer.config.network import MAX_BATCH, MAX_LR, MAX_SEED, MAX_THREADS, NetworkSettings
 from trainer.logging_setup import LogFormat
 from trainer.replay.backend import RedactedReplayLocation, is_postgres_url
+
+# Per game, settings that replace the defaults below when the user leaves them unset (see
+# trainer/config/game_defaults.py). Connect Four's value target mix won a whole-loop A/B
+# against the outcome alone (benchmarks/loop_ab.py; the numbers are in the README).
+GAME_DEFAULTS: GameDefaults = {
+    "connect4": dict(value_target_mix=0.5),
+}
 
 
 class DaemonConfig(NetworkSettings, DistributedSettings):
@@ -76,7 +84,8 @@ class DaemonConfig(NetworkSettings, DistributedSettings):
         0.0,
         ge=0,
         le=1,
-        description="a: train the value on (1-a)*z + a*q, z the game outcome, q the row's mcts_value (the search's root value); rows without a usable mcts_value keep z. 0 = the outcome only.",
+        description="a: train the value on (1-a)*z + a*q, z the game outcome, q the row's mcts_value (the search's root value); rows without a usable mcts_value keep z. 0 = the outcome only."
+        + describe_game_defaults(GAME_DEFAULTS, "value_target_mix"),
     )
     average_positions: bool = Field(
         False,
@@ -186,6 +195,7 @@ class DaemonConfig(NetworkSettings, DistributedSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> DaemonConfig:
+        apply_game_defaults(self, GAME_DEFAULTS)
         if self.checkpoint_dir is None:
             object.__setattr__(self, "checkpoint_dir", self.model_dir.parent / "checkpoints")
         return self
