@@ -117,12 +117,13 @@ def main() -> int:
         for opp, n in zip(opponents, games, strict=True)
     ]
     results: dict[str, dict[str, dict]] = {name: {} for name in names}
+    # Every arm meets each opponent with the same seed; one evaluator per core at a time.
     with ThreadPoolExecutor(len(cpus)) as pool:
         futures = {
             job: pool.submit(
-                evaluate_in_child, finals[job[0]], args.env_id, job[1], job[2], 1000 + k, cpus[k % len(cpus)]
+                evaluate_in_child, finals[job[0]], args.env_id, job[1], job[2], 1000 + opponents.index(job[1])
             )
-            for k, job in enumerate(jobs)
+            for job in jobs
         }
         for (name, opp, _), fut in futures.items():
             results[name][opp] = fut.result()

@@ -209,16 +209,17 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
     return table
 
 
-def evaluate_in_child(
-    model: Path, env_id: str, opponent: str, games: int, seed: int, cpu: int | None = None
-) -> dict:
-    """`python -m trainer.evaluator --json` in its own process (optionally pinned to one core):
-    several run at once without sharing an interpreter lock."""
+def evaluate_in_child(model: Path, env_id: str, opponent: str, games: int, seed: int) -> dict:
+    """`python -m trainer.evaluator --json` in its own process, so that several run at once
+    without sharing an interpreter lock."""
     argv = [sys.executable, "-m", "trainer.evaluator", "--model", str(model), "--env-id", env_id]
     argv += ["--opponent", opponent, "--games", str(games), "--seed", str(seed), "--json"]
-    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True, preexec_fn=pin).stdout
-    return json.loads(out)
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"evaluator exited {done.returncode} on {model} vs {opponent}: {done.stderr[-2000:]}"
+        )
+    return json.loads(done.stdout)
 
 
 def fmt_min(m: float | None, budget: float) -> str:
