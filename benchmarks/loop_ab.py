@@ -28,13 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from time_to_strength import evaluate_in_child, snapshot, start_loop, stop_loop  # noqa: E402
+from time_to_strength import evaluate_in_parallel, snapshot, start_loop, stop_loop  # noqa: E402
 
 
 def parse_arm(text: str) -> tuple[str, dict[str, str]]:
@@ -117,16 +116,12 @@ def main() -> int:
         for opp, n in zip(opponents, games, strict=True)
     ]
     results: dict[str, dict[str, dict]] = {name: {} for name in names}
-    # Every arm meets each opponent with the same seed; one evaluator per core at a time.
-    with ThreadPoolExecutor(len(cpus)) as pool:
-        futures = {
-            job: pool.submit(
-                evaluate_in_child, finals[job[0]], args.env_id, job[1], job[2], 1000 + opponents.index(job[1])
-            )
-            for job in jobs
-        }
-        for (name, opp, _), fut in futures.items():
-            results[name][opp] = fut.result()
+    # Every arm meets each opponent with the same seed.
+    done = evaluate_in_parallel(
+        [(finals[name], args.env_id, opp, n, 1000 + opponents.index(opp)) for name, opp, n in jobs]
+    )
+    for (name, opp, _), r in zip(jobs, done, strict=True):
+        results[name][opp] = r
 
     print(f"\n{args.env_id}, {args.minutes:g} min per arm, raw greedy policy, score (95% interval)")
     print(f"  {'arm':10s} {'step':>6s}" + "".join(f"{o:>24s}" for o in opponents))

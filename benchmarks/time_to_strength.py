@@ -188,18 +188,13 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
         print(f"  launcher exit code after SIGTERM: {stop_loop(proc)}")
     # The loop has stopped: play the copies on every core at once (one evaluator per core).
     jobs = [(mark, sims) for mark, model in copies.items() if model is not None for sims in args.c4_opponents]
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        futures = {
-            (mark, sims): pool.submit(
-                evaluate_in_child, copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims
-            )
-            for mark, sims in jobs
-        }
+    results = evaluate_in_parallel(
+        [(copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims) for mark, sims in jobs]
+    )
     table: dict[float, dict[str, tuple[int, int, int] | None]] = {
         mark: {f"mcts:{sims}": None for sims in args.c4_opponents} for mark in copies
     }
-    for (mark, sims), fut in futures.items():
-        r = fut.result()
+    for (mark, sims), r in zip(jobs, results, strict=True):
         table[mark][f"mcts:{sims}"] = (r["wins"], r["draws"], r["losses"])
         print(
             f"  {mark:g} min (step {r['model_step']}) vs mcts:{sims}: W/D/L {table[mark][f'mcts:{sims}']} "
@@ -220,6 +215,12 @@ def evaluate_in_child(model: Path, env_id: str, opponent: str, games: int, seed:
             f"evaluator exited {done.returncode} on {model} vs {opponent}: {done.stderr[-2000:]}"
         )
     return json.loads(done.stdout)
+
+
+def evaluate_in_parallel(jobs: list[tuple[Path, str, str, int, int]]) -> list[dict]:
+    """`evaluate_in_child(*job)` for every job, one at a time per core; results in job order."""
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(lambda job: evaluate_in_child(*job), jobs))
 
 
 def fmt_min(m: float | None, budget: float) -> str:
