@@ -40,12 +40,14 @@ class ModelWatcher:
         threads: int = 1,
         poll_interval: float = 2.0,
         use_events: bool = True,
+        int8: bool = False,
     ):
         self.model_dir = Path(model_dir)
         self.path = self.model_dir / LATEST_MODEL_NAME
         self.spec = spec
         self.threads = threads
         self.poll_interval = poll_interval
+        self.int8 = int8
         self.policy: OnnxPolicy | None = None
         self._seen: Signature | None = None  # signature of the last file we tried to load
         self._event = threading.Event()
@@ -97,7 +99,11 @@ class ModelWatcher:
         self._seen = sig
         try:
             policy = OnnxPolicy(
-                self.path, threads=self.threads, expected_env_id=self.spec.env_id, spec=self.spec
+                self.path,
+                threads=self.threads,
+                expected_env_id=self.spec.env_id,
+                spec=self.spec,
+                int8=self.int8,
             )
         except Exception as e:
             kept = (
@@ -110,7 +116,11 @@ class ModelWatcher:
         old = self.policy
         self.policy = policy
         log.info(
-            "loaded %s: model step %s (was %s)", self.path.name, self.step_label(policy), self.step_label(old)
+            "loaded %s%s: model step %s (was %s)",
+            self.path.name,
+            " (int8 copy)" if policy.int8 else "",
+            self.step_label(policy),
+            self.step_label(old),
         )
         return True
 

@@ -107,7 +107,9 @@ class SelfPlayWorker:
             temperature_plies=cfg.temperature_plies,
         )
         self.rollout = RolloutEvaluator(self.rng)
-        self.watcher = ModelWatcher(cfg.model_dir, self.game.spec, cfg.threads, cfg.poll_interval)
+        self.watcher = ModelWatcher(
+            cfg.model_dir, self.game.spec, cfg.threads, cfg.poll_interval, int8=cfg.int8
+        )
         self._current: tuple[OnnxPolicy, LeafEvaluator] | None = None
         self.started = 0
         self.games_written = 0

@@ -50,6 +50,7 @@ TODAY: dict[str, object] = dict(
     search="puct",
     reuse_tree=False,
     eval_cache=100_000,
+    int8=False,
     parallel_games=8,
     c_puct=1.5,
     dirichlet_alpha=0.3,

@@ -4,7 +4,8 @@
     python benchmarks/actor_strength.py --model c4.onnx --new reuse_tree=true --sprt -20,0 --games 600
 
 Both sides search with the model as the actor does (`actor_stub.selfplay.search_moves`: root
-noise, the temperature plies, subtree reuse, Gumbel root search, the evaluation cache), so
+noise, the temperature plies, subtree reuse, Gumbel root search, the evaluation cache, the
+int8 copy), so
 the match says whether a cheaper setting still plays as strongly as the one it replaces.
 Settings not given are the actor's settings before the per-game defaults
 (`actor_bench.TODAY`). Colours alternate; the result is the new
@@ -41,8 +42,15 @@ from trainer.search.mcts import CachedEvaluator, LeafEvaluator, MCTSConfig, Node
 class ActorSearchPlayer:
     """Plays the actor's searched move (`search_moves`) under one ActorConfig."""
 
-    def __init__(self, game: Game, policy: OnnxPolicy, settings: dict[str, Any], rng: np.random.Generator):
+    def __init__(
+        self,
+        game: Game,
+        policies: dict[bool, OnnxPolicy],
+        settings: dict[str, Any],
+        rng: np.random.Generator,
+    ):
         self.cfg = ActorConfig(env_id=game.spec.env_id, **settings)
+        policy = policies[self.cfg.int8]
         self.game, self.rng, self.name = game, rng, settings_label(settings)
         self.mcts = MCTSConfig(
             sims=self.cfg.sims,
@@ -84,11 +92,15 @@ def main() -> int:
     args = ap.parse_args()
 
     game = get_game(args.env_id)
-    policy = OnnxPolicy(args.model, threads=1, spec=game.spec)
     rng = np.random.default_rng(args.seed)
     new, old = parse_settings(args.new), parse_settings(args.old)
-    new_player = ActorSearchPlayer(game, policy, new, rng)
-    old_player = ActorSearchPlayer(game, policy, old, rng)
+    # One load per int8 setting: each side searches with the copy its settings name.
+    policies = {
+        int8: OnnxPolicy(args.model, threads=1, spec=game.spec, int8=int8)
+        for int8 in {ActorConfig(env_id=args.env_id, **s).int8 for s in (new, old)}
+    }
+    new_player = ActorSearchPlayer(game, policies, new, rng)
+    old_player = ActorSearchPlayer(game, policies, old, rng)
     t0 = time.perf_counter()
     records, verdict = play_match(
         game, new_player, old_player, args.games, parse_elo_bounds(args.sprt) if args.sprt else None

@@ -40,7 +40,10 @@ class OnnxPolicy:
         threads: int = 1,
         expected_env_id: str | None = None,
         spec: GameSpec | None = None,
+        int8: bool = False,
     ):
+        """`int8`: run an int8 copy (trainer/onnx_int8.py) instead, once the published
+        model has passed the contract checks."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -73,7 +76,32 @@ class OnnxPolicy:
                 f"{self.path.name}: model is for env_id {self.env_id!r}, expected {expected_env_id!r}"
             )
         self.obs_size, self.num_actions, obs_size_from = self._check_io(spec)
-        self._trial_run(trial_observations(spec, self.env_id, self.obs_size, self.num_actions), obs_size_from)
+        trial = trial_observations(spec, self.env_id, self.obs_size, self.num_actions)
+        self._trial_run(trial, obs_size_from)
+        self.int8 = False
+        if int8:
+            self.session = ort.InferenceSession(
+                self._int8_copy(data, spec), opts, providers=["CPUExecutionProvider"]
+            )
+            self.int8 = True
+            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
+            self._trial_run(trial, obs_size_from)
+
+    def _int8_copy(self, data: bytes, spec: GameSpec | None) -> bytes:
+        from trainer.onnx_int8 import quantize_int8
+
+        env_id = spec.env_id if spec is not None else self.env_id
+        game = get_game(env_id) if env_id in KNOWN_ENV_IDS else None
+        if game is None or (game.spec.obs_size, game.spec.num_actions) != (self.obs_size, self.num_actions):
+            raise ModelContractError(
+                f"{self.path.name}: an int8 copy is calibrated on the game's positions, and the "
+                f"model names no known game of its size (env_id {env_id!r})"
+            )
+        try:
+            return quantize_int8(data, game)
+        except Exception as e:
+            detail = " ".join(str(e).split())
+            raise ModelContractError(f"{self.path.name}: cannot make an int8 copy: {detail}") from e
 
     # --- contract checks -----------------------------------------------------------------
     def _check_io(self, spec: GameSpec | None) -> tuple[int, int, str | None]:
@@ -181,7 +209,8 @@ class OnnxPolicy:
         return masked_softmax(logits, legal_masks), np.clip(values, -1.0, 1.0)
 
     def __repr__(self) -> str:
-        return f"OnnxPolicy({self.path.name}, env_id={self.env_id}, step={self.step})"
+        int8 = ", int8" if self.int8 else ""
+        return f"OnnxPolicy({self.path.name}, env_id={self.env_id}, step={self.step}{int8})"
 
 
 def trial_observations(
