@@ -113,6 +113,8 @@ class ModelWatcher:
             )
             log.warning("failed to load %s (%s); %s", self.path, e, kept)
             return False
+        if policy.int8_error is not None:
+            log.warning("%s; searching with the float32 model", policy.int8_error)
         old = self.policy
         self.policy = policy
         log.info(

@@ -43,7 +43,8 @@ class OnnxPolicy:
         int8: bool = False,
     ):
         """`int8`: run an int8 copy (trainer/onnx_int8.py) instead, once the published
-        model has passed the contract checks."""
+        model has passed the contract checks. A model that cannot be copied stays float32,
+        with the reason in `int8_error`: a long run keeps a working model either way."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -79,29 +80,35 @@ class OnnxPolicy:
         trial = trial_observations(spec, self.env_id, self.obs_size, self.num_actions)
         self._trial_run(trial, obs_size_from)
         self.int8 = False
+        self.int8_error: str | None = None
         if int8:
-            self.session = ort.InferenceSession(
-                self._int8_copy(data, spec), opts, providers=["CPUExecutionProvider"]
-            )
-            self.int8 = True
-            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
-            self._trial_run(trial, obs_size_from)
+            self._use_int8_copy(data, spec, opts, trial, obs_size_from)
 
-    def _int8_copy(self, data: bytes, spec: GameSpec | None) -> bytes:
+    def _use_int8_copy(self, data: bytes, spec: GameSpec | None, opts, trial, obs_size_from) -> None:
+        import onnxruntime as ort
+
         from trainer.onnx_int8 import quantize_int8
 
         env_id = spec.env_id if spec is not None else self.env_id
         game = get_game(env_id) if env_id in KNOWN_ENV_IDS else None
         if game is None or (game.spec.obs_size, game.spec.num_actions) != (self.obs_size, self.num_actions):
-            raise ModelContractError(
-                f"{self.path.name}: an int8 copy is calibrated on the game's positions, and the "
-                f"model names no known game of its size (env_id {env_id!r})"
+            self.int8_error = (
+                f"{self.path.name}: no int8 copy: it is calibrated on the game's positions, and "
+                f"the model names no known game of its size (env_id {env_id!r})"
             )
+            return
+        float_session = self.session
         try:
-            return quantize_int8(data, game)
+            self.session = ort.InferenceSession(
+                quantize_int8(data, game), opts, providers=["CPUExecutionProvider"]
+            )
+            self._trial_run(trial, obs_size_from)
         except Exception as e:
-            detail = " ".join(str(e).split())
-            raise ModelContractError(f"{self.path.name}: cannot make an int8 copy: {detail}") from e
+            self.session = float_session
+            self.int8_error = f"{self.path.name}: no int8 copy: {' '.join(str(e).split())}"
+            return
+        self.int8 = True
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
 
     # --- contract checks -----------------------------------------------------------------
     def _check_io(self, spec: GameSpec | None) -> tuple[int, int, str | None]:
