@@ -69,7 +69,7 @@ class ActorConfig(BaseModel):
     )
     int8: bool = Field(
         False,
-        description="Search with an int8 copy of each model (onnxruntime static quantization, made at load): faster on most CPUs, a little less exact.",
+        description="Search with an int8 copy of each model (onnxruntime static quantization, made at load), kept only where it is faster than float32 on this CPU (those with VNNI); a little less exact.",
     )
     temperature_plies: int = Field(
         4,

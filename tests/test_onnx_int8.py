@@ -14,9 +14,17 @@ from actor_support import assert_whole_games, publish, read_games, tiny_model_by
 
 from actor_stub.config import ActorConfig
 from actor_stub.process import run_worker
+from trainer import onnx_int8
 from trainer.games import get_game
 from trainer.onnx_int8 import INT8_METADATA_KEY, quantize_int8
 from trainer.onnx_policy import OnnxPolicy
+
+
+@pytest.fixture
+def keep_any_copy(monkeypatch):
+    """Take the int8 copy whatever its speed here: these tests are about what the copy is,
+    and int8 is faster on some CPUs and slower on others."""
+    monkeypatch.setattr(onnx_int8, "MIN_SPEEDUP", 0.0)
 
 
 def export_default_net(env_id: str, folder: Path) -> Path:
@@ -38,7 +46,7 @@ def export_default_net(env_id: str, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("env_id", ["tictactoe", "connect4"])  # MLP 128x3, ResNet 64x4
-def test_the_int8_copy_keeps_the_contract_and_plays_like_the_model(tmp_path, env_id):
+def test_the_int8_copy_keeps_the_contract_and_plays_like_the_model(tmp_path, env_id, keep_any_copy):
     game = get_game(env_id)
     path = export_default_net(env_id, tmp_path)
     exact = OnnxPolicy(path, spec=game.spec)
@@ -82,7 +90,23 @@ def test_a_model_without_an_int8_copy_keeps_playing_in_float32_and_says_why(tmp_
     np.testing.assert_array_equal(logits, OnnxPolicy(path).run(obs)[0])
 
 
-def test_the_actor_searches_with_the_int8_copy_and_writes_whole_games(tmp_path, caplog):
+def test_the_int8_copy_is_kept_only_where_it_is_faster(tmp_path, monkeypatch):
+    path = export_default_net("connect4", tmp_path)
+    measured = OnnxPolicy(path, int8=True)
+    assert measured.int8_speedup is not None and 0.05 < measured.int8_speedup < 50
+    assert measured.int8 == (measured.int8_speedup >= onnx_int8.MIN_SPEEDUP)
+    assert (measured.int8_error is None) == measured.int8
+
+    # A copy that is not fast enough is dropped, and the reason names the speed measured.
+    monkeypatch.setattr(onnx_int8, "MIN_SPEEDUP", float("inf"))
+    slow = OnnxPolicy(path, int8=True)
+    assert not slow.int8 and slow.metadata == OnnxPolicy(path).metadata
+    assert f"{slow.int8_speedup:.2f}x the float32 speed on this CPU" in slow.int8_error
+    obs = np.zeros((2, 93), dtype=np.float32)
+    np.testing.assert_array_equal(slow.run(obs)[0], OnnxPolicy(path).run(obs)[0])
+
+
+def test_the_actor_searches_with_the_int8_copy_and_writes_whole_games(tmp_path, caplog, keep_any_copy):
     caplog.set_level(logging.INFO, logger="actor_stub")
     export_default_net("connect4", tmp_path / "models")
     cfg = ActorConfig(

@@ -43,8 +43,9 @@ class OnnxPolicy:
         int8: bool = False,
     ):
         """`int8`: run an int8 copy (trainer/onnx_int8.py) instead, once the published
-        model has passed the contract checks. A model that cannot be copied stays float32,
-        with the reason in `int8_error`: a long run keeps a working model either way."""
+        model has passed the contract checks, if it is faster on this CPU (`int8_speedup`).
+        A model that cannot be copied, or whose copy is not faster, stays float32 with the
+        reason in `int8_error`: a long run keeps a working model either way."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -81,13 +82,14 @@ class OnnxPolicy:
         self._trial_run(trial, obs_size_from)
         self.int8 = False
         self.int8_error: str | None = None
+        self.int8_speedup: float | None = None
         if int8:
             self._use_int8_copy(data, spec, opts, trial, obs_size_from)
 
     def _use_int8_copy(self, data: bytes, spec: GameSpec | None, opts, trial, obs_size_from) -> None:
         import onnxruntime as ort
 
-        from trainer.onnx_int8 import quantize_int8
+        from trainer import onnx_int8
 
         env_id = spec.env_id if spec is not None else self.env_id
         game = get_game(env_id) if env_id in KNOWN_ENV_IDS else None
@@ -100,12 +102,20 @@ class OnnxPolicy:
         float_session = self.session
         try:
             self.session = ort.InferenceSession(
-                quantize_int8(data, game), opts, providers=["CPUExecutionProvider"]
+                onnx_int8.quantize_int8(data, game), opts, providers=["CPUExecutionProvider"]
             )
             self._trial_run(trial, obs_size_from)
         except Exception as e:
             self.session = float_session
             self.int8_error = f"{self.path.name}: no int8 copy: {' '.join(str(e).split())}"
+            return
+        self.int8_speedup = onnx_int8.int8_speedup(float_session, self.session, {INPUT_NAME: trial})
+        if self.int8_speedup < onnx_int8.MIN_SPEEDUP:
+            self.session = float_session
+            self.int8_error = (
+                f"{self.path.name}: int8 copy not used: it runs at {self.int8_speedup:.2f}x the float32 "
+                f"speed on this CPU (kept from {onnx_int8.MIN_SPEEDUP:.2f}x; CPUs without VNNI are slower in int8)"
+            )
             return
         self.int8 = True
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
