@@ -32,7 +32,6 @@ from actor_bench import parse_settings, settings_label  # noqa: E402
 
 from actor_stub.config import ActorConfig  # noqa: E402
 from actor_stub.selfplay import search_moves  # noqa: E402
-from trainer import onnx_int8  # noqa: E402
 from trainer.evaluator.match import play_match, summarise  # noqa: E402
 from trainer.evaluator.sprt import parse_elo_bounds  # noqa: E402
 from trainer.games import Game, GameState, get_game  # noqa: E402
@@ -97,9 +96,8 @@ def main() -> int:
     new, old = parse_settings(args.new), parse_settings(args.old)
     # One load per int8 setting: each side searches with the copy its settings name, even on
     # a CPU where the actor would drop it as slower: this measures play, not speed.
-    onnx_int8.MIN_SPEEDUP = 0.0
     policies = {
-        int8: OnnxPolicy(args.model, threads=1, spec=game.spec, int8=int8)
+        int8: OnnxPolicy(args.model, threads=1, spec=game.spec, int8=int8, int8_min_speedup=0.0)
         for int8 in {ActorConfig(env_id=args.env_id, **s).int8 for s in (new, old)}
     }
     new_player = ActorSearchPlayer(game, policies, new, rng)

@@ -90,16 +90,17 @@ def int8_speedup(float_session, int8_session, feeds: dict[str, np.ndarray]) -> f
 
     The two run in alternating rounds and each keeps its best round, so a core that another
     process shares slows both alike instead of biasing the ratio."""
-    best = {id(float_session): float("inf"), id(int8_session): float("inf")}
-    for session in (float_session, int8_session):
+    sessions = (float_session, int8_session)
+    for session in sessions:
         session.run(None, feeds)  # first runs allocate; not part of the speed
+    best = [float("inf")] * len(sessions)
     for _ in range(SPEED_ROUNDS):
-        for session in (float_session, int8_session):
+        for i, session in enumerate(sessions):
             start = time.perf_counter()
             for _ in range(SPEED_RUNS):
                 session.run(None, feeds)
-            best[id(session)] = min(best[id(session)], time.perf_counter() - start)
-    return best[id(float_session)] / max(best[id(int8_session)], 1e-9)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / max(best[1], 1e-9)
 
 
 @contextlib.contextmanager

@@ -41,11 +41,13 @@ class OnnxPolicy:
         expected_env_id: str | None = None,
         spec: GameSpec | None = None,
         int8: bool = False,
+        int8_min_speedup: float | None = None,
     ):
         """`int8`: run an int8 copy (trainer/onnx_int8.py) instead, once the published
         model has passed the contract checks, if it is faster on this CPU (`int8_speedup`).
         A model that cannot be copied, or whose copy is not faster, stays float32 with the
-        reason in `int8_error`: a long run keeps a working model either way."""
+        reason in `int8_error`: a long run keeps a working model either way.
+        `int8_min_speedup` (default `onnx_int8.MIN_SPEEDUP`): 0 keeps any copy that loads."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -84,9 +86,11 @@ class OnnxPolicy:
         self.int8_error: str | None = None
         self.int8_speedup: float | None = None
         if int8:
-            self._use_int8_copy(data, spec, opts, trial, obs_size_from)
+            self._use_int8_copy(data, spec, opts, trial, obs_size_from, int8_min_speedup)
 
-    def _use_int8_copy(self, data: bytes, spec: GameSpec | None, opts, trial, obs_size_from) -> None:
+    def _use_int8_copy(
+        self, data: bytes, spec: GameSpec | None, opts, trial, obs_size_from, min_speedup: float | None
+    ) -> None:
         import onnxruntime as ort
 
         from trainer import onnx_int8
@@ -109,12 +113,14 @@ class OnnxPolicy:
             self.session = float_session
             self.int8_error = f"{self.path.name}: no int8 copy: {' '.join(str(e).split())}"
             return
+        if min_speedup is None:
+            min_speedup = onnx_int8.MIN_SPEEDUP
         self.int8_speedup = onnx_int8.int8_speedup(float_session, self.session, {INPUT_NAME: trial})
-        if self.int8_speedup < onnx_int8.MIN_SPEEDUP:
+        if self.int8_speedup < min_speedup:
             self.session = float_session
             self.int8_error = (
                 f"{self.path.name}: int8 copy not used: it runs at {self.int8_speedup:.2f}x the float32 "
-                f"speed on this CPU (kept from {onnx_int8.MIN_SPEEDUP:.2f}x; CPUs without VNNI are slower in int8)"
+                f"speed on this CPU (kept from {min_speedup:.2f}x; CPUs without VNNI are slower in int8)"
             )
             return
         self.int8 = True
