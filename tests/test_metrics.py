@@ -362,8 +362,10 @@ def test_actor_metrics_have_the_family_names_grow_and_equal_the_replay_db(tmp_pa
             before, samples, after = db_counts(), scrape(port), db_counts()
             return before == after and samples and (before, samples)
 
+        # Tic-tac-toe at 4 sims commits a game every few milliseconds and a scrape needs the
+        # actor's GIL: on a slow or busy machine a quiet moment can take a while to come.
         (episodes, rows), samples = wait_for(
-            same_moment, 30, "a scrape between two equal DB counts", proc, tmp_path, "actor.log"
+            same_moment, 120, "a scrape between two equal DB counts", proc, tmp_path, "actor.log"
         )
         assert value(samples, "actor_episodes_total") == episodes
         assert value(samples, "actor_transitions_stored_total") == rows
