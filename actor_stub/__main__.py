@@ -17,11 +17,11 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
 
 from actor_stub.config import ActorConfig
 from actor_stub.process import child_main, install_signals, run_worker_or_explain, setup_logging
 from trainer.config.loader import load_config
+from trainer.runtime import StopFlag
 
 log = logging.getLogger("actor_stub")
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     if cfg.workers == 1:
-        stop = threading.Event()
+        stop = StopFlag()
         install_signals(stop, (signal.SIGINT, signal.SIGTERM))
         return run_worker_or_explain(cfg, cfg.episodes, cfg.seed, 0, stop)
 

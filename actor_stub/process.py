@@ -8,16 +8,15 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 
 from actor_stub.config import ActorConfig
 from trainer.parent_death import die_with_parent
-from trainer.runtime import install_stop_signals, setup_logging
+from trainer.runtime import StopFlag, install_stop_signals, setup_logging
 
 log = logging.getLogger("actor_stub")
 
 
-def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
+def install_signals(stop: StopFlag, signals: tuple[int, ...]) -> None:
     install_stop_signals(
         lambda name: stop.set(),
         signals,
@@ -27,7 +26,7 @@ def install_signals(stop: threading.Event, signals: tuple[int, ...]) -> None:
     )
 
 
-def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event) -> None:
+def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: StopFlag) -> None:
     from actor_stub.selfplay import SelfPlayWorker
     from trainer.games import get_game
     from trainer.replay.backend import open_replay_writer
@@ -45,7 +44,7 @@ def run_worker(cfg: ActorConfig, episodes: int, seed: int | None, index: int, st
 
 
 def run_worker_or_explain(
-    cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: threading.Event
+    cfg: ActorConfig, episodes: int, seed: int | None, index: int, stop: StopFlag
 ) -> int:
     """run_worker, with a DB that cannot be written reported as one `error:` line: exit code 2."""
     from trainer.replay.schema import SchemaError
@@ -60,7 +59,7 @@ def run_worker_or_explain(
 
 
 def child_main(cfg_json: str, episodes: int, seed: int | None, index: int, parent: int) -> None:
-    stop = threading.Event()
+    stop = StopFlag()
     # A parent killed outright cannot forward a stop: the kernel's parent-death signal then
     # asks for one. Not SIGTERM: it may come once per thread of the parent, and a second
     # SIGTERM means "drop the games in flight".

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from trainer.metrics.actor_metrics import ActorMetrics
 from trainer.onnx_policy import OnnxPolicy
 from trainer.replay.backend import redact_url
 from trainer.replay.writer import PlyRecord, ReplayWriter
+from trainer.runtime import StopFlag
 from trainer.search.gumbel import gumbel_search
 from trainer.search.mcts import (
     CachedEvaluator,
@@ -88,7 +88,7 @@ def default_actor_id() -> str:
 
 class SelfPlayWorker:
     def __init__(
-        self, cfg: ActorConfig, episodes: int, seed: int | None, stop: threading.Event, worker_index: int = 0
+        self, cfg: ActorConfig, episodes: int, seed: int | None, stop: StopFlag, worker_index: int = 0
     ):
         """`stop` set = finish the games in flight and start no new one (first signal)."""
         self.cfg = cfg

@@ -59,6 +59,7 @@ from trainer.dashboard.server import dashboard_url
 from trainer.logging_setup import LogFormat
 from trainer.model.contract import LATEST_MODEL_NAME
 from trainer.replay.backend import ReplayLocation, is_postgres_url
+from trainer.runtime import StopFlag
 
 ENV_PREFIX = "LAUNCHER_"
 
@@ -227,8 +228,8 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.console = console or Console()
         self.on_finished = on_finished
-        self.stop_requested = threading.Event()  # set by a signal handler or a test
-        self.force = threading.Event()  # a second Ctrl-C: skip the grace period
+        self.stop_requested = StopFlag()  # set by a signal handler or a test
+        self.force = StopFlag()  # a second Ctrl-C: skip the grace period
         self.run_finished = False
         self.stop_reason = ""
 
@@ -504,7 +505,7 @@ def supervise(supervisor: Supervisor) -> int:
     """Run a supervisor with Ctrl-C/SIGTERM handling; restores the signal handlers after."""
 
     def on_signal(signum: int, frame) -> None:
-        # Only flags here: printing could deadlock on the console lock the main thread holds.
+        # Only flags here, no lock: the main thread may hold it (the console's, an Event's).
         if supervisor.stop_requested.is_set():
             supervisor.force.set()
         else:

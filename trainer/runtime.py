@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import signal
-import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +32,38 @@ def resident_memory_mb() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StopFlag:
+    """A stop request that a signal handler may set: `threading.Event` without its lock.
+
+    Python runs a signal handler in the main thread between two bytecodes. `Event.set()`
+    there deadlocks when the main thread was interrupted inside `Event.wait()` while holding
+    the Event's own non-reentrant lock: the launcher once ignored a Ctrl-C that way, for
+    good. Setting here is one attribute store; waiting polls it, so a stop is seen within
+    `POLL_S` from any thread.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Like `Event.wait`: True once set, False when `timeout` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            left = self.POLL_S if deadline is None else min(self.POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(left)
+        return self._set
 
 
 class DeviceUnavailable(RuntimeError):
@@ -59,9 +91,11 @@ def install_stop_signals(
     first_message: str = "finishing the current step, then saving",
     second_message: str = "exiting immediately",
     logger: str = "trainer",
-) -> threading.Event:
-    """First signal asks for a clean stop (`on_first`); a second one exits at once."""
-    received = threading.Event()
+) -> StopFlag:
+    """First signal asks for a clean stop (`on_first`); a second one exits at once.
+
+    `on_first` runs inside the signal handler: it may set a `StopFlag`, never take a lock."""
+    received = StopFlag()
     log = logging.getLogger(logger)
 
     def handler(signum, frame):

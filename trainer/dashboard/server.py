@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trainer.atomic_files import finite_or_none
 from trainer.config.loader import load_config
 from trainer.logging_setup import LogFormat, configure_logging
+from trainer.runtime import StopFlag
 
 log = logging.getLogger("trainer.dashboard")
 
@@ -507,20 +508,20 @@ def serve_in_thread(
     return server
 
 
-def stop_on_signals() -> threading.Event:
+def stop_on_signals() -> StopFlag:
     """An event that SIGTERM and SIGINT set (main thread only: that is where Python runs them).
 
     The handler only sets a flag that the serving loop reads between requests. An exception
     raised from the handler lands at whatever bytecode the loop is on: one landing in the
     hand-over of a connection to its thread released the connection's slot a second time, and
     socketserver logged that as a failed request and served on, deaf to the signal."""
-    stop = threading.Event()
+    stop = StopFlag()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     return stop
 
 
-def serve_until(server: DashboardServer, stop: threading.Event, poll_interval: float = 0.25) -> None:
+def serve_until(server: DashboardServer, stop: StopFlag, poll_interval: float = 0.25) -> None:
     """Serve on this thread until `stop` is set, then close the listening socket."""
     server.timeout = poll_interval  # how long handle_request waits before `stop` is read again
     try:

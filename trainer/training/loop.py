@@ -15,7 +15,6 @@ lock, resume, signals, exit codes) is `training/run.py`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from trainer.distributed.agreement import Agreement, StepFlags
 from trainer.distributed.process_group import DistContext
 from trainer.hooks.base import Hook
 from trainer.objectives.base import NonFiniteStep, Objective
+from trainer.runtime import StopFlag
 from trainer.sources import BatchSource
 from trainer.sources.wait_reason import NO_BATCH, WaitKind, WaitReason
 from trainer.training.batch import Batch
@@ -213,7 +213,7 @@ class TrainLoop:
         # A batch this rank drew in a round where another rank had none: trained next round.
         self._held: Batch | None = None
         self._wait_expired = ""  # why this rank's wait ran past --max-wait; "" while it has not
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()  # set from a signal handler: no lock
         self.stop_reason = ""
         self.phase = STARTING
         self.phase_reason = "loading"
