@@ -509,7 +509,7 @@ def serve_in_thread(
 
 
 def stop_on_signals() -> StopFlag:
-    """An event that SIGTERM and SIGINT set (main thread only: that is where Python runs them).
+    """A flag that SIGTERM and SIGINT set (main thread only: that is where Python runs them).
 
     The handler only sets a flag that the serving loop reads between requests. An exception
     raised from the handler lands at whatever bytecode the loop is on: one landing in the
