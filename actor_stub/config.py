@@ -13,11 +13,13 @@ from trainer.logging_setup import LogFormat
 from trainer.replay.backend import ReplayLocation
 
 # Per game, settings that replace the defaults below when the user leaves them unset (no
-# flag, ACTOR_* variable or TOML key). Connect Four: chosen with benchmarks/actor_bench.py
-# (plies/s side by side) and benchmarks/actor_strength.py (the same model under the old and
-# the new settings).
+# flag, ACTOR_* variable or TOML key). Connect Four: parallel_games chosen with
+# benchmarks/actor_bench.py (plies/s side by side) and benchmarks/actor_strength.py (the same
+# model under the old and the new settings); temperature_plies by whole-loop A/Bs
+# (benchmarks/loop_ab.py): with 4 sampled plies of 42 the games repeat few openings, and the
+# net trained on them lost to one trained on more varied games (numbers in the README).
 GAME_DEFAULTS: GameDefaults = {
-    "connect4": dict(parallel_games=32),
+    "connect4": dict(parallel_games=32, temperature_plies=10),
 }
 
 
@@ -74,7 +76,8 @@ class ActorConfig(BaseModel):
     temperature_plies: int = Field(
         4,
         ge=0,
-        description="Plies at the start of a game sampled proportionally to visits; later moves take the most visited.",
+        description="Plies at the start of a game sampled proportionally to visits; later moves take the most visited."
+        + describe_game_defaults(GAME_DEFAULTS, "temperature_plies"),
     )
     parallel_games: int = Field(
         8,

@@ -15,9 +15,10 @@ from trainer.replay.backend import RedactedReplayLocation, is_postgres_url
 
 # Per game, settings that replace the defaults below when the user leaves them unset (see
 # trainer/config/game_defaults.py). Connect Four's value target mix won a whole-loop A/B
-# against the outcome alone (benchmarks/loop_ab.py; the numbers are in the README).
+# against the outcome alone, and batch 128 won two against 256: at the same samples/s it
+# makes twice the updates (benchmarks/loop_ab.py; the numbers are in the README).
 GAME_DEFAULTS: GameDefaults = {
-    "connect4": dict(value_target_mix=0.5),
+    "connect4": dict(value_target_mix=0.5, batch_size=128),
 }
 
 
@@ -44,7 +45,11 @@ class DaemonConfig(NetworkSettings, DistributedSettings):
     # --- length and schedule -------------------------------------------------------------
     steps: int = Field(5000, ge=0, description="Global target step across restarts; 0 runs until stopped.")
     batch_size: int = Field(
-        256, gt=0, le=MAX_BATCH, description="Samples per training step (per rank under torchrun)."
+        256,
+        gt=0,
+        le=MAX_BATCH,
+        description="Samples per training step (per rank under torchrun)."
+        + describe_game_defaults(GAME_DEFAULTS, "batch_size"),
     )
     lr: float = Field(2e-3, gt=0, le=MAX_LR, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
