@@ -18,7 +18,9 @@ one evaluator process per core.
 
 Minutes count from the launcher's start, model loading and the first random-play games
 included: that is what a user waits. Extra launcher flags go after `--`, e.g.
-`-- --actors 2`. Prints a table at the end (and `--json FILE` writes the numbers).
+`-- --actors 2`. Prints each Connect Four cell as its evaluation finishes and a table at the
+end; `--json FILE` writes the numbers, rewritten after each cell so that a run cut short
+keeps the cells it finished.
 
 Figures behind the launcher's tic-tac-toe defaults (2-core machine):
   - --max-reuse 16 vs the daemon's 4: perfect greedy policy after 0.68 min at 16 (every later
@@ -42,13 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from trainer.atomic_files import atomic_write_json  # noqa: E402
 from trainer.evaluator import evaluate_model  # noqa: E402
 from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
 
@@ -162,7 +166,11 @@ def run_tictactoe(args, work: Path) -> TttResult:
     return res
 
 
-def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int] | None]]:
+def run_connect4(
+    args, work: Path, save: Callable[[dict], None]
+) -> dict[float, dict[str, tuple[int, int, int] | None]]:
+    """The score table by mark and opponent; `save(table)` runs after each evaluation, so that
+    an evaluation stage cut short (they take many minutes each) keeps the cells it finished."""
     data = work / "connect4"
     marks = sorted(args.c4_minutes)
     # The daemon's default --steps (5000) can end a Connect Four run before the last mark;
@@ -186,21 +194,33 @@ def run_connect4(args, work: Path) -> dict[float, dict[str, tuple[int, int, int]
             )
     finally:
         print(f"  launcher exit code after SIGTERM: {stop_loop(proc)}")
-    # The loop has stopped: play the copies on every core at once (one evaluator per core).
-    jobs = [(mark, sims) for mark, model in copies.items() if model is not None for sims in args.c4_opponents]
-    results = evaluate_in_parallel(
-        [(copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims) for mark, sims in jobs]
-    )
+    # The loop has stopped: play the copies on every core at once (one evaluator per core),
+    # the strongest opponents first so that the cores finish together.
+    jobs = [
+        (mark, sims)
+        for sims in sorted(args.c4_opponents, reverse=True)
+        for mark, model in copies.items()
+        if model is not None
+    ]
     table: dict[float, dict[str, tuple[int, int, int] | None]] = {
         mark: {f"mcts:{sims}": None for sims in args.c4_opponents} for mark in copies
     }
-    for (mark, sims), r in zip(jobs, results, strict=True):
+    save(table)
+
+    def record(i: int, r: dict) -> None:
+        mark, sims = jobs[i]
         table[mark][f"mcts:{sims}"] = (r["wins"], r["draws"], r["losses"])
         print(
             f"  {mark:g} min (step {r['model_step']}) vs mcts:{sims}: W/D/L {table[mark][f'mcts:{sims}']} "
             f"score {r['score']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, {r['elapsed_s']:.0f} s)",
             flush=True,
         )
+        save(table)
+
+    evaluate_in_parallel(
+        [(copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims) for mark, sims in jobs],
+        on_result=record,
+    )
     return table
 
 
@@ -217,10 +237,27 @@ def evaluate_in_child(model: Path, env_id: str, opponent: str, games: int, seed:
     return json.loads(done.stdout)
 
 
-def evaluate_in_parallel(jobs: list[tuple[Path, str, str, int, int]]) -> list[dict]:
-    """`evaluate_in_child(*job)` for every job, one at a time per core; results in job order."""
+def evaluate_in_parallel(
+    jobs: list[tuple[Path, str, str, int, int]], on_result: Callable[[int, dict], None] | None = None
+) -> list[dict]:
+    """`evaluate_in_child(*job)` for every job, one at a time per core; results in job order.
+    `on_result(i, result)` runs as job i finishes, in the order they finish."""
+    results: list[dict] = [{} for _ in jobs]
     with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        return list(pool.map(lambda job: evaluate_in_child(*job), jobs))
+        running = {pool.submit(evaluate_in_child, *job): i for i, job in enumerate(jobs)}
+        for future in as_completed(running):
+            i = running[future]
+            results[i] = future.result()
+            if on_result is not None:
+                on_result(i, results[i])
+    return results
+
+
+def save_connect4(table: dict, out: dict, path: Path | None) -> None:
+    """Put the Connect Four table (as far as it goes) into `out`, and write `out` to `path`."""
+    out["connect4"] = {f"{m:g}": v for m, v in table.items()}
+    if path is not None:
+        atomic_write_json(path, out)
 
 
 def fmt_min(m: float | None, budget: float) -> str:
@@ -286,7 +323,7 @@ def main() -> int:
             }
         if "connect4" in games:
             print("connect four:")
-            out["connect4"] = {f"{m:g}": v for m, v in run_connect4(args, work).items()}
+            run_connect4(args, work, save=lambda table: save_connect4(table, out, args.json))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -307,7 +344,7 @@ def main() -> int:
         for m, row in c4.items():
             print("  " + f"{m:>8s}" + "".join(f"{score(row[o]):>20s}" for o in opps))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        atomic_write_json(args.json, out)
     return 0
 
 
