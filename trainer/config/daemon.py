@@ -16,9 +16,12 @@ from trainer.replay.backend import RedactedReplayLocation, is_postgres_url
 # Per game, settings that replace the defaults below when the user leaves them unset (see
 # trainer/config/game_defaults.py). Connect Four's value target mix won a whole-loop A/B
 # against the outcome alone, and batch 128 won two against 256: at the same samples/s it
-# makes twice the updates (benchmarks/loop_ab.py; the numbers are in the README).
+# makes twice the updates (benchmarks/loop_ab.py; the numbers are in the README). Its
+# cosine spans 40000 steps, not 20000: at batch 128 the loop passes step 20000 after about 70
+# minutes on 2 cores, and at the LR floor its strength stopped rising
+# (benchmarks/time_to_strength.py to 120 minutes).
 GAME_DEFAULTS: GameDefaults = {
-    "connect4": dict(value_target_mix=0.5, batch_size=128),
+    "connect4": dict(value_target_mix=0.5, batch_size=128, lr_decay_steps=40000),
 }
 
 
@@ -60,7 +63,10 @@ class DaemonConfig(NetworkSettings, DistributedSettings):
     lr_warmup_steps: int = Field(100, ge=0, description="Linear warmup length in global steps.")
     lr_min_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of --lr.")
     lr_decay_steps: int = Field(
-        20000, gt=0, description="Cosine length when --steps is 0 (then the LR stays at its floor)."
+        20000,
+        gt=0,
+        description="Cosine length when --steps is 0 (then the LR stays at its floor)."
+        + describe_game_defaults(GAME_DEFAULTS, "lr_decay_steps"),
     )
     policy_weight: float = Field(1.0, ge=0, description="Weight of the policy cross-entropy.")
     value_weight: float = Field(1.0, ge=0, description="Weight of the value MSE.")
