@@ -166,11 +166,9 @@ def run_tictactoe(args, work: Path) -> TttResult:
     return res
 
 
-def run_connect4(
-    args, work: Path, save: Callable[[dict], None]
-) -> dict[float, dict[str, tuple[int, int, int] | None]]:
-    """The score table by mark and opponent; `save(table)` runs after each evaluation, so that
-    an evaluation stage cut short (they take many minutes each) keeps the cells it finished."""
+def run_connect4(args, work: Path, save: Callable[[dict], None]) -> None:
+    """Hands `save` the score table by mark and opponent after each evaluation, so that an
+    evaluation stage cut short (they take many minutes each) keeps the cells it finished."""
     data = work / "connect4"
     marks = sorted(args.c4_minutes)
     # The daemon's default --steps (5000) can end a Connect Four run before the last mark;
@@ -221,7 +219,6 @@ def run_connect4(
         [(copies[mark], "connect4", f"mcts:{sims}", args.c4_games, sims) for mark, sims in jobs],
         on_result=record,
     )
-    return table
 
 
 def evaluate_in_child(model: Path, env_id: str, opponent: str, games: int, seed: int) -> dict:
