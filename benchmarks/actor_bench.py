@@ -2,6 +2,7 @@
 
     python benchmarks/actor_bench.py [--seconds 4] [--sims 16] [--parallel-games 8] [--c4-model trained.onnx]
     python benchmarks/actor_bench.py --only defaults --try sims=16,search=gumbel --try reuse_tree=true
+    python benchmarks/actor_bench.py --only defaults --c4-model trained.onnx --seconds 10 --rounds 3
 
 For each game, self-play without a model (random-rollout MCTS) and with the daemon's default
 network for that game (MLP 128x3 for tictactoe, ResNet 64x4 for connect4, untrained, exported
@@ -9,12 +10,14 @@ like the trainer publishes it, or --c4-model), then the evaluator's raw-policy g
 random. Numbers are per process: with --workers N the actor scales with the free cores.
 
 With a model, each row also shows the positions the network evaluated per second and the
-share of the wall time spent in the network. Then, per game and with the same model, the
-actor's settings as they were before the per-game defaults (`TODAY`, spelled out here so the
-comparison survives a change of the defaults) side by side with the actor's defaults now
-(and, for Connect Four, any `--try` settings), in the same run, the rows in turn for
-`--rounds` rounds (each shows its best), with the ratios to `TODAY`
-of plies/s and of plies per CPU second of the process. Plies are moves made within
+share of the wall time spent in the network. Then, per game and with the same model, side by
+side in the same run: the actor of an older commit at that commit's own defaults
+(`--baseline`, by default the actor before the throughput work: its code is taken from git
+and runs in a process of its own), the actor's settings as they were before the per-game
+defaults (`TODAY`, spelled out here so the comparison survives a change of the defaults) on
+today's code, the actor's defaults now, and, for Connect Four, any `--try` settings. The
+rows run in turn for `--rounds` rounds (each shows its best), with the ratios to the first
+row of plies/s and of plies per CPU second of the process. Plies are moves made within
 `--seconds`. On a quiet machine the two ratios agree; on a busy one the CPU-time ratio is
 the steadier (the wall-time one depends on the share of the cores a process gets).
 `benchmarks/actor_strength.py` plays such settings against each other for strength.
@@ -26,23 +29,29 @@ one core for tic-tac-toe and ~0.25 s for Connect Four.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import logging
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from actor_row import Row, bench_actor  # noqa: E402
+
 from actor_stub.config import ActorConfig  # noqa: E402
-from actor_stub.selfplay import SelfPlayWorker  # noqa: E402
 from trainer.evaluator import evaluate_model  # noqa: E402
 from trainer.games import get_game  # noqa: E402
 from trainer.model.contract import LATEST_MODEL_NAME  # noqa: E402
-from trainer.onnx_policy import OnnxPolicy  # noqa: E402
-from trainer.replay.writer import ReplayWriter  # noqa: E402
+
+# The actor's code before the throughput work of issue 15 (no evaluation cache, no subtree
+# reuse, numpy selection): the "today" that issue measured against.
+ISSUE_BASELINE = "b669356^"
 
 # The actor's settings on main before the per-game defaults (both games played with these).
 TODAY: dict[str, object] = dict(
@@ -92,101 +101,85 @@ def export_default_model(env_id: str, folder: Path) -> Path:
     return path
 
 
-class NetworkTimer:
-    """Counts the positions OnnxPolicy.evaluate is given and the time it takes."""
-
-    def __init__(self):
-        self.positions = 0
-        self.seconds = 0.0
-        self._original = OnnxPolicy.evaluate
-
-    def __enter__(self) -> NetworkTimer:
-        timer, original = self, self._original
-
-        def timed(policy, obs, masks):
-            t0 = time.perf_counter()
-            try:
-                return original(policy, obs, masks)
-            finally:
-                timer.seconds += time.perf_counter() - t0
-                timer.positions += len(obs)
-
-        OnnxPolicy.evaluate = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        OnnxPolicy.evaluate = self._original
-
-
-def bench_actor(
-    env_id: str, model_dir: Path, db: Path, seconds: float, **settings
-) -> tuple[float, float, int, float, float, float]:
-    """(games/s, plies/s, games, network positions/s, share of time in the network, plies per
-    CPU second of the process), all counted over the first `seconds`: plies are moves made,
-    so the games still in flight at the end (more of them with more parallel games) neither
-    count nor cost."""
-    cfg = ActorConfig(env_id=env_id, db=db, model_dir=model_dir, seed=0, log_interval=1e9, **settings)
-    stop = threading.Event()
-    worker = SelfPlayWorker(cfg, 0, 0, stop)
-    writer = ReplayWriter(db, get_game(env_id))
-    choose_moves = worker._choose_moves
-    plies = 0
-    # At the stop: wall time, CPU time, games, positions, net seconds.
-    window: tuple[float, float, int, int, float] | None = None
-
-    def counted(games):
-        nonlocal plies, window
-        if stop.is_set() and window is None:
-            window = (
-                time.perf_counter() - t0,
-                time.process_time() - cpu0,
-                worker.games_written,
-                net.positions,
-                net.seconds,
-            )
-        if window is None:
-            plies += len(games)
-        return choose_moves(games)
-
-    worker._choose_moves = counted
-    timer = threading.Timer(seconds, stop.set)
-    try:
-        with NetworkTimer() as net:
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            timer.start()
-            worker.run(writer)  # finishes the games in flight after `stop`
-    finally:
-        timer.cancel()
-        writer.close()
-    assert window is not None, "the stop came after the last move"
-    dt, cpu, games, positions, net_seconds = window
-    return games / dt, plies / dt, games, positions / dt, net_seconds / dt, plies / max(cpu, 1e-9)
-
-
-def _row(env_id: str, label: str, row: tuple[float, float, int, float, float, float]) -> str:
+def _row(env_id: str, label: str, row: Row) -> str:
     gps, pps, n, eps, share, per_cpu = row
     return f"{env_id:<10} {label:<22} {gps:8.2f} {pps:9.1f} {n:6d} {eps:8.0f} {100 * share:8.0f}% {per_cpu:11.1f}"
 
 
+def extract_tree(ref: str, dest: Path) -> Path:
+    """The actor_stub and trainer packages of commit `ref` of this repository, in `dest`."""
+    repo = Path(__file__).resolve().parents[1]
+    tar = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref, "actor_stub", "trainer"],
+        capture_output=True,
+        check=False,
+    )
+    if tar.returncode != 0:
+        raise RuntimeError(tar.stderr.decode(errors="replace").strip() or f"git archive {ref} failed")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(dest, filter="data")
+    return dest
+
+
+def bench_tree(code: Path, env_id: str, model_dir: Path, db: Path, seconds: float) -> Row:
+    """`bench_actor` on the actor of another source tree, with that tree's own defaults, in a
+    process of its own (actor_row.py) so none of this tree's modules are loaded there."""
+    script = Path(__file__).with_name("actor_row.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "--code", str(code), "--env-id", env_id]
+        + ["--model-dir", str(model_dir), "--db", str(db), "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(
+            out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "actor_row.py failed"
+        )
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))  # type: ignore[return-value]
+
+
 def compare_defaults(
-    env_id: str, model_dir: Path, db: Path, seconds: float, tries: list[str], rounds: int
+    env_id: str,
+    model_dir: Path,
+    db: Path,
+    seconds: float,
+    tries: list[str],
+    rounds: int,
+    baseline: tuple[str, Path] | None = None,
 ) -> None:
     """TODAY vs the defaults now (and `tries`) with one model, side by side: the rows run in
-    turn `rounds` times and each shows its best round (the least disturbed by other load)."""
-    rows = [("today's defaults", dict(TODAY)), ("defaults now", default_settings(env_id))]
-    rows += [(settings_label(parse_settings(t)), parse_settings(t)) for t in tries if env_id == "connect4"]
-    best: list[tuple[float, ...] | None] = [None] * len(rows)
+    turn `rounds` times and each shows its best round (the least disturbed by other load).
+    With `baseline` (a label and a source tree) its actor, at its own defaults, comes first
+    and the ratios are to it."""
+    rows: list[tuple[str, str, Callable[[], Row]]] = []
+    if baseline is not None:
+        label, code = baseline
+        rows.append((label, "its defaults", lambda: bench_tree(code, env_id, model_dir, db, seconds)))
+    settings_rows = [("today's defaults", dict(TODAY)), ("defaults now", default_settings(env_id))]
+    settings_rows += [
+        (settings_label(parse_settings(t)), parse_settings(t)) for t in tries if env_id == "connect4"
+    ]
+    for label, settings in settings_rows:
+        rows.append(
+            (
+                label,
+                settings_label(settings),
+                lambda s=settings: bench_actor(env_id, model_dir, db, seconds, **s),
+            )
+        )
+    best: list[Row | None] = [None] * len(rows)
     for _ in range(rounds):
-        for i, (_, settings) in enumerate(rows):
-            row = bench_actor(env_id, model_dir, db, seconds, **settings)
+        for i, (_, _, measure) in enumerate(rows):
+            row = measure()
             if best[i] is None or row[5] > best[i][5]:
                 best[i] = row
     base = best[0]
     assert base is not None
-    for (label, settings), row in zip(rows, best):
+    for (label, described, _), row in zip(rows, best):
         assert row is not None
         ratios = f"{row[1] / base[1]:8.2f}x {row[5] / base[5]:5.2f}x"
-        print(f"{_row(env_id, label[:22], row)} {ratios}  {settings_label(settings)}", flush=True)
+        print(f"{_row(env_id, label[:22], row)} {ratios}  {described}", flush=True)
 
 
 def main() -> int:
@@ -206,6 +199,12 @@ def main() -> int:
         help="more Connect Four actor settings to compare with today's, e.g. sims=16,search=gumbel (repeatable)",
     )
     ap.add_argument("--rounds", type=int, default=2, help="before/after: rounds of every row, best shown")
+    ap.add_argument(
+        "--baseline",
+        default=ISSUE_BASELINE,
+        help="git commit whose actor, at its own defaults, heads the before/after rows and sets the ratios "
+        f"(default {ISSUE_BASELINE}: the actor before the throughput work); 'none' to leave it out",
+    )
     ap.add_argument("--only", choices=["throughput", "defaults", "evaluator"], default=None)
     args = ap.parse_args()
     logging.getLogger("actor_stub").setLevel(logging.WARNING)
@@ -248,11 +247,24 @@ def main() -> int:
                     print(_row(env_id, label, row), flush=True)
 
         if args.only in (None, "defaults"):
+            baseline = None
+            if args.baseline != "none":
+                try:
+                    baseline = (f"actor at {args.baseline}", extract_tree(args.baseline, tmp / "baseline"))
+                except (RuntimeError, OSError) as e:
+                    print(f"no baseline row: {args.baseline}: {e}")
+            base_label = "vs base" if baseline else "vs today"
             print("\nbefore/after: today's defaults vs the defaults now, one model per game, side by side")
-            print(f"{header} {'vs today':>9} {'(cpu)':>6}  settings")
+            print(f"{header} {base_label:>9} {'(cpu)':>6}  settings")
             for env_id in ("tictactoe", "connect4"):
                 compare_defaults(
-                    env_id, models[env_id].parent, tmp / "side.db", args.seconds, args.tries, args.rounds
+                    env_id,
+                    models[env_id].parent,
+                    tmp / "side.db",
+                    args.seconds,
+                    args.tries,
+                    args.rounds,
+                    baseline,
                 )
 
         if args.only not in (None, "evaluator"):

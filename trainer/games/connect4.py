@@ -54,12 +54,16 @@ class ConnectFour(Game):
                 break
         else:
             raise ValueError(f"illegal connect4 move {action}: column full")
-        board[cell] = state.to_move
+        mover = state.to_move
+        board[cell] = mover
         winner = 0
-        if any(all(board[i] == state.to_move for i in line) for line in _LINES_THROUGH[cell]):
-            winner = state.to_move
-        elif all(board[W * (H - 1) :]):
-            winner = DRAW
+        for a, b, c, d in _LINES_THROUGH[cell]:
+            if board[a] == mover and board[b] == mover and board[c] == mover and board[d] == mover:
+                winner = mover
+                break
+        else:
+            if all(board[W * (H - 1) :]):
+                winner = DRAW
         return GameState(tuple(board), 3 - state.to_move, winner, state.ply + 1)
 
     def cell_symmetries(self):
