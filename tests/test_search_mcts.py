@@ -381,3 +381,18 @@ def test_a_position_searches_the_same_alone_or_among_many_games():
             assert [c.N.tolist() for c in alone.root.children.values()] == [
                 c.N.tolist() for c in r.root.children.values()
             ]
+
+
+def test_a_model_answering_nan_still_searches_legal_moves_only():
+    """NaN priors fall back to uniform ones, and NaN values leave every visited move's score
+    NaN: the selection must still pick legal moves and spend every simulation."""
+    game = get_game("connect4")
+    s = game.initial_state()
+    for a in (3, 3, 3, 3, 3, 3):  # column 3 full
+        s = game.apply(s, a)
+
+    def nan_net(obs, masks):
+        return np.full(masks.shape, np.nan), np.full(len(obs), np.nan)
+
+    (r,) = search(game, [s], ObsEvaluator(nan_net), MCTSConfig(sims=60), np.random.default_rng(0))
+    assert r.visits.sum() == 60 and r.visits[3] == 0

@@ -194,10 +194,11 @@ class Node:
         """`select` for PUCT without the solver (the search's hottest line): the same
         floating-point operations in the same order per move, so the same scores and, with
         the first of equal scores winning as in np.argmax, the same move. W is 0 where N is,
-        so W / max(N, 1) is q."""
+        so W / max(N, 1) is q. Should every score be NaN (a model answering NaN values), the
+        first legal move stands, as np.argmax's first NaN did."""
         n, w, p = self.n, self.w, self.p
         root = math.sqrt(self.total + 1.0)
-        best, best_score = -1, -math.inf
+        best, best_score = self.moves[0], -math.inf
         for a in self.moves:
             na = n[a]
             score = w[a] / (na if na > 1.0 else 1.0) + c_puct * p[a] * root / (1.0 + na)
