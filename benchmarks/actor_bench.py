@@ -133,9 +133,8 @@ def bench_tree(code: Path, env_id: str, model_dir: Path, db: Path, seconds: floa
         check=False,
     )
     if out.returncode != 0:
-        raise RuntimeError(
-            out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "actor_row.py failed"
-        )
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "actor_row.py failed"
+        raise RuntimeError(last.removeprefix("error: "))
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))  # type: ignore[return-value]
 
 
@@ -257,15 +256,19 @@ def main() -> int:
             print("\nbefore/after: today's defaults vs the defaults now, one model per game, side by side")
             print(f"{header} {base_label:>9} {'(cpu)':>6}  settings")
             for env_id in ("tictactoe", "connect4"):
-                compare_defaults(
-                    env_id,
-                    models[env_id].parent,
-                    tmp / "side.db",
-                    args.seconds,
-                    args.tries,
-                    args.rounds,
-                    baseline,
-                )
+                try:
+                    compare_defaults(
+                        env_id,
+                        models[env_id].parent,
+                        tmp / "side.db",
+                        args.seconds,
+                        args.tries,
+                        args.rounds,
+                        baseline,
+                    )
+                except RuntimeError as e:  # the baseline's own process failed
+                    print(f"error: the actor at {args.baseline}: {e}", file=sys.stderr)
+                    return 2
 
         if args.only not in (None, "evaluator"):
             return 0
