@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -110,8 +111,6 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, required=True)
     args = ap.parse_args()
     sys.path.insert(0, str(args.code.resolve()))
-    import logging
-
     import actor_stub
 
     if Path(actor_stub.__file__).resolve().parents[1] != args.code.resolve():
