@@ -121,6 +121,10 @@ def extract_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
+class BaselineFailed(RuntimeError):
+    """The other tree's actor failed in its own process (its last error line)."""
+
+
 def bench_tree(code: Path, env_id: str, model_dir: Path, db: Path, seconds: float) -> Row:
     """`bench_actor` on the actor of another source tree, with that tree's own defaults, in a
     process of its own (actor_row.py) so none of this tree's modules are loaded there."""
@@ -134,7 +138,7 @@ def bench_tree(code: Path, env_id: str, model_dir: Path, db: Path, seconds: floa
     )
     if out.returncode != 0:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "actor_row.py failed"
-        raise RuntimeError(last.removeprefix("error: "))
+        raise BaselineFailed(last.removeprefix("error: "))
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))  # type: ignore[return-value]
 
 
@@ -266,7 +270,7 @@ def main() -> int:
                         args.rounds,
                         baseline,
                     )
-                except RuntimeError as e:  # the baseline's own process failed
+                except BaselineFailed as e:
                     print(f"error: the actor at {args.baseline}: {e}", file=sys.stderr)
                     return 2
 
